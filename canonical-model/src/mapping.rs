@@ -1,0 +1,387 @@
+//! Mapping versions, field rules and the pure [`Mapper`] trait.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+use crate::{CanonValue, Entity, EntityKind, FieldType, Transform};
+
+/// Where one canonical field comes from: JSON pointer(s) into the source record
+/// (the first that is present and non-null wins) and the transform applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldRule {
+    pub entity: EntityKind,
+    pub field: &'static str,
+    pub pointers: Vec<String>,
+    pub transform: Transform,
+}
+
+impl FieldRule {
+    pub fn new(
+        entity: EntityKind,
+        field: &'static str,
+        pointers: &[&str],
+        transform: Transform,
+    ) -> Self {
+        Self {
+            entity,
+            field,
+            pointers: pointers.iter().map(|p| (*p).to_owned()).collect(),
+            transform,
+        }
+    }
+
+    /// The first pointer that yields a non-null value in `record`, with that value.
+    pub fn locate<'r>(&self, record: &'r Value) -> Option<(&str, &'r Value)> {
+        self.pointers.iter().find_map(|p| {
+            record
+                .pointer(p)
+                .filter(|v| !v.is_null())
+                .map(|v| (p.as_str(), v))
+        })
+    }
+}
+
+/// A named, versioned set of field rules. Its code hash covers every rule, so a
+/// change to any pointer or transform without a version bump is detected when
+/// the version is registered.
+#[derive(Clone, Debug)]
+pub struct MappingVersion {
+    pub mapper: String,
+    pub version: String,
+    rules: Vec<FieldRule>,
+    index: HashMap<(EntityKind, &'static str), usize>,
+    code_hash: String,
+}
+
+impl MappingVersion {
+    /// Builds a mapping version; fails if a rule names an unknown field, a field
+    /// has two rules, a pointer is not a JSON pointer, or the transform does not
+    /// produce the field's type.
+    pub fn new(mapper: &str, version: &str, rules: Vec<FieldRule>) -> Result<Self, String> {
+        let mut index = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            let def = r.entity.field(r.field).ok_or_else(|| {
+                format!(
+                    "mapping {mapper} {version}: {} has no field {:?}",
+                    r.entity, r.field
+                )
+            })?;
+            if r.pointers.is_empty() || r.pointers.iter().any(|p| !p.starts_with('/')) {
+                return Err(format!(
+                    "mapping {mapper} {version}: rule for {}.{} needs JSON pointers starting with '/'",
+                    r.entity, r.field
+                ));
+            }
+            let fits = matches!(
+                (def.ty, r.transform),
+                (
+                    FieldType::Text,
+                    Transform::Text | Transform::Lowercase | Transform::Uppercase
+                ) | (FieldType::Bool, Transform::Bool)
+                    | (FieldType::Date, Transform::Date)
+                    | (FieldType::Timestamp, Transform::Timestamp)
+                    | (FieldType::Decimal, Transform::Decimal)
+            ) || matches!((def.ty, r.transform), (FieldType::Ref(a), Transform::Ref(b)) if a == b);
+            if !fits {
+                return Err(format!(
+                    "mapping {mapper} {version}: transform {} does not produce {}.{} ({:?})",
+                    r.transform.name(),
+                    r.entity,
+                    r.field,
+                    def.ty
+                ));
+            }
+            if index.insert((r.entity, r.field), i).is_some() {
+                return Err(format!(
+                    "mapping {mapper} {version}: two rules for {}.{}",
+                    r.entity, r.field
+                ));
+            }
+        }
+        let mut h = Sha256::new();
+        h.update(mapper);
+        h.update([0]);
+        for r in &rules {
+            h.update(serde_json::to_vec(r).unwrap_or_default());
+            h.update([0]);
+        }
+        let code_hash = hex::encode(h.finalize());
+        Ok(Self {
+            mapper: mapper.to_owned(),
+            version: version.to_owned(),
+            rules,
+            index,
+            code_hash,
+        })
+    }
+
+    pub fn rules(&self) -> &[FieldRule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, entity: EntityKind, field: &str) -> Option<&FieldRule> {
+        self.index.get(&(entity, field)).map(|&i| &self.rules[i])
+    }
+
+    /// Hex SHA-256 of the mapper name and every rule.
+    pub fn code_hash(&self) -> &str {
+        &self.code_hash
+    }
+
+    /// Returns a copy with one rule replaced (or added) under a new version: how a
+    /// mapping maintainer changes one field.
+    pub fn with_rule(&self, version: &str, rule: FieldRule) -> Result<Self, String> {
+        let mut rules = self.rules.clone();
+        match rules
+            .iter_mut()
+            .find(|r| r.entity == rule.entity && r.field == rule.field)
+        {
+            Some(slot) => *slot = rule,
+            None => rules.push(rule),
+        }
+        Self::new(&self.mapper, version, rules)
+    }
+
+    /// A reader that extracts fields of `record` through this version's rules.
+    pub fn reader<'a>(&'a self, record: &'a Value) -> RecordReader<'a> {
+        RecordReader {
+            mapping: self,
+            record,
+        }
+    }
+}
+
+/// Why a record could not be mapped: the entity, field and pointer concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("{entity}.{field} at {pointer}: {message}")]
+    BadValue {
+        entity: EntityKind,
+        field: String,
+        pointer: String,
+        message: String,
+    },
+    #[error("{entity}.{field} is required but {pointers} is absent or null")]
+    Missing {
+        entity: EntityKind,
+        field: String,
+        pointers: String,
+    },
+    #[error("record is not a JSON object")]
+    NotAnObject,
+    #[error("mapping has no rule for {entity}.{field}")]
+    NoRule { entity: EntityKind, field: String },
+}
+
+/// Reads typed field values from one record through a mapping version's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordReader<'a> {
+    mapping: &'a MappingVersion,
+    record: &'a Value,
+}
+
+impl<'a> RecordReader<'a> {
+    /// The transformed value of `entity.field`, `None` when absent or null.
+    pub fn value(&self, entity: EntityKind, field: &str) -> Result<Option<CanonValue>, MapError> {
+        let rule = self
+            .mapping
+            .rule(entity, field)
+            .ok_or_else(|| MapError::NoRule {
+                entity,
+                field: field.to_owned(),
+            })?;
+        let Some((pointer, v)) = rule.locate(self.record) else {
+            return Ok(None);
+        };
+        rule.transform
+            .apply(v)
+            .map(Some)
+            .map_err(|e| MapError::BadValue {
+                entity,
+                field: field.to_owned(),
+                pointer: pointer.to_owned(),
+                message: e.message,
+            })
+    }
+
+    /// True when the rule for `entity.field` exists and locates a non-null value.
+    pub fn present(&self, entity: EntityKind, field: &str) -> bool {
+        self.mapping
+            .rule(entity, field)
+            .is_some_and(|r| r.locate(self.record).is_some())
+    }
+
+    pub fn required_text(&self, entity: EntityKind, field: &str) -> Result<String, MapError> {
+        self.text(entity, field)?.ok_or_else(|| MapError::Missing {
+            entity,
+            field: field.to_owned(),
+            pointers: self
+                .mapping
+                .rule(entity, field)
+                .map(|r| r.pointers.join(" | "))
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn text(&self, entity: EntityKind, field: &str) -> Result<Option<String>, MapError> {
+        Ok(self.value(entity, field)?.map(|v| match v {
+            CanonValue::Text(s) | CanonValue::Ref(s) => s,
+            other => other.to_canonical_string(),
+        }))
+    }
+
+    pub fn bool(&self, entity: EntityKind, field: &str) -> Result<Option<bool>, MapError> {
+        Ok(self.value(entity, field)?.and_then(|v| match v {
+            CanonValue::Bool(b) => Some(b),
+            _ => None,
+        }))
+    }
+
+    pub fn date(&self, entity: EntityKind, field: &str) -> Result<Option<NaiveDate>, MapError> {
+        Ok(self.value(entity, field)?.and_then(|v| match v {
+            CanonValue::Date(d) => Some(d),
+            _ => None,
+        }))
+    }
+
+    pub fn timestamp(
+        &self,
+        entity: EntityKind,
+        field: &str,
+    ) -> Result<Option<DateTime<Utc>>, MapError> {
+        Ok(self.value(entity, field)?.and_then(|v| match v {
+            CanonValue::Timestamp(t) => Some(t),
+            _ => None,
+        }))
+    }
+
+    pub fn decimal(&self, entity: EntityKind, field: &str) -> Result<Option<Decimal>, MapError> {
+        Ok(self.value(entity, field)?.and_then(|v| match v {
+            CanonValue::Decimal(d) => Some(d),
+            _ => None,
+        }))
+    }
+}
+
+/// Turns one source record into canonical entities.
+///
+/// # Contract
+/// - Pure and deterministic: the same record and mapping version always give the
+///   same entities (no clock, no I/O, no randomness). Replay relies on it.
+/// - Every field value is read through [`Mapper::mapping`]'s rules (use
+///   [`MappingVersion::reader`]), so the stored rules explain every value.
+/// - An error means the record is dead-lettered with the error's message; the
+///   rest of the page still loads. Absent optional fields and unknown extra
+///   fields are not errors.
+/// - The first entity is the record's own entity (its source id is the record's
+///   primary key); the others are entities the record references.
+pub trait Mapper: Send + Sync + std::fmt::Debug {
+    fn mapping(&self) -> &MappingVersion;
+    fn map(&self, record: &Value) -> Result<Vec<Entity>, MapError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mv() -> MappingVersion {
+        MappingVersion::new(
+            "t",
+            "1",
+            vec![
+                FieldRule::new(EntityKind::Worker, "source_id", &["/id"], Transform::Text),
+                FieldRule::new(
+                    EntityKind::Worker,
+                    "work_email",
+                    &["/email", "/altEmail"],
+                    Transform::Lowercase,
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn first_non_null_pointer_wins() {
+        let m = mv();
+        let r = json!({"id": "1", "email": null, "altEmail": " A@B.com "});
+        assert_eq!(
+            m.reader(&r)
+                .text(EntityKind::Worker, "work_email")
+                .unwrap()
+                .as_deref(),
+            Some("a@b.com")
+        );
+        assert_eq!(
+            m.rule(EntityKind::Worker, "work_email")
+                .unwrap()
+                .locate(&r)
+                .unwrap()
+                .0,
+            "/altEmail"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_entity_field_and_pointer() {
+        let m = mv();
+        let r = json!({"id": 7});
+        let e = m
+            .reader(&r)
+            .required_text(EntityKind::Worker, "source_id")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "worker.source_id at /id: expected a string, found a number"
+        );
+        let e = m
+            .reader(&json!({}))
+            .required_text(EntityKind::Worker, "source_id")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "worker.source_id is required but /id is absent or null"
+        );
+    }
+
+    #[test]
+    fn invalid_rules_are_refused() {
+        let bad_field = FieldRule::new(EntityKind::Worker, "salary", &["/x"], Transform::Text);
+        assert!(
+            MappingVersion::new("t", "1", vec![bad_field])
+                .unwrap_err()
+                .contains("no field")
+        );
+        let bad_type = FieldRule::new(EntityKind::Worker, "hire_date", &["/x"], Transform::Text);
+        assert!(
+            MappingVersion::new("t", "1", vec![bad_type])
+                .unwrap_err()
+                .contains("does not produce")
+        );
+        let bad_ptr = FieldRule::new(EntityKind::Worker, "display_name", &["x"], Transform::Text);
+        assert!(MappingVersion::new("t", "1", vec![bad_ptr]).is_err());
+    }
+
+    #[test]
+    fn code_hash_changes_with_any_rule() {
+        let a = mv();
+        let b = a
+            .with_rule(
+                "2",
+                FieldRule::new(
+                    EntityKind::Worker,
+                    "work_email",
+                    &["/email"],
+                    Transform::Lowercase,
+                ),
+            )
+            .unwrap();
+        assert_ne!(a.code_hash(), b.code_hash());
+        assert_eq!(a.code_hash(), mv().code_hash());
+    }
+}

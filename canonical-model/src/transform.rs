@@ -1,0 +1,315 @@
+//! Named, pure value transforms from a source JSON value to a canonical value.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::EntityKind;
+
+/// A canonical field value. Dates are dates (never midnight timestamps), money
+/// and fractions are exact decimals, timestamps are UTC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CanonValue {
+    Bool(bool),
+    Text(String),
+    Date(NaiveDate),
+    Timestamp(DateTime<Utc>),
+    Decimal(Decimal),
+    /// A reference to another entity by the *source's* id, resolved to a
+    /// canonical id when the row is stored.
+    Ref(String),
+}
+
+impl CanonValue {
+    /// A stable textual form, used for row hashes and for comparing values.
+    pub fn to_canonical_string(&self) -> String {
+        match self {
+            CanonValue::Bool(b) => b.to_string(),
+            CanonValue::Text(s) | CanonValue::Ref(s) => s.clone(),
+            CanonValue::Date(d) => d.format("%Y-%m-%d").to_string(),
+            CanonValue::Timestamp(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            CanonValue::Decimal(d) => d.normalize().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for CanonValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_canonical_string())
+    }
+}
+
+/// A transform by name. The name is stored in `mapping_field_rule` and shown by
+/// `explain`, so renaming a variant is a mapping change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// A JSON string, verbatim.
+    Text,
+    /// A JSON string, trimmed and lower-cased (e-mail addresses).
+    Lowercase,
+    /// A JSON string, trimmed and upper-cased (codes).
+    Uppercase,
+    /// A JSON boolean, or the strings "true"/"false"/"1"/"0".
+    Bool,
+    /// `YYYY-MM-DD`, optionally with an offset suffix as Workday writes it
+    /// (`2024-01-01-07:00`, `2024-01-01Z`); the offset is dropped, the date kept.
+    Date,
+    /// RFC 3339, Workday `2024-01-01T10:00:00.000-07:00`, `+0000` without a colon,
+    /// SAP `/Date(ms)/` and `/Date(ms+0000)/`; a timestamp without an offset is UTC.
+    Timestamp,
+    /// An exact decimal from a JSON number or a numeric string (never via `f64`
+    /// arithmetic: the number's text is parsed).
+    Decimal,
+    /// A reference to another entity by its source id (a string).
+    Ref(EntityKind),
+}
+
+impl Transform {
+    /// The stored name, e.g. `text`, `date`, `ref:org_unit`.
+    pub fn name(&self) -> String {
+        match self {
+            Transform::Ref(kind) => format!("ref:{}", kind.as_str()),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Applies the transform to one source value. `null` is handled by the caller
+    /// (an absent or null source value is an absent canonical value).
+    pub fn apply(&self, v: &Value) -> Result<CanonValue, TransformError> {
+        let s = || match v {
+            Value::String(s) => Ok(s.as_str()),
+            other => Err(TransformError::new(
+                *self,
+                format!("expected a string, found {}", kind_of(other)),
+            )),
+        };
+        match self {
+            Transform::Text => Ok(CanonValue::Text(s()?.to_owned())),
+            Transform::Lowercase => Ok(CanonValue::Text(s()?.trim().to_lowercase())),
+            Transform::Uppercase => Ok(CanonValue::Text(s()?.trim().to_uppercase())),
+            Transform::Ref(_) => {
+                let id = s()?;
+                if id.is_empty() {
+                    return Err(TransformError::new(*self, "empty reference id".into()));
+                }
+                Ok(CanonValue::Ref(id.to_owned()))
+            }
+            Transform::Bool => match v {
+                Value::Bool(b) => Ok(CanonValue::Bool(*b)),
+                Value::String(s) if s == "true" || s == "1" => Ok(CanonValue::Bool(true)),
+                Value::String(s) if s == "false" || s == "0" => Ok(CanonValue::Bool(false)),
+                other => Err(TransformError::new(
+                    *self,
+                    format!("expected a boolean, found {}", kind_of(other)),
+                )),
+            },
+            Transform::Date => parse_date(s()?)
+                .map(CanonValue::Date)
+                .map_err(|m| TransformError::new(*self, m)),
+            Transform::Timestamp => parse_timestamp(s()?)
+                .map(CanonValue::Timestamp)
+                .map_err(|m| TransformError::new(*self, m)),
+            Transform::Decimal => {
+                let text = match v {
+                    Value::Number(n) => n.to_string(),
+                    Value::String(s) => s.trim().to_owned(),
+                    other => {
+                        return Err(TransformError::new(
+                            *self,
+                            format!("expected a number, found {}", kind_of(other)),
+                        ));
+                    }
+                };
+                Decimal::from_str(&text)
+                    .or_else(|_| Decimal::from_scientific(&text))
+                    .map(|d| CanonValue::Decimal(d.normalize()))
+                    .map_err(|_| {
+                        TransformError::new(*self, format!("{text:?} is not a decimal number"))
+                    })
+            }
+        }
+    }
+}
+
+impl FromStr for Transform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(kind) = s.strip_prefix("ref:") {
+            return EntityKind::from_str(kind).map(Transform::Ref);
+        }
+        serde_json::from_value(Value::String(s.to_owned()))
+            .map_err(|_| format!("unknown transform {s:?}"))
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Why a source value could not be transformed; names the transform and the value's problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transform {transform}: {message}")]
+pub struct TransformError {
+    pub transform: String,
+    pub message: String,
+}
+
+impl TransformError {
+    fn new(t: Transform, message: String) -> Self {
+        Self {
+            transform: t.name(),
+            message,
+        }
+    }
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    let s = s.trim();
+    // Keep the calendar date; an offset suffix (Workday) or a time part is dropped.
+    let head = s
+        .get(..10)
+        .ok_or_else(|| format!("{s:?} is not a date (expected YYYY-MM-DD)"))?;
+    let rest = &s[10..];
+    let suffix_ok = rest.is_empty()
+        || rest == "Z"
+        || ((rest.starts_with('-') || rest.starts_with('+')) && rest.len() == 6)
+        || rest.starts_with('T');
+    if !suffix_ok {
+        return Err(format!("{s:?} is not a date (expected YYYY-MM-DD)"));
+    }
+    NaiveDate::parse_from_str(head, "%Y-%m-%d")
+        .map_err(|e| format!("{s:?} is not a valid date: {e}"))
+}
+
+fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Some(inner) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
+        return parse_ms_date(inner).ok_or_else(|| format!("{s:?} is not a /Date(ms)/ timestamp"));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z"] {
+        if let Ok(t) = DateTime::<FixedOffset>::parse_from_str(s, fmt) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(format!("{s:?} is not a timestamp"))
+}
+
+/// `ms`, `ms+0000` or `ms-0130` as SAP OData v2 writes them.
+fn parse_ms_date(inner: &str) -> Option<DateTime<Utc>> {
+    let split = inner.rfind(['+', '-']).filter(|&i| i > 0);
+    let (ms, offset) = match split {
+        Some(i) => (&inner[..i], Some(&inner[i..])),
+        None => (inner, None),
+    };
+    let ms: i64 = ms.parse().ok()?;
+    let t = DateTime::<Utc>::from_timestamp_millis(ms)?;
+    // The milliseconds are UTC already; the offset only says how the source displays it.
+    if let Some(o) = offset {
+        if o.len() != 5 || !o[1..].bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    Some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(t: Transform, v: Value) -> String {
+        t.apply(&v).unwrap().to_canonical_string()
+    }
+
+    #[test]
+    fn dates_keep_the_calendar_day() {
+        assert_eq!(ok(Transform::Date, json!("2024-01-01")), "2024-01-01");
+        assert_eq!(ok(Transform::Date, json!("2024-01-01-07:00")), "2024-01-01");
+        assert_eq!(ok(Transform::Date, json!("2024-01-01Z")), "2024-01-01");
+        assert!(Transform::Date.apply(&json!("2024-02-30")).is_err());
+        assert!(Transform::Date.apply(&json!("01/02/2024")).is_err());
+        assert!(Transform::Date.apply(&json!(20240101)).is_err());
+    }
+
+    #[test]
+    fn timestamps_apply_the_offset() {
+        assert_eq!(
+            ok(Transform::Timestamp, json!("2024-01-01T10:00:00-07:00")),
+            "2024-01-01T17:00:00Z"
+        );
+        assert_eq!(
+            ok(Transform::Timestamp, json!("2024-01-01T10:00:00.250+0000")),
+            "2024-01-01T10:00:00.250Z"
+        );
+        assert_eq!(
+            ok(Transform::Timestamp, json!("/Date(1704067200000)/")),
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            ok(Transform::Timestamp, json!("/Date(1704067200000+0000)/")),
+            "2024-01-01T00:00:00Z"
+        );
+        assert!(Transform::Timestamp.apply(&json!("yesterday")).is_err());
+        assert!(Transform::Timestamp.apply(&json!("/Date(abc)/")).is_err());
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(ok(Transform::Decimal, json!(0.1)), "0.1");
+        assert_eq!(ok(Transform::Decimal, json!("1.50")), "1.5");
+        assert_eq!(ok(Transform::Decimal, json!(1.0)), "1");
+        assert!(Transform::Decimal.apply(&json!("one")).is_err());
+        assert!(Transform::Decimal.apply(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn wrong_types_name_what_was_found() {
+        let e = Transform::Text.apply(&json!(42)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "transform text: expected a string, found a number"
+        );
+        assert!(Transform::Bool.apply(&json!("yes")).is_err());
+        assert_eq!(ok(Transform::Bool, json!("true")), "true");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for t in [
+            Transform::Text,
+            Transform::Date,
+            Transform::Ref(EntityKind::OrgUnit),
+            Transform::Decimal,
+        ] {
+            assert_eq!(t.name().parse::<Transform>().unwrap(), t);
+        }
+        assert_eq!(Transform::Ref(EntityKind::OrgUnit).name(), "ref:org_unit");
+    }
+}

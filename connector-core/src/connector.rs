@@ -1,0 +1,111 @@
+//! The connector contract: a typed trait for authors, an erased trait for the
+//! daemon's registry, and a blanket impl between them.
+
+use canonical_model::Mapper;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use url::Url;
+
+use crate::{Error, Pagination};
+
+/// How a stream is kept in sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// The source has no usable change stamp: every sync pulls everything and
+    /// unchanged records (same content hash) write nothing.
+    FullRefresh,
+}
+
+/// One stream of a connector: everything core needs to fetch, page and map it.
+#[derive(Clone, Debug)]
+pub struct StreamDef {
+    pub name: &'static str,
+    /// Path of the endpoint relative to the connector's base URL (no leading `/`).
+    pub path: String,
+    /// Fixed query parameters sent with every page.
+    pub query: Vec<(String, String)>,
+    /// JSON pointer of the records array in a page body.
+    pub records_at: &'static str,
+    pub pagination: Pagination,
+    /// JSON pointer of a record's primary key (a string or a number).
+    pub primary_key: &'static str,
+    /// JSON pointer of a record's source-modified time, when it has one.
+    pub cursor: Option<&'static str>,
+    pub mode: SyncMode,
+    pub mapper: Arc<dyn Mapper>,
+}
+
+/// What a connector author implements: typed config in, data logic out.
+///
+/// # Contract
+/// - `new` validates the config and fails with [`Error::Config`] naming the key.
+/// - `streams` describes each stream as data (endpoint, records pointer,
+///   pagination, primary key, cursor, mapper); it does no I/O. Auth, retries,
+///   timeouts, paging, raw storage, watermarks and loading are core's.
+/// - Stream names are stable: they key watermarks and raw objects.
+pub trait Connector: Send + Sync + fmt::Debug + Sized + 'static {
+    /// The `connector = "..."` name in the daemon's config.
+    const NAME: &'static str;
+    /// The connector-specific keys of a `[[connection]]` (auth is core's).
+    type Config: DeserializeOwned;
+    fn new(config: Self::Config) -> Result<Self, Error>;
+    fn base_url(&self) -> &Url;
+    fn streams(&self) -> Vec<StreamDef>;
+}
+
+/// The object-safe face of a connector, held by the daemon.
+pub trait DynConnector: Send + Sync + fmt::Debug {
+    fn name(&self) -> &'static str;
+    fn base_url(&self) -> &Url;
+    fn streams(&self) -> Vec<StreamDef>;
+}
+
+impl<C: Connector> DynConnector for C {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+    fn base_url(&self) -> &Url {
+        Connector::base_url(self)
+    }
+    fn streams(&self) -> Vec<StreamDef> {
+        Connector::streams(self)
+    }
+}
+
+/// Builds connectors of one kind from untyped config: one entry of the
+/// daemon's explicit registry list.
+pub trait ConnectorFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn build(&self, config: serde_json::Value) -> Result<Arc<dyn DynConnector>, Error>;
+}
+
+/// The [`ConnectorFactory`] of a typed [`Connector`].
+pub struct Factory<C>(PhantomData<fn() -> C>);
+
+impl<C> Factory<C> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<C> fmt::Debug for Factory<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Factory")
+    }
+}
+
+impl<C: Connector> ConnectorFactory for Factory<C> {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+    fn build(&self, config: serde_json::Value) -> Result<Arc<dyn DynConnector>, Error> {
+        let typed: C::Config = serde_json::from_value(config)
+            .map_err(|e| Error::Config(format!("connector {}: {e}", C::NAME)))?;
+        Ok(Arc::new(C::new(typed)?))
+    }
+}
+
+fn _obj_safe(_: Box<dyn DynConnector>, _: Box<dyn ConnectorFactory>) {}

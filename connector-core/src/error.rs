@@ -1,0 +1,208 @@
+//! Error kinds and their classification, decided in one place.
+
+use std::time::Duration;
+
+/// What the HTTP stack and the pipeline do with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: retry after a backoff, or after `after` when the source said so.
+    Retry { after: Option<Duration> },
+    /// The credential was refused once: drop the cached token, refresh, retry once.
+    RefreshAuthThenRetry,
+    /// Only this record is bad: dead-letter it and continue.
+    SkipRecord,
+    /// Retrying cannot help: stop this call and report.
+    Fail,
+}
+
+/// Errors of the connector core. Every variant names the endpoint (connector,
+/// method and path, never a query string or credentials) it concerns; none
+/// carries a response body longer than a short snippet.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{endpoint}: rate limited (HTTP 429){}", fmt_after(.retry_after))]
+    RateLimited {
+        endpoint: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{endpoint}: server error (HTTP {status}){}", fmt_after(.retry_after))]
+    Server {
+        endpoint: String,
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("{endpoint}: transport error: {message}")]
+    Transport { endpoint: String, message: String },
+    #[error("{endpoint}: no response within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
+    #[error("{endpoint}: credential refused (HTTP 401)")]
+    Unauthorized { endpoint: String },
+    #[error(
+        "{endpoint}: credentials refused after a refresh; the connection needs re-authorization ({detail})"
+    )]
+    NeedsReauth { endpoint: String, detail: String },
+    #[error("{endpoint}: HTTP {status}: {snippet}")]
+    Client {
+        endpoint: String,
+        status: u16,
+        snippet: String,
+    },
+    #[error("{endpoint}: malformed response body: {message}")]
+    Body { endpoint: String, message: String },
+    #[error(
+        "{endpoint}: refused a URL on another origin ({origin}); credentials are never sent off-origin"
+    )]
+    CrossOrigin { endpoint: String, origin: String },
+    #[error("{endpoint}: pagination loop: page {token} was already requested")]
+    PaginationLoop { endpoint: String, token: String },
+    #[error("raw store: {0}")]
+    Storage(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+fn fmt_after(d: &Option<Duration>) -> String {
+    d.map(|d| format!(", retry after {}s", d.as_secs()))
+        .unwrap_or_default()
+}
+
+impl Error {
+    /// The one table from error to class. See the `classification` tests.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::RateLimited { retry_after, .. } => ErrorClass::Retry {
+                after: *retry_after,
+            },
+            Error::Server {
+                status,
+                retry_after,
+                ..
+            } => match status {
+                500 | 502 | 503 | 504 => ErrorClass::Retry {
+                    after: *retry_after,
+                },
+                _ => ErrorClass::Fail,
+            },
+            Error::Transport { .. } | Error::Timeout { .. } => ErrorClass::Retry { after: None },
+            Error::Client { status: 408, .. } => ErrorClass::Retry { after: None },
+            Error::Unauthorized { .. } => ErrorClass::RefreshAuthThenRetry,
+            Error::Body { .. } => ErrorClass::Fail,
+            Error::NeedsReauth { .. }
+            | Error::Client { .. }
+            | Error::CrossOrigin { .. }
+            | Error::PaginationLoop { .. }
+            | Error::Config(_) => ErrorClass::Fail,
+            Error::Storage(_) => ErrorClass::Retry { after: None },
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class(), ErrorClass::Retry { .. })
+    }
+
+    /// A stable, bounded name for the kind (metrics labels, run ledger).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Server { .. } => "server",
+            Error::Transport { .. } => "transport",
+            Error::Timeout { .. } => "timeout",
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::NeedsReauth { .. } => "needs_reauth",
+            Error::Client { .. } => "client",
+            Error::Body { .. } => "body",
+            Error::CrossOrigin { .. } => "cross_origin",
+            Error::PaginationLoop { .. } => "pagination_loop",
+            Error::Storage(_) => "storage",
+            Error::Config(_) => "config",
+        }
+    }
+
+    /// Classifies an HTTP status that is not a success.
+    pub fn from_status(
+        endpoint: &str,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: &[u8],
+    ) -> Self {
+        let endpoint = endpoint.to_owned();
+        match status {
+            429 => Error::RateLimited {
+                endpoint,
+                retry_after,
+            },
+            401 => Error::Unauthorized { endpoint },
+            500..=599 => Error::Server {
+                endpoint,
+                status,
+                retry_after,
+            },
+            _ => Error::Client {
+                endpoint,
+                status,
+                snippet: snippet(body),
+            },
+        }
+    }
+}
+
+/// At most 200 characters of a body, on one line, for error messages.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut s: String = one_line.trim().chars().take(200).collect();
+    if one_line.trim().chars().count() > 200 {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod classification {
+    use super::*;
+
+    const E: &str = "workday GET /workers";
+
+    macro_rules! class_table {
+        ($($name:ident: $err:expr => $class:pat $(if $guard:expr)?,)*) => {$(
+            #[test]
+            fn $name() {
+                let err: Error = $err;
+                assert!(matches!(err.class(), $class $(if $guard)?), "{err}: {:?}", err.class());
+            }
+        )*};
+    }
+
+    class_table! {
+        http_429_with_retry_after: Error::from_status(E, 429, Some(Duration::from_secs(7)), b"")
+            => ErrorClass::Retry { after: Some(d) } if d == Duration::from_secs(7),
+        http_500: Error::from_status(E, 500, None, b"") => ErrorClass::Retry { after: None },
+        http_502: Error::from_status(E, 502, None, b"") => ErrorClass::Retry { after: None },
+        http_503_with_retry_after: Error::from_status(E, 503, Some(Duration::from_secs(2)), b"")
+            => ErrorClass::Retry { after: Some(_) },
+        http_504: Error::from_status(E, 504, None, b"") => ErrorClass::Retry { after: None },
+        http_501_is_not_transient: Error::from_status(E, 501, None, b"") => ErrorClass::Fail,
+        http_408: Error::from_status(E, 408, None, b"") => ErrorClass::Retry { .. },
+        first_401: Error::from_status(E, 401, None, b"") => ErrorClass::RefreshAuthThenRetry,
+        second_401: Error::NeedsReauth { endpoint: E.into(), detail: "again".into() } => ErrorClass::Fail,
+        http_400: Error::from_status(E, 400, None, b"bad") => ErrorClass::Fail,
+        http_403: Error::from_status(E, 403, None, b"") => ErrorClass::Fail,
+        http_404: Error::from_status(E, 404, None, b"") => ErrorClass::Fail,
+        http_422: Error::from_status(E, 422, None, b"") => ErrorClass::Fail,
+        connection_refused: Error::Transport { endpoint: E.into(), message: "connection refused".into() }
+            => ErrorClass::Retry { .. },
+        timeout: Error::Timeout { endpoint: E.into(), after: Duration::from_secs(30) } => ErrorClass::Retry { .. },
+        malformed_body: Error::Body { endpoint: E.into(), message: "EOF".into() } => ErrorClass::Fail,
+        cross_origin: Error::CrossOrigin { endpoint: E.into(), origin: "https://evil".into() } => ErrorClass::Fail,
+    }
+
+    #[test]
+    fn snippets_are_bounded_and_single_line() {
+        let s = snippet("a\nb".repeat(500).as_bytes());
+        assert!(s.chars().count() <= 201 && !s.contains('\n'));
+    }
+}

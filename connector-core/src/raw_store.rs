@@ -1,0 +1,196 @@
+//! The raw store: every response body, verbatim, as one write-once object.
+
+use bytes::Bytes;
+use chrono::{DateTime, Datelike, Utc};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use url::Url;
+
+use crate::Error;
+
+/// Content-addressed, create-only object storage for raw pages, over any
+/// `object_store` backend chosen by URL: `file:///var/lib/sync/raw` (the
+/// default), `memory:///` (tests), `s3://bucket/prefix` (credentials and region
+/// from the usual `AWS_*` environment variables or the `options` table).
+#[derive(Clone, Debug)]
+pub struct RawStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+/// Where a body was stored and what it hashed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub sha256: String,
+    pub bytes: usize,
+}
+
+impl RawStore {
+    /// Opens the store at `url`. A `file://` directory is created if missing.
+    pub fn from_url(url: &Url, options: &[(String, String)]) -> Result<Self, Error> {
+        if url.scheme() == "file" {
+            let dir = url
+                .to_file_path()
+                .map_err(|_| Error::Config(format!("raw_store.url {url} is not a local path")))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Error::Config(format!(
+                    "raw_store.url {url}: cannot create {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let (store, prefix) = object_store::parse_url_opts(
+            url,
+            options.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|e| Error::Config(format!("raw_store.url {url}: {e}")))?;
+        Ok(Self {
+            store: Arc::from(store),
+            prefix,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn in_memory() -> Self {
+        Self {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: Path::default(),
+            url: "memory:///".into(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The object key of a body: `{tenant}/{connection}/{stream}/{yyyy}/{mm}/{dd}/{sha256}.json`.
+    pub fn key_for(
+        tenant: &str,
+        connection: &str,
+        stream: &str,
+        fetched_at: DateTime<Utc>,
+        sha256: &str,
+    ) -> String {
+        format!(
+            "{tenant}/{connection}/{stream}/{:04}/{:02}/{:02}/{sha256}.json",
+            fetched_at.year(),
+            fetched_at.month(),
+            fetched_at.day()
+        )
+    }
+
+    pub fn sha256_hex(body: &[u8]) -> String {
+        hex::encode(Sha256::digest(body))
+    }
+
+    fn path(&self, key: &str) -> Result<Path, Error> {
+        let rel = Path::parse(key)
+            .map_err(|e| Error::Storage(format!("invalid object key {key:?}: {e}")))?;
+        Ok(self.prefix.parts().chain(rel.parts()).collect())
+    }
+
+    /// Stores `body` under its content key, create-only. An object that already
+    /// exists under that key holds the same bytes (the key is their hash), so
+    /// `AlreadyExists` is success: retries and re-fetches never duplicate.
+    pub async fn put(
+        &self,
+        tenant: &str,
+        connection: &str,
+        stream: &str,
+        fetched_at: DateTime<Utc>,
+        body: Bytes,
+    ) -> Result<StoredObject, Error> {
+        let sha256 = Self::sha256_hex(&body);
+        let key = Self::key_for(tenant, connection, stream, fetched_at, &sha256);
+        let bytes = body.len();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(&key)?, PutPayload::from_bytes(body), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+                Ok(StoredObject { key, sha256, bytes })
+            }
+            Err(e) => Err(Error::Storage(format!("put {key}: {e}"))),
+        }
+    }
+
+    /// Reads an object back, verifying its hash against the key's.
+    pub async fn get(&self, key: &str) -> Result<Bytes, Error> {
+        let body = self
+            .store
+            .get(&self.path(key)?)
+            .await
+            .map_err(|e| Error::Storage(format!("get {key}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| Error::Storage(format!("read {key}: {e}")))?;
+        let expect = key
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".json"))
+            .unwrap_or("");
+        if !expect.is_empty() && Self::sha256_hex(&body) != expect {
+            return Err(Error::Storage(format!(
+                "object {key} does not match its content hash"
+            )));
+        }
+        Ok(body)
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, Error> {
+        match self.store.head(&self.path(key)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::Storage(format!("head {key}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn puts_are_content_addressed_and_idempotent() {
+        let s = RawStore::in_memory();
+        let at = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let a = s
+            .put("t", "c", "workers", at, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let b = s
+            .put("t", "c", "workers", at, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(a.key.starts_with("t/c/workers/2026/11/23/"));
+        assert_eq!(s.get(&a.key).await.unwrap().as_ref(), b"{}");
+        assert!(!s.exists("t/c/workers/2026/11/23/00.json").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn file_store_is_created_and_prefixed() {
+        let dir = std::env::temp_dir().join(format!("rawstore-{}", std::process::id()));
+        let url = Url::from_directory_path(dir.join("nested")).unwrap();
+        let s = RawStore::from_url(&url, &[]).unwrap();
+        let at = Utc::now();
+        let o = s
+            .put("t", "c", "s", at, Bytes::from_static(b"[1]"))
+            .await
+            .unwrap();
+        assert!(dir.join("nested").join(&o.key).exists());
+        assert_eq!(s.get(&o.key).await.unwrap().as_ref(), b"[1]");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
