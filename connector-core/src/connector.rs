@@ -1,7 +1,7 @@
 //! The connector contract: a typed trait for authors, an erased trait for the
 //! daemon's registry, and a blanket impl between them.
 
-use canonical_model::Mapper;
+use canonical_model::{EntityKind, Mapper};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
@@ -34,6 +34,8 @@ pub struct StreamDef {
     /// JSON pointer of a record's source-modified time, when it has one.
     pub cursor: Option<&'static str>,
     pub mode: SyncMode,
+    /// The canonical entity a record of this stream is (the mapper's first output).
+    pub entity: EntityKind,
     pub mapper: Arc<dyn Mapper>,
 }
 

@@ -17,7 +17,7 @@ pub enum Pagination {
 
 /// Where a page starts. Stored in the watermark while a pull is in progress,
 /// so an interrupted pull resumes where it stopped.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PageToken {
     Offset { offset: u64 },

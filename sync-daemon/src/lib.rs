@@ -1,1 +1,312 @@
-//! placeholder
+//! The sync daemon: fetches raw pages into the raw store, loads them into the
+//! canonical model in Postgres with field-level provenance, and replays them
+//! after a mapping changes without calling the source.
+//!
+//! The binary is a thin shell over [`run`]; everything is usable as a library
+//! (the tests drive [`pipeline::sync`] and [`pipeline::replay`] directly).
+
+pub mod config;
+pub mod db;
+pub mod explain;
+pub mod fixture_server;
+pub mod load;
+pub mod pipeline;
+pub mod registry;
+pub mod status;
+
+use clap::{Parser, Subcommand};
+use connector_core::{HttpClient, RawStore, auth, http};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sync-daemon",
+    version,
+    about = "Sync enterprise sources into a canonical model with provenance"
+)]
+pub struct Cli {
+    /// The TOML config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SYNC_CONFIG",
+        default_value = "sync.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations (safe to run twice and concurrently).
+    Migrate,
+    /// Fetch every page of a connection into the raw store and load it.
+    Sync {
+        connection: String,
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload every stored page through the current mappers, without calling the source.
+    Replay {
+        connection: String,
+        #[arg(long)]
+        stream: Option<String>,
+        /// Report what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show where each field of a canonical row came from.
+    Explain {
+        /// worker, org_unit or location.
+        entity: String,
+        /// Canonical id or the source's own id.
+        id: String,
+        field: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Last run, pages, records, watermark and dead letters per connection and stream.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve recorded Workday pages on loopback (the demo's and the benchmark's source).
+    ServeFixtures {
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        listen: String,
+        /// Folder of recorded pages (`*.json` with a `data` array).
+        #[arg(long, default_value = "fixtures/workday/workers")]
+        pages: PathBuf,
+        #[arg(long, default_value = "acme")]
+        tenant: String,
+        #[arg(long, default_value = "ccx/api/common/v1")]
+        api_path: String,
+        /// Lifetime of issued access tokens.
+        #[arg(long, default_value_t = 3600)]
+        token_ttl_secs: u64,
+    },
+}
+
+/// Runs one command; the binary maps the error to a one-line message and exit 1.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::ServeFixtures {
+        listen,
+        pages,
+        tenant,
+        api_path,
+        token_ttl_secs,
+    } = &cli.command
+    {
+        let records = fixture_server::load_records(pages)?;
+        let n = records.len();
+        let opts = fixture_server::FixtureOptions {
+            tenant: tenant.clone(),
+            api_path: api_path.clone(),
+            token_ttl: std::time::Duration::from_secs(*token_ttl_secs),
+            ..Default::default()
+        };
+        let (addr, handle) = fixture_server::start(listen, records, opts).await?;
+        eprintln!(
+            "serving {n} workers at http://{addr}/{api_path}/{tenant}/workers (Ctrl-C to stop)"
+        );
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = handle => {}
+        }
+        return Ok(());
+    }
+    let cfg = config::Config::load(&cli.config)?;
+    let pool = db::connect(&cfg.database.url, cfg.database.max_connections).await?;
+    if let Command::Migrate = cli.command {
+        db::migrate(&pool).await?;
+        println!("migrations applied");
+        return Ok(());
+    }
+    let opts: Vec<(String, String)> = cfg
+        .raw_store
+        .options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let store = RawStore::from_url(&cfg.raw_store.url, &opts)?;
+    match cli.command {
+        Command::Sync {
+            connection,
+            stream,
+            json,
+        } => {
+            let ctx = context(&cfg, &pool, &store, &connection, true)?;
+            let s = pipeline::sync(&ctx, stream.as_deref()).await;
+            finish_progress(&ctx);
+            let s = s?;
+            print_summary("sync", &connection, &s, json)?;
+        }
+        Command::Replay {
+            connection,
+            stream,
+            dry_run,
+            json,
+        } => {
+            let ctx = context(&cfg, &pool, &store, &connection, false)?;
+            let s = pipeline::replay(&ctx, stream.as_deref(), dry_run).await;
+            finish_progress(&ctx);
+            let s = s?;
+            print_summary(
+                if dry_run {
+                    "replay --dry-run"
+                } else {
+                    "replay"
+                },
+                &connection,
+                &s,
+                json,
+            )?;
+        }
+        Command::Explain {
+            entity,
+            id,
+            field,
+            json,
+        } => {
+            let x = explain::explain(&pool, &store, &entity, &id, field.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&x)?);
+            } else {
+                print!("{x}");
+            }
+        }
+        Command::Status { json } => {
+            let rows = status::status(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", status::render(&rows));
+            }
+        }
+        Command::Migrate | Command::ServeFixtures { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn context(
+    cfg: &config::Config,
+    pool: &sqlx::PgPool,
+    store: &RawStore,
+    name: &str,
+    with_http: bool,
+) -> anyhow::Result<pipeline::Ctx> {
+    let conn = cfg.connection(name).map_err(anyhow::Error::msg)?;
+    let connector = registry::build(conn)?;
+    let http = if with_http {
+        let settings = conn.http.settings();
+        let client = http::base_client(&settings.user_agent)?;
+        let auth = auth::provider(&conn.auth, client.clone());
+        Some(HttpClient::new(
+            connector.name(),
+            connector.base_url().clone(),
+            auth,
+            client,
+            settings,
+        ))
+    } else {
+        None
+    };
+    let progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>> = if std::io::stderr().is_terminal() {
+        let started = std::time::Instant::now();
+        Some(Arc::new(move |pages, records| {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r  {pages} pages, {records} records, {:.0} records/s   ",
+                records as f64 / secs
+            );
+        }))
+    } else {
+        None
+    };
+    Ok(pipeline::Ctx {
+        pool: pool.clone(),
+        store: store.clone(),
+        tenant: cfg.tenant.clone(),
+        connection: name.to_owned(),
+        connector,
+        http,
+        fetch_concurrency: conn.http.fetch_concurrency,
+        progress,
+    })
+}
+
+fn finish_progress(ctx: &pipeline::Ctx) {
+    if ctx.progress.is_some() {
+        eprintln!();
+    }
+}
+
+fn print_summary(
+    what: &str,
+    connection: &str,
+    s: &pipeline::Summary,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    println!(
+        "{what} {connection}: run #{}, {} pages fetched, {} pages loaded; records: {} changed, {} unchanged, {} dead-lettered; {:.2}s, {:.0} records/s",
+        s.run_id,
+        s.pages_fetched,
+        s.pages_loaded,
+        s.changed,
+        s.unchanged,
+        s.dead_lettered,
+        s.elapsed_secs,
+        s.records_per_sec()
+    );
+    if let Some(d) = &s.diff {
+        let rows = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  rows new: {}",
+            if d.rows_new.is_empty() {
+                "none".into()
+            } else {
+                rows(&d.rows_new)
+            }
+        );
+        println!(
+            "  rows changed: {}",
+            if d.rows_changed.is_empty() {
+                "none".into()
+            } else {
+                rows(&d.rows_changed)
+            }
+        );
+        if !d.fields_changed.is_empty() {
+            println!("  fields changed: {}", rows(&d.fields_changed));
+        }
+    }
+    Ok(())
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters, logs go to stderr.
+pub fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -18,7 +18,7 @@
 mod config;
 pub mod mapper;
 
-use canonical_model::Mapper;
+use canonical_model::{EntityKind, Mapper};
 use connector_core::{Connector, Error, Pagination, StreamDef, SyncMode};
 use std::sync::Arc;
 use url::Url;
@@ -75,6 +75,7 @@ impl Connector for Workday {
             primary_key: "/id",
             cursor: None,
             mode: SyncMode::FullRefresh,
+            entity: EntityKind::Worker,
             mapper: self.workers_mapper.clone(),
         }]
     }

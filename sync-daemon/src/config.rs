@@ -1,0 +1,333 @@
+//! The daemon's TOML config, parsed once into validated types.
+
+use connector_core::{AuthConfig, HttpSettings, RetryPolicy};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use url::Url;
+
+/// Errors name the file and the key that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_tenant")]
+    tenant: String,
+    database: DatabaseConfig,
+    raw_store: RawStoreConfig,
+    #[serde(default)]
+    connection: Vec<toml::Table>,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    4
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreConfig {
+    pub url: Url,
+    /// Backend options (e.g. `aws_region`, `aws_endpoint`); `${ENV}` allowed.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `[connection.http]`: timeouts and retry bounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "d_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "d_base_ms")]
+    pub retry_base_ms: u64,
+    #[serde(default = "d_max_delay")]
+    pub retry_max_delay_secs: u64,
+    #[serde(default = "d_elapsed")]
+    pub retry_max_elapsed_secs: u64,
+    #[serde(default = "d_retry_after")]
+    pub max_retry_after_secs: u64,
+    /// Pages requested at once when the pagination makes them predictable.
+    #[serde(default = "d_concurrency")]
+    pub fetch_concurrency: usize,
+}
+
+fn d_timeout() -> u64 {
+    60
+}
+fn d_attempts() -> u32 {
+    6
+}
+fn d_base_ms() -> u64 {
+    500
+}
+fn d_max_delay() -> u64 {
+    30
+}
+fn d_elapsed() -> u64 {
+    300
+}
+fn d_retry_after() -> u64 {
+    120
+}
+fn d_concurrency() -> usize {
+    4
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl HttpConfig {
+    pub fn settings(&self) -> HttpSettings {
+        let mut retry = RetryPolicy::default();
+        retry.max_attempts = self.max_attempts;
+        retry.base_delay = Duration::from_millis(self.retry_base_ms);
+        retry.max_delay = Duration::from_secs(self.retry_max_delay_secs);
+        retry.max_elapsed = Duration::from_secs(self.retry_max_elapsed_secs);
+        retry.max_retry_after = Duration::from_secs(self.max_retry_after_secs);
+        HttpSettings {
+            attempt_timeout: (self.timeout_secs > 0)
+                .then(|| Duration::from_secs(self.timeout_secs)),
+            retry,
+            ..HttpSettings::default()
+        }
+    }
+}
+
+/// One `[[connection]]`: the core keys; the rest goes to the connector.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub connector: String,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    /// Connector-specific keys, checked by the connector (`deny_unknown_fields`).
+    pub settings: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tenant: String,
+    pub database: DatabaseConfig,
+    pub raw_store: RawStoreConfig,
+    pub connections: Vec<ConnectionConfig>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// Parses config text; `${NAME}` in any string value is replaced by `env(NAME)`.
+    pub fn parse(
+        text: &str,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        substitute(&mut value, "", env).map_err(invalid)?;
+        let raw: RawConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let mut connections = Vec::new();
+        for (i, mut table) in raw.connection.into_iter().enumerate() {
+            let at = |key: &str| format!("connection[{i}].{key}");
+            let name = match table.remove("name") {
+                Some(toml::Value::String(s)) if !s.is_empty() => s,
+                _ => {
+                    return Err(invalid(format!(
+                        "{} is required (a non-empty string)",
+                        at("name")
+                    )));
+                }
+            };
+            let at = |key: &str| format!("connection {name:?}: {key}");
+            let connector = match table.remove("connector") {
+                Some(toml::Value::String(s)) => s,
+                _ => return Err(invalid(format!("{} is required", at("connector")))),
+            };
+            let auth: AuthConfig = match table.remove("auth") {
+                Some(v) => v.try_into().map_err(|e: toml::de::Error| {
+                    invalid(format!("{}: {}", at("auth"), e.message()))
+                })?,
+                None => AuthConfig::None,
+            };
+            let http: HttpConfig = match table.remove("http") {
+                Some(v) => v.try_into().map_err(|e: toml::de::Error| {
+                    invalid(format!("{}: {}", at("http"), e.message()))
+                })?,
+                None => HttpConfig::default(),
+            };
+            if http.fetch_concurrency == 0 || http.max_attempts == 0 {
+                return Err(invalid(format!(
+                    "{}: fetch_concurrency and max_attempts must be at least 1",
+                    at("http")
+                )));
+            }
+            if connections
+                .iter()
+                .any(|c: &ConnectionConfig| c.name == name)
+            {
+                return Err(invalid(format!("connection {name:?} is defined twice")));
+            }
+            let settings = serde_json::to_value(&table)
+                .map_err(|e| invalid(format!("{}: {e}", at("settings"))))?;
+            connections.push(ConnectionConfig {
+                name,
+                connector,
+                auth,
+                http,
+                settings,
+            });
+        }
+        if raw.tenant.is_empty() || raw.tenant.contains('/') {
+            return Err(invalid(
+                "tenant must be a non-empty name without '/'".into(),
+            ));
+        }
+        Ok(Config {
+            tenant: raw.tenant,
+            database: raw.database,
+            raw_store: raw.raw_store,
+            connections,
+        })
+    }
+
+    pub fn connection(&self, name: &str) -> Result<&ConnectionConfig, String> {
+        self.connections
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.connections.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "no connection named {name:?} in the config (configured: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Replaces `${NAME}` references in every string; an unset variable is an error
+/// naming the variable and the key (never the value of anything).
+fn substitute(
+    v: &mut toml::Value,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("{at}: unterminated ${{ in value"))?;
+                let name = &after[..end];
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("{at}: invalid variable reference ${{{name}}}"));
+                }
+                out.push_str(
+                    &env(name)
+                        .ok_or_else(|| format!("{at}: environment variable {name} is not set"))?,
+                );
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let key = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                substitute(v, &key, env)?;
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                substitute(v, &format!("{at}[{i}]"), env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/workday.toml");
+
+    fn env(k: &str) -> Option<String> {
+        Some(format!("<{k}>"))
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(EXAMPLE, "workday.toml", &env).unwrap();
+        assert_eq!(c.connections[0].name, "workday-acme");
+        assert!(!format!("{:?}", c.connections[0].auth).contains("<WORKDAY_CLIENT_SECRET>"));
+    }
+
+    #[test]
+    fn missing_env_and_unknown_keys_are_named() {
+        let e = Config::parse(EXAMPLE, "x.toml", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("environment variable") && e.contains("is not set"),
+            "{e}"
+        );
+        let bad = "[database]\nurl='x'\nurll='y'\n[raw_store]\nurl='memory:///'\n";
+        let e = Config::parse(bad, "x.toml", &env).unwrap_err().to_string();
+        assert!(e.contains("urll"), "{e}");
+        let bad = "[database]\nurl='x'\n[raw_store]\nurl='memory:///'\n[[connection]]\nname='a'\nconnector='w'\n[connection.auth]\nstrategy='magic'\n";
+        let e = Config::parse(bad, "x.toml", &env).unwrap_err().to_string();
+        assert!(
+            e.contains("connection \"a\": auth") && e.contains("magic"),
+            "{e}"
+        );
+    }
+}

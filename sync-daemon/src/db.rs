@@ -1,0 +1,292 @@
+//! Postgres: pool, embedded migrations, mapping-version registration, the run ledger.
+
+use canonical_model::MappingVersion;
+use chrono::{DateTime, Utc};
+use connector_core::{PageToken, RequestMeta};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+/// The project's migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))
+}
+
+/// Applies pending migrations. sqlx holds a Postgres advisory lock while it
+/// migrates, so concurrent `migrate` runs wait for each other; applied
+/// migrations are skipped, so running it twice is harmless.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+}
+
+/// Registers a mapping version and its field rules; returns its id. The same
+/// version with other rules is refused: a changed mapping needs a new version.
+pub async fn register_mapping(pool: &PgPool, m: &MappingVersion) -> anyhow::Result<i32> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "insert into mapping_version (mapper, version, code_hash) values ($1, $2, $3)
+         on conflict (mapper, version) do update set mapper = excluded.mapper
+         returning id, code_hash",
+    )
+    .bind(&m.mapper)
+    .bind(&m.version)
+    .bind(m.code_hash())
+    .fetch_one(&mut *tx)
+    .await?;
+    let id: i32 = row.get(0);
+    let stored: String = row.get(1);
+    if stored != m.code_hash() {
+        anyhow::bail!(
+            "mapping {} version {} is already registered with other rules; bump the version when a rule changes",
+            m.mapper,
+            m.version
+        );
+    }
+    for r in m.rules() {
+        sqlx::query(
+            "insert into mapping_field_rule (mapping_version_id, entity_type, field, pointers, transform)
+             values ($1, $2, $3, $4, $5) on conflict do nothing",
+        )
+        .bind(id)
+        .bind(r.entity.as_str())
+        .bind(r.field)
+        .bind(&r.pointers)
+        .bind(r.transform.name())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+pub async fn ensure_connection(pool: &PgPool, name: &str, connector: &str) -> anyhow::Result<()> {
+    sqlx::query("insert into connection (name, connector) values ($1, $2) on conflict (name) do update set connector = excluded.connector")
+        .bind(name)
+        .bind(connector)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Counts of one run or page. `seen = changed + unchanged + dead` always.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub changed: i64,
+    pub unchanged: i64,
+    pub dead: i64,
+}
+
+impl Counts {
+    pub fn seen(&self) -> i64 {
+        self.changed + self.unchanged + self.dead
+    }
+    pub fn add(&mut self, o: Counts) {
+        self.changed += o.changed;
+        self.unchanged += o.unchanged;
+        self.dead += o.dead;
+    }
+}
+
+pub async fn start_run(
+    pool: &PgPool,
+    connection: &str,
+    stream: Option<&str>,
+    mode: &str,
+    dry_run: bool,
+) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "insert into sync_run (connection, stream, mode, dry_run) values ($1, $2, $3, $4) returning id",
+    )
+    .bind(connection)
+    .bind(stream)
+    .bind(mode)
+    .bind(dry_run)
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn finish_run(
+    pool: &PgPool,
+    run: i64,
+    status: &str,
+    pages: i64,
+    c: Counts,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update sync_run set status = $2, finished_at = now(), pages = $3, records_seen = $4,
+         records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8 where id = $1",
+    )
+    .bind(run)
+    .bind(status)
+    .bind(pages as i32)
+    .bind(c.seen())
+    .bind(c.changed)
+    .bind(c.unchanged)
+    .bind(c.dead)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Runs left `running` by a process that died are marked `interrupted`. Only
+/// called while holding the connection's sync lock.
+pub async fn close_abandoned_runs(pool: &PgPool, connection: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "update sync_run set status = 'interrupted', finished_at = now(), error = 'the process running it stopped'
+         where connection = $1 and status = 'running'",
+    )
+    .bind(connection)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The watermark of a stream: where the next pull starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The next page of a pull in progress; `None` when the last pull completed.
+    pub next: Option<PageToken>,
+    /// Server time (`Date` header) at the start of the last complete pull.
+    #[serde(default)]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Server time at the first page of the pull in progress.
+    #[serde(default)]
+    pub pull_started_at: Option<DateTime<Utc>>,
+}
+
+pub async fn watermark(
+    pool: &PgPool,
+    connection: &str,
+    stream: &str,
+) -> anyhow::Result<Option<Cursor>> {
+    let v: Option<serde_json::Value> =
+        sqlx::query_scalar("select cursor from watermark where connection = $1 and stream = $2")
+            .bind(connection)
+            .bind(stream)
+            .fetch_optional(pool)
+            .await?;
+    v.map(|v| {
+        serde_json::from_value(v)
+            .map_err(|e| anyhow::anyhow!("watermark of {connection}/{stream} is unreadable: {e}"))
+    })
+    .transpose()
+}
+
+/// A page whose object is durably stored, to be recorded in the ledger.
+#[derive(Debug, Clone)]
+pub struct NewPage<'a> {
+    pub run: i64,
+    pub connection: &'a str,
+    pub stream: &'a str,
+    pub token: &'a PageToken,
+    pub object_key: &'a str,
+    pub sha256: &'a str,
+    pub bytes: usize,
+    pub fetched_at: DateTime<Utc>,
+    pub meta: &'a RequestMeta,
+    pub record_path: &'a str,
+    pub record_count: usize,
+}
+
+/// Records a stored page and moves the watermark over it, in one transaction
+/// (invariant 2: the cursor never covers a page that is not recorded and stored).
+pub async fn record_page(pool: &PgPool, p: &NewPage<'_>, cursor: &Cursor) -> anyhow::Result<i64> {
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        "insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
+                               fetched_at, request, record_path, record_count)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) returning id",
+    )
+    .bind(p.run)
+    .bind(p.connection)
+    .bind(p.stream)
+    .bind(serde_json::to_value(p.token)?)
+    .bind(p.object_key)
+    .bind(p.sha256)
+    .bind(p.bytes as i32)
+    .bind(p.fetched_at)
+    .bind(serde_json::to_value(p.meta)?)
+    .bind(p.record_path)
+    .bind(p.record_count as i32)
+    .fetch_one(&mut *tx)
+    .await?;
+    set_watermark(&mut tx, p.connection, p.stream, cursor, Some(p.run), "sync").await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+pub async fn set_watermark(
+    tx: &mut Transaction<'_, Postgres>,
+    connection: &str,
+    stream: &str,
+    cursor: &Cursor,
+    run: Option<i64>,
+    changed_by: &str,
+) -> anyhow::Result<()> {
+    let new = serde_json::to_value(cursor)?;
+    let old: Option<serde_json::Value> = sqlx::query_scalar(
+        "select cursor from watermark where connection = $1 and stream = $2 for update",
+    )
+    .bind(connection)
+    .bind(stream)
+    .fetch_optional(&mut **tx)
+    .await?;
+    sqlx::query(
+        "insert into watermark (connection, stream, cursor, run_id, updated_at) values ($1, $2, $3, $4, now())
+         on conflict (connection, stream) do update set cursor = excluded.cursor, run_id = excluded.run_id, updated_at = now()",
+    )
+    .bind(connection)
+    .bind(stream)
+    .bind(&new)
+    .bind(run)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "insert into watermark_history (connection, stream, old_cursor, new_cursor, run_id, changed_by) values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(connection)
+    .bind(stream)
+    .bind(old)
+    .bind(new)
+    .bind(run)
+    .bind(changed_by)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A recorded page, as the loader needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PageRef {
+    pub id: i64,
+    pub object_key: String,
+    pub record_path: String,
+}
+
+/// Pages of a stream, in fetch order: all of them, or only those not loaded yet.
+pub async fn pages(
+    pool: &PgPool,
+    connection: &str,
+    stream: &str,
+    unloaded_only: bool,
+) -> anyhow::Result<Vec<PageRef>> {
+    Ok(sqlx::query_as(
+        "select id, object_key, record_path from raw_page
+         where connection = $1 and stream = $2 and ($3 = false or loaded_at is null) order by id",
+    )
+    .bind(connection)
+    .bind(stream)
+    .bind(unloaded_only)
+    .fetch_all(pool)
+    .await?)
+}

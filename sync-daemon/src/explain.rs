@@ -1,0 +1,197 @@
+//! `explain`: where every field of a canonical row came from.
+
+use canonical_model::{EntityKind, FieldType};
+use connector_core::RawStore;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+/// The provenance of one field.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldExplain {
+    pub field: String,
+    pub value: serde_json::Value,
+    pub connection: String,
+    pub raw_object_key: String,
+    pub raw_page_id: i64,
+    pub record_position: i32,
+    /// The rule's pointer that yielded the value, relative to the record.
+    pub json_pointer: Option<String>,
+    /// The same pointer from the root of the raw object.
+    pub object_pointer: Option<String>,
+    pub source_value: Option<serde_json::Value>,
+    pub transform: Option<String>,
+    pub mapping: String,
+    pub mapping_version: String,
+    pub fetched_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub entity: String,
+    pub id: i64,
+    pub source_id: String,
+    pub fields: Vec<FieldExplain>,
+}
+
+/// Explains `entity` `id` (canonical id or the source's own id), all fields or one.
+pub async fn explain(
+    pool: &PgPool,
+    store: &RawStore,
+    entity: &str,
+    id: &str,
+    field: Option<&str>,
+) -> anyhow::Result<Explanation> {
+    let kind: EntityKind = entity.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    if let Some(f) = field {
+        if kind.field(f).is_none() {
+            let names: Vec<_> = kind.fields().iter().map(|f| f.name).collect();
+            anyhow::bail!("{kind} has no field {f:?} (fields: {})", names.join(", "));
+        }
+    }
+    let table = kind.as_str();
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select to_jsonb(t) from {table} t where t.id::text = $1
+         union all
+         select to_jsonb(t) from {table} t join source_link l on l.canonical_id = t.id and l.entity_type = $2
+         where l.source_id = $1 and t.id::text <> $1
+         limit 2"
+    )))
+    .bind(id)
+    .bind(table)
+    .fetch_all(pool)
+    .await?;
+    let row: serde_json::Value = match row.len() {
+        0 => anyhow::bail!("no {kind} with canonical or source id {id:?}"),
+        1 => row[0].get(0),
+        _ => anyhow::bail!(
+            "{id:?} matches several {kind} rows (from several connections); use the canonical id"
+        ),
+    };
+    let canonical_id = row["id"].as_i64().unwrap_or_default();
+    let contributors: Vec<i64> =
+        serde_json::from_value(row["prov_contributors"].clone()).unwrap_or_default();
+    let field_src: Option<Vec<Option<i16>>> =
+        serde_json::from_value(row["prov_field_src"].clone()).ok();
+    let mut fields = Vec::new();
+    let mut record_cache: std::collections::HashMap<i64, serde_json::Value> = Default::default();
+    for (i, def) in kind.fields().iter().enumerate() {
+        if field.is_some_and(|f| f != def.name) {
+            continue;
+        }
+        let value = row
+            .get(def.column())
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        if value.is_null() && field.is_none() {
+            continue;
+        }
+        let k = field_src
+            .as_ref()
+            .and_then(|v| v.get(i).copied().flatten())
+            .unwrap_or(0) as usize;
+        let Some(&deriv) = contributors.get(k) else {
+            continue;
+        };
+        let d = sqlx::query(
+            "select d.connection, d.raw_page_id, d.record_ordinal, p.object_key, p.record_path, p.fetched_at,
+                    m.mapper, m.version, r.pointers, r.transform
+             from derivation d join raw_page p on p.id = d.raw_page_id
+             join mapping_version m on m.id = d.mapping_version_id
+             left join mapping_field_rule r on r.mapping_version_id = m.id and r.entity_type = $2 and r.field = $3
+             where d.id = $1",
+        )
+        .bind(deriv)
+        .bind(table)
+        .bind(def.name)
+        .fetch_one(pool)
+        .await?;
+        let page_id: i64 = d.get(1);
+        let ordinal: i32 = d.get(2);
+        let key: String = d.get(3);
+        let record_path: String = d.get(4);
+        let pointers: Option<Vec<String>> = d.get(8);
+        if !record_cache.contains_key(&page_id) {
+            let body = store.get(&key).await?;
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            record_cache.insert(page_id, v);
+        }
+        let record = record_cache[&page_id].pointer(&format!("{record_path}/{ordinal}"));
+        let located = pointers.as_ref().and_then(|ps| {
+            ps.iter().find_map(|p| {
+                record?
+                    .pointer(p)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (p.clone(), v.clone()))
+            })
+        });
+        let shown = match (def.ty, &value) {
+            (FieldType::Ref(target), serde_json::Value::Number(n)) => {
+                serde_json::json!({"canonical_id": n, "entity": target.as_str()})
+            }
+            _ => value,
+        };
+        fields.push(FieldExplain {
+            field: def.name.to_owned(),
+            value: shown,
+            connection: d.get(0),
+            raw_object_key: key,
+            raw_page_id: page_id,
+            record_position: ordinal,
+            object_pointer: located
+                .as_ref()
+                .map(|(p, _)| format!("{record_path}/{ordinal}{p}")),
+            json_pointer: located
+                .as_ref()
+                .map(|(p, _)| p.clone())
+                .or_else(|| pointers.as_ref().map(|p| p.join(" | "))),
+            source_value: located.map(|(_, v)| v),
+            transform: d.get(9),
+            mapping: d.get(6),
+            mapping_version: d.get(7),
+            fetched_at: d.get(5),
+        });
+    }
+    if let Some(f) = field {
+        if fields.is_empty() {
+            anyhow::bail!("{kind} {id}: field {f} has no provenance");
+        }
+    }
+    let source_id = row["source_id"].as_str().unwrap_or_default().to_owned();
+    Ok(Explanation {
+        entity: table.to_owned(),
+        id: canonical_id,
+        source_id,
+        fields,
+    })
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} {} (source id {})",
+            self.entity, self.id, self.source_id
+        )?;
+        for x in &self.fields {
+            writeln!(f, "  {} = {}", x.field, x.value)?;
+            writeln!(
+                f,
+                "      from {} page {} record #{} at {} ({}), transform {}, mapping {} v{}, fetched {}",
+                x.connection,
+                x.raw_page_id,
+                x.record_position,
+                x.json_pointer.as_deref().unwrap_or("?"),
+                x.raw_object_key,
+                x.transform.as_deref().unwrap_or("?"),
+                x.mapping,
+                x.mapping_version,
+                x.fetched_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )?;
+            if let Some(v) = &x.source_value {
+                writeln!(f, "      source value {v}")?;
+            }
+        }
+        Ok(())
+    }
+}
