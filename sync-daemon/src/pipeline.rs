@@ -192,9 +192,8 @@ async fn sync_stream(
     let load = load_stream(ctx, def, mapping_id, leftovers, rx, summary);
     // The loader drains whatever the fetcher stored even when the fetcher fails.
     let (fetched, loaded) = tokio::join!(fetch, load);
-    let pages = loaded?;
+    loaded?;
     summary.pages_fetched += fetched?;
-    summary.pages_loaded += pages;
     Ok(())
 }
 

@@ -1,0 +1,103 @@
+//! Shared test helpers: a fixture source on loopback and a pipeline context.
+#![allow(dead_code)]
+
+use connector_core::auth::{self, AuthConfig};
+use connector_core::{DynConnector, HttpClient, HttpSettings, RawStore, http};
+use std::path::PathBuf;
+use std::sync::Arc;
+use sync_daemon::fixture_server::{self, FixtureOptions};
+use sync_daemon::pipeline::Ctx;
+
+pub const CLIENT_SECRET: &str = "cs-5ecret-7f3a9b";
+pub const REFRESH_TOKEN: &str = "rt-5ecret-0c81d2";
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/workday/workers")
+}
+
+/// Serves the recorded fixtures; returns the base URL.
+pub async fn fixture_source() -> (String, tokio::task::JoinHandle<()>) {
+    let records = fixture_server::load_records(&fixture_dir()).unwrap();
+    let opts = FixtureOptions {
+        client_secret: CLIENT_SECRET.into(),
+        refresh_token: REFRESH_TOKEN.into(),
+        ..Default::default()
+    };
+    let (addr, h) = fixture_server::start("127.0.0.1:0", records, opts)
+        .await
+        .unwrap();
+    (format!("http://{addr}"), h)
+}
+
+pub fn refresh_auth(base: &str, refresh_token: &str) -> AuthConfig {
+    serde_json::from_value(serde_json::json!({
+        "strategy": "oauth2_refresh_token",
+        "token_url": format!("{base}/ccx/oauth2/acme/token"),
+        "client_id": "demo-client",
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": refresh_token,
+    }))
+    .unwrap()
+}
+
+pub fn workday(base: &str) -> workday::Workday {
+    use connector_core::Connector;
+    workday::Workday::new(
+        serde_json::from_value(serde_json::json!({"base_url": base, "tenant": "acme"})).unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn ctx(
+    pool: &sqlx::PgPool,
+    store: &RawStore,
+    connector: Arc<dyn DynConnector>,
+    auth: &AuthConfig,
+) -> Ctx {
+    let mut settings = HttpSettings::default();
+    settings.retry.base_delay = std::time::Duration::from_millis(1);
+    settings.retry.max_delay = std::time::Duration::from_millis(5);
+    settings.retry.max_attempts = 3;
+    let client = http::base_client("test").unwrap();
+    let http = HttpClient::new(
+        connector.name(),
+        connector.base_url().clone(),
+        auth::provider(auth, client.clone()),
+        client,
+        settings,
+    );
+    Ctx {
+        pool: pool.clone(),
+        store: store.clone(),
+        tenant: "test".into(),
+        connection: "wd".into(),
+        connector,
+        http: Some(http),
+        fetch_concurrency: 3,
+        progress: None,
+    }
+}
+
+pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The canonical state, by source ids (canonical ids differ between databases).
+pub async fn state(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "select w.source_id || '|' || (to_jsonb(w) - 'id' - 'org_unit_id' - 'location_id' - 'manager_id'
+                 - 'prov_contributors' - 'updated_at' - 'mapping_version_id')::text
+                 || '|' || coalesce(o.source_id, '-') || '|' || coalesce(l.source_id, '-') || '|' || coalesce(m.source_id, '-')
+         from worker w left join org_unit o on o.id = w.org_unit_id left join location l on l.id = w.location_id
+         left join worker m on m.id = w.manager_id
+         union all select 'org|' || source_id || '|' || coalesce(name, '') from org_unit
+         union all select 'loc|' || source_id || '|' || coalesce(name, '') || coalesce(country, '') from location
+         order by 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
