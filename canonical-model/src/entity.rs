@@ -182,6 +182,7 @@ pub struct Location {
 }
 
 /// Any canonical entity a mapper can produce.
+#[allow(clippy::large_enum_variant)] // short-lived, turned into a row at once
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entity {
     Worker(Worker),

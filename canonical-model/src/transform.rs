@@ -231,10 +231,10 @@ fn parse_ms_date(inner: &str) -> Option<DateTime<Utc>> {
     let ms: i64 = ms.parse().ok()?;
     let t = DateTime::<Utc>::from_timestamp_millis(ms)?;
     // The milliseconds are UTC already; the offset only says how the source displays it.
-    if let Some(o) = offset {
-        if o.len() != 5 || !o[1..].bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
+    if let Some(o) = offset
+        && (o.len() != 5 || !o[1..].bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
     }
     Some(t)
 }

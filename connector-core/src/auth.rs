@@ -192,13 +192,13 @@ impl RefreshTokenAuth {
             endpoint: endpoint.clone(),
             message: format!("token response is not an OAuth2 token: {e}"),
         })?;
-        if let Some(t) = token.token_type.as_deref() {
-            if !t.eq_ignore_ascii_case("bearer") {
-                return Err(Error::Body {
-                    endpoint,
-                    message: format!("unsupported token_type {t:?}"),
-                });
-            }
+        if let Some(t) = token.token_type.as_deref()
+            && !t.eq_ignore_ascii_case("bearer")
+        {
+            return Err(Error::Body {
+                endpoint,
+                message: format!("unsupported token_type {t:?}"),
+            });
         }
         if let Some(rotated) = token.refresh_token {
             // Durable persistence of a rotated refresh token goes through the

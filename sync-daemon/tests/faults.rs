@@ -1,0 +1,211 @@
+//! Crash safety, malformed input and secrecy.
+
+mod common;
+
+use common::*;
+use connector_core::{AuthConfig, RawStore};
+use std::sync::Arc;
+use sync_daemon::{db::MIGRATOR, pipeline};
+use wiremock::matchers::{path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn page(offset: usize) -> String {
+    std::fs::read_to_string(fixture_dir().join(format!("{offset}.json"))).unwrap()
+}
+
+fn bearer() -> AuthConfig {
+    AuthConfig::Bearer {
+        token: "static-tok".to_owned().into(),
+    }
+}
+
+async fn serve_page(srv: &MockServer, offset: usize, resp: ResponseTemplate) {
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .and(query_param("offset", offset.to_string()))
+        .respond_with(resp)
+        .mount(srv)
+        .await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_sync_failing_mid_way_then_rerun_loses_and_duplicates_nothing(pool: sqlx::PgPool) {
+    let srv = MockServer::start().await;
+    serve_page(&srv, 0, ResponseTemplate::new(200).set_body_string(page(0))).await;
+    serve_page(
+        &srv,
+        100,
+        ResponseTemplate::new(200).set_body_string(page(100)),
+    )
+    .await;
+    let store = RawStore::in_memory();
+    let c = ctx(&pool, &store, Arc::new(workday(&srv.uri())), &bearer());
+    let c = pipeline::Ctx {
+        fetch_concurrency: 1,
+        ..c
+    };
+    let e = pipeline::sync(&c, None).await.unwrap_err();
+    assert!(format!("{e:#}").contains("offset 200"), "{e:#}");
+    // The watermark covers exactly the stored pages, and every recorded object exists.
+    let next: serde_json::Value = sqlx::query_scalar("select cursor -> 'next' from watermark")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(next, serde_json::json!({"kind": "offset", "offset": 200}));
+    for key in sqlx::query_scalar::<_, String>("select object_key from raw_page")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    {
+        assert!(store.exists(&key).await.unwrap(), "{key}");
+    }
+    assert_eq!(count(&pool, "select count(*) from worker").await, 200);
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from sync_run where status = 'failed'"
+        )
+        .await,
+        1
+    );
+
+    serve_page(
+        &srv,
+        200,
+        ResponseTemplate::new(200).set_body_string(page(200)),
+    )
+    .await;
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(s.pages_fetched, 1, "resumed at the watermark");
+    assert_eq!(count(&pool, "select count(*) from worker").await, 260);
+    assert_eq!(
+        count(&pool, "select count(distinct source_id) from worker").await,
+        260
+    );
+    assert_eq!(
+        count(&pool, "select count(*) from derivation").await,
+        260,
+        "each worker written once"
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn malformed_pages_fail_clearly_and_bad_records_are_dead_lettered(pool: sqlx::PgPool) {
+    let srv = MockServer::start().await;
+    let mut body: serde_json::Value = serde_json::from_str(&page(0)).unwrap();
+    body["total"] = serde_json::json!(100);
+    body["data"][5]["hireDate"] = serde_json::json!(20200101);
+    body["data"][6]["isManager"] = serde_json::json!("maybe");
+    serve_page(&srv, 0, ResponseTemplate::new(200).set_body_json(&body)).await;
+    let store = RawStore::in_memory();
+    let c = ctx(&pool, &store, Arc::new(workday(&srv.uri())), &bearer());
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.changed, s.dead_lettered), (98, 2));
+    let msgs: Vec<String> =
+        sqlx::query_scalar("select message from dead_letter order by record_ordinal")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        msgs[0],
+        "worker.hire_date at /hireDate: expected a number, found a number"
+            .replace("expected a number", "expected a string")
+    );
+    assert!(msgs[1].contains("is_manager"), "{msgs:?}");
+
+    let srv2 = MockServer::start().await;
+    serve_page(
+        &srv2,
+        0,
+        ResponseTemplate::new(200).set_body_string("{\"total\": 3, \"data\": [{\"id\": \"a\"},"),
+    )
+    .await;
+    let c2 = pipeline::Ctx {
+        connection: "wd2".into(),
+        ..ctx(&pool, &store, Arc::new(workday(&srv2.uri())), &bearer())
+    };
+    let e = format!("{:#}", pipeline::sync(&c2, None).await.unwrap_err());
+    assert!(
+        e.contains("malformed response body") && e.contains("offset 0"),
+        "{e}"
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn secrets_never_reach_the_ledger_the_raw_store_or_errors(pool: sqlx::PgPool) {
+    let (base, _srv) = fixture_source().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        RawStore::from_url(&url::Url::from_directory_path(dir.path()).unwrap(), &[]).unwrap();
+    let c = ctx(
+        &pool,
+        &store,
+        Arc::new(workday(&base)),
+        &refresh_auth(&base, REFRESH_TOKEN),
+    );
+    pipeline::sync(&c, None).await.unwrap();
+    // A refused refresh token: the error names the problem, not the secret.
+    let bad = ctx(
+        &pool,
+        &store,
+        Arc::new(workday(&base)),
+        &refresh_auth(&base, "rt-wrong-5ecret"),
+    );
+    let e = format!(
+        "{:#} {:?}",
+        pipeline::sync(&bad, None).await.unwrap_err(),
+        bad.http
+    );
+    assert!(
+        e.contains("re-authorization") && e.contains("invalid_grant"),
+        "{e}"
+    );
+
+    let mut haystack = e;
+    for table in [
+        "sync_run",
+        "raw_page",
+        "watermark",
+        "watermark_history",
+        "dead_letter",
+        "derivation",
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select t::text from {table} t"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        haystack.push_str(&rows.join("\n"));
+    }
+    for f in walk(dir.path()) {
+        haystack.push_str(&std::fs::read_to_string(f).unwrap());
+    }
+    assert!(haystack.contains("\"offset\""), "the ledger was read");
+    for secret in [
+        CLIENT_SECRET,
+        REFRESH_TOKEN,
+        "rt-wrong-5ecret",
+        "fx-",
+        "Bearer",
+    ] {
+        assert!(!haystack.contains(secret), "{secret} leaked");
+    }
+    let status: String = sqlx::query_scalar("select status from sync_run order by id desc limit 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(status == "needs_reauth" || status == "failed", "{status}");
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
