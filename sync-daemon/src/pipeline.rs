@@ -241,12 +241,12 @@ async fn fetch_stream(
             break;
         };
         inflight_tokens.pop_front();
+        // Keep the typed error in the chain: the run's outcome is decided from it.
         let resp = resp.map_err(|e| {
-            anyhow::anyhow!(
-                "connection {:?}, stream {}, {token}: {e}",
-                ctx.connection,
-                def.name
-            )
+            anyhow::Error::new(e).context(format!(
+                "connection {:?}, stream {}, {token}",
+                ctx.connection, def.name
+            ))
         })?;
         let fetched_at = Utc::now();
         let server_now: DateTime<Utc> = resp
