@@ -42,11 +42,11 @@ pub async fn explain(
     field: Option<&str>,
 ) -> anyhow::Result<Explanation> {
     let kind: EntityKind = entity.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    if let Some(f) = field {
-        if kind.field(f).is_none() {
-            let names: Vec<_> = kind.fields().iter().map(|f| f.name).collect();
-            anyhow::bail!("{kind} has no field {f:?} (fields: {})", names.join(", "));
-        }
+    if let Some(f) = field
+        && kind.field(f).is_none()
+    {
+        let names: Vec<_> = kind.fields().iter().map(|f| f.name).collect();
+        anyhow::bail!("{kind} has no field {f:?} (fields: {})", names.join(", "));
     }
     let table = kind.as_str();
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -110,10 +110,9 @@ pub async fn explain(
         let key: String = d.get(3);
         let record_path: String = d.get(4);
         let pointers: Option<Vec<String>> = d.get(8);
-        if !record_cache.contains_key(&page_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = record_cache.entry(page_id) {
             let body = store.get(&key).await?;
-            let v: serde_json::Value = serde_json::from_slice(&body)?;
-            record_cache.insert(page_id, v);
+            slot.insert(serde_json::from_slice(&body)?);
         }
         let record = record_cache[&page_id].pointer(&format!("{record_path}/{ordinal}"));
         let located = pointers.as_ref().and_then(|ps| {
@@ -151,10 +150,10 @@ pub async fn explain(
             fetched_at: d.get(5),
         });
     }
-    if let Some(f) = field {
-        if fields.is_empty() {
-            anyhow::bail!("{kind} {id}: field {f} has no provenance");
-        }
+    if let Some(f) = field
+        && fields.is_empty()
+    {
+        anyhow::bail!("{kind} {id}: field {f} has no provenance");
     }
     let source_id = row["source_id"].as_str().unwrap_or_default().to_owned();
     Ok(Explanation {

@@ -5,8 +5,6 @@
 //! The binary is a thin shell over [`run`]; everything is usable as a library
 //! (the tests drive [`pipeline::sync`] and [`pipeline::replay`] directly).
 
-#![allow(clippy::collapsible_if, clippy::map_entry)]
-
 pub mod config;
 pub mod db;
 pub mod explain;

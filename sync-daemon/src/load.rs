@@ -31,6 +31,19 @@ pub struct LoadCtx<'a> {
     pub mapping_id: i32,
 }
 
+impl<'a> LoadCtx<'a> {
+    pub fn new(connection: &'a str, def: &'a connector_core::StreamDef, mapping_id: i32) -> Self {
+        Self {
+            connection,
+            stream: def.name,
+            primary_key: def.primary_key,
+            entity: def.entity,
+            mapper: def.mapper.as_ref(),
+            mapping_id,
+        }
+    }
+}
+
 /// A stored page and its body.
 #[derive(Debug, Clone)]
 pub struct PageBody {
@@ -191,10 +204,11 @@ pub async fn load_batch(
     .map(|r| (r.get(0), (r.get(1), r.get(2))))
     .collect();
     for r in recs.iter_mut().filter(|r| r.status == Status::Pending) {
-        if let Some((Some(h), Some(m))) = known.get(&r.source_id) {
-            if h.as_slice() == r.hash && *m == ctx.mapping_id {
-                r.status = Status::Unchanged;
-            }
+        if let Some((Some(h), Some(m))) = known.get(&r.source_id)
+            && h.as_slice() == r.hash
+            && *m == ctx.mapping_id
+        {
+            r.status = Status::Unchanged;
         }
     }
 

@@ -11,7 +11,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use sqlx::PgPool;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::db::{self, Counts, NewPage, PageRef};
@@ -59,6 +59,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            changed: self.changed,
+            unchanged: self.unchanged,
+            dead: self.dead_lettered,
+        }
+    }
     pub fn records(&self) -> i64 {
         self.changed + self.unchanged + self.dead_lettered
     }
@@ -117,47 +124,60 @@ fn streams(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
     }
 }
 
-/// Fetches every page of the connection's streams into the raw store and loads them.
-pub async fn sync(ctx: &Ctx, only_stream: Option<&str>) -> anyhow::Result<Summary> {
+/// Runs `body` as one ledgered run of the connection: takes the connection's
+/// lock, closes runs a dead process left open, records the run, and finishes
+/// it with its counts and outcome whatever `body` returns.
+async fn ledgered_run(
+    ctx: &Ctx,
+    only_stream: Option<&str>,
+    mode: &str,
+    dry_run: bool,
+    body: impl AsyncFnOnce(i64, &mut Summary) -> anyhow::Result<()>,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
     db::ensure_connection(&ctx.pool, &ctx.connection, ctx.connector.name()).await?;
     let guard = lock(&ctx.pool, &ctx.connection).await?;
     db::close_abandoned_runs(&ctx.pool, &ctx.connection).await?;
-    let run = db::start_run(&ctx.pool, &ctx.connection, only_stream, "full", false).await?;
+    let run = db::start_run(&ctx.pool, &ctx.connection, only_stream, mode, dry_run).await?;
     let mut summary = Summary {
         run_id: run,
         ..Default::default()
     };
-    let result = async {
-        for def in streams(ctx, only_stream)? {
-            sync_stream(ctx, run, &def, &mut summary).await?;
-        }
-        anyhow::Ok(())
-    }
-    .await;
+    let result = body(run, &mut summary).await;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
-    let counts = Counts {
-        changed: summary.changed,
-        unchanged: summary.unchanged,
-        dead: summary.dead_lettered,
-    };
     let status = match &result {
         Ok(()) => "succeeded",
         Err(e) if is_needs_reauth(e) => "needs_reauth",
         Err(_) => "failed",
     };
     let err = result.as_ref().err().map(|e| format!("{e:#}"));
+    let pages = if mode == "replay" {
+        summary.pages_loaded
+    } else {
+        summary.pages_fetched
+    } as i64;
     db::finish_run(
         &ctx.pool,
         run,
         status,
-        summary.pages_fetched as i64,
-        counts,
+        pages,
+        summary.counts(),
         err.as_deref(),
     )
     .await?;
     guard.release(&ctx.connection).await;
     result.map(|()| summary)
+}
+
+/// Fetches every page of the connection's streams into the raw store and loads them.
+pub async fn sync(ctx: &Ctx, only_stream: Option<&str>) -> anyhow::Result<Summary> {
+    ledgered_run(ctx, only_stream, "full", false, async |run, summary| {
+        for def in streams(ctx, only_stream)? {
+            sync_stream(ctx, run, &def, summary).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 fn is_needs_reauth(e: &anyhow::Error) -> bool {
@@ -355,14 +375,7 @@ async fn load_stream(
     mut rx: mpsc::Receiver<Fetched>,
     summary: &mut Summary,
 ) -> anyhow::Result<u64> {
-    let lctx = LoadCtx {
-        connection: &ctx.connection,
-        stream: def.name,
-        primary_key: def.primary_key,
-        entity: def.entity,
-        mapper: def.mapper.as_ref(),
-        mapping_id,
-    };
+    let lctx = LoadCtx::new(&ctx.connection, def, mapping_id);
     let mut pages = 0u64;
     for chunk in leftovers.chunks(BATCH_PAGES) {
         let bodies = read_bodies(&ctx.store, chunk).await?;
@@ -440,84 +453,43 @@ async fn read_bodies(store: &RawStore, pages: &[PageRef]) -> anyhow::Result<Vec<
 
 /// Reloads every stored page of the connection through the current mappers,
 /// without any source call. With `dry_run`, reports what would change and
-/// writes nothing (each batch's transaction is rolled back).
+/// writes nothing (all batches share one transaction that is rolled back).
 pub async fn replay(
     ctx: &Ctx,
     only_stream: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<Summary> {
-    let started = Instant::now();
-    db::ensure_connection(&ctx.pool, &ctx.connection, ctx.connector.name()).await?;
-    let guard = lock(&ctx.pool, &ctx.connection).await?;
-    let run = db::start_run(&ctx.pool, &ctx.connection, only_stream, "replay", dry_run).await?;
-    let mut summary = Summary {
-        run_id: run,
-        diff: Some(DiffReport::default()),
-        ..Default::default()
-    };
-    let result = async {
-        for def in streams(ctx, only_stream)? {
-            let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
-            let lctx = LoadCtx {
-                connection: &ctx.connection,
-                stream: def.name,
-                primary_key: def.primary_key,
-                entity: def.entity,
-                mapper: def.mapper.as_ref(),
-                mapping_id,
-            };
-            let all = db::pages(&ctx.pool, &ctx.connection, def.name, false).await?;
-            // A dry run loads every batch in one transaction and rolls it back, so
-            // later batches see what earlier ones would have written.
-            let mut dry = if dry_run {
-                Some(ctx.pool.begin().await?)
-            } else {
-                None
-            };
-            for chunk in all.chunks(BATCH_PAGES) {
-                let bodies = read_bodies(&ctx.store, chunk).await?;
-                match dry.as_mut() {
-                    Some(tx) => {
-                        load_in(tx, ctx, &lctx, &bodies, &mut summary, true).await?;
-                    }
-                    None => {
-                        load_and_count(ctx, &lctx, &bodies, &mut summary, true).await?;
-                    }
+    ledgered_run(
+        ctx,
+        only_stream,
+        "replay",
+        dry_run,
+        async |_run, summary| {
+            summary.diff = Some(DiffReport::default());
+            for def in streams(ctx, only_stream)? {
+                let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
+                let lctx = LoadCtx::new(&ctx.connection, &def, mapping_id);
+                let all = db::pages(&ctx.pool, &ctx.connection, def.name, false).await?;
+                // A dry run loads every batch in one transaction and rolls it back, so
+                // later batches see what earlier ones would have written.
+                let mut dry = if dry_run {
+                    Some(ctx.pool.begin().await?)
+                } else {
+                    None
+                };
+                for chunk in all.chunks(BATCH_PAGES) {
+                    let bodies = read_bodies(&ctx.store, chunk).await?;
+                    match dry.as_mut() {
+                        Some(tx) => load_in(tx, ctx, &lctx, &bodies, summary, true).await?,
+                        None => load_and_count(ctx, &lctx, &bodies, summary, true).await?,
+                    };
+                }
+                if let Some(tx) = dry {
+                    tx.rollback().await?;
                 }
             }
-            if let Some(tx) = dry {
-                tx.rollback().await?;
-            }
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    let counts = Counts {
-        changed: summary.changed,
-        unchanged: summary.unchanged,
-        dead: summary.dead_lettered,
-    };
-    let err = result.as_ref().err().map(|e| format!("{e:#}"));
-    let status = if result.is_ok() {
-        "succeeded"
-    } else {
-        "failed"
-    };
-    db::finish_run(
-        &ctx.pool,
-        run,
-        status,
-        summary.pages_loaded as i64,
-        counts,
-        err.as_deref(),
+            Ok(())
+        },
     )
-    .await?;
-    guard.release(&ctx.connection).await;
-    result.map(|()| summary)
-}
-
-/// Time spent so far, for progress lines.
-pub fn fmt_elapsed(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
+    .await
 }
