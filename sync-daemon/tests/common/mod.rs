@@ -29,6 +29,22 @@ pub async fn fixture_source() -> (String, tokio::task::JoinHandle<()>) {
     (format!("http://{addr}"), h)
 }
 
+/// A pipeline context syncing the fixture source through the refresh-token grant,
+/// into an in-memory raw store. Keep the handle alive while syncing.
+pub async fn fixture_ctx(
+    pool: &sqlx::PgPool,
+) -> (Ctx, RawStore, String, tokio::task::JoinHandle<()>) {
+    let (base, srv) = fixture_source().await;
+    let store = RawStore::in_memory();
+    let c = ctx(
+        pool,
+        &store,
+        Arc::new(workday(&base)),
+        &refresh_auth(&base, REFRESH_TOKEN),
+    );
+    (c, store, base, srv)
+}
+
 pub fn refresh_auth(base: &str, refresh_token: &str) -> AuthConfig {
     serde_json::from_value(serde_json::json!({
         "strategy": "oauth2_refresh_token",
