@@ -192,8 +192,14 @@ pub async fn load_batch(
         .map(|r| r.source_id.clone())
         .collect();
     let known: HashMap<String, (Option<Vec<u8>>, Option<i32>)> = sqlx::query(
-        "select source_id, record_hash, mapping_version_id from source_link
-         where entity_type = $1 and connection = $2 and source_id = any($3)",
+        // One primary-key probe per id (the lateral `offset 0` keeps the planner
+        // from flattening it): with `= any($3)` and stale or missing statistics
+        // (autovacuum may be off) Postgres scans the whole (type, connection)
+        // prefix and compares each row with the array, quadratic in practice.
+        "select s.source_id, s.record_hash, s.mapping_version_id
+         from unnest($3::text[]) as u(sid),
+         lateral (select * from source_link s
+                  where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid offset 0) s",
     )
     .bind(ctx.entity.as_str())
     .bind(ctx.connection)
@@ -285,11 +291,11 @@ pub async fn load_batch(
     .await?;
     let mut links: HashMap<(EntityKind, String), Link> = HashMap::new();
     for r in sqlx::query(
-        "select entity_type, source_id, canonical_id, row_hash, record_hash, mapping_version_id,
-                source_modified_at, raw_page_id, record_ordinal
-         from source_link where connection = $1
-           and (entity_type, source_id) in (select * from unnest($2::text[], $3::text[]))
-         order by entity_type, source_id for update",
+        "select s.entity_type, s.source_id, s.canonical_id, s.row_hash, s.record_hash, s.mapping_version_id,
+                s.source_modified_at, s.raw_page_id, s.record_ordinal
+         from unnest($2::text[], $3::text[]) as u(et, sid)
+         join source_link s on s.connection = $1 and s.entity_type = u.et and s.source_id = u.sid
+         order by s.entity_type, s.source_id for update of s",
     )
     .bind(ctx.connection)
     .bind(&kinds)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmark on the shared workload (../shared/bench): N Workday workers served from
+# loopback by `sync-daemon serve-fixtures`, synced and replayed into a fresh
+# database, beside a plain COPY of the same rows measured in the same run.
+# Prints records/s and the daemon's peak RSS for each step.
+#
+#   bash sync-daemon/benches/workers.sh [N]          (N = 100000 by default)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N="${1:-100000}"
+PGBASE="${PGBASE:-postgres://postgres@127.0.0.1:5432}"
+DB=sync_bench
+DATA=target/bench-data/n$N
+[ -f "$DATA/manifest.json" ] || python3 ../shared/bench/gen_workers.py --n "$N" --out target/bench-data
+cargo build --release -q -p sync-daemon
+bin=$PWD/target/release/sync-daemon
+
+psql "$PGBASE/postgres" -qc "drop database if exists $DB" -c "create database $DB"
+export DATABASE_URL="$PGBASE/$DB"
+export SYNC_RAW_DIR="$PWD/target/bench-raw"
+rm -rf "$SYNC_RAW_DIR"
+cfg=$(mktemp --suffix .toml)
+cat > "$cfg" <<TOML
+[database]
+url = "\${DATABASE_URL}"
+max_connections = 4
+[raw_store]
+url = "file://\${SYNC_RAW_DIR}"
+[[connection]]
+name = "bench"
+connector = "workday"
+base_url = "http://127.0.0.1:18080"
+tenant = "bench"
+api_path = "ccx/api/v1"
+[connection.auth]
+strategy = "oauth2_refresh_token"
+token_url = "http://127.0.0.1:18080/ccx/oauth2/bench/token"
+client_id = "demo-client"
+client_secret = "demo-client-secret"
+refresh_token = "demo-refresh-token"
+TOML
+
+$bin serve-fixtures --listen 127.0.0.1:18080 --pages "$DATA/pages/l100" --tenant bench --api-path ccx/api/v1 2>/dev/null &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -f "$cfg"' EXIT
+for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.1; done
+
+# Plain COPY of the same rows into a logged table: the physical limit.
+cols=$(head -1 "$DATA/workers.csv" | sed 's/,/ text,/g; s/$/ text/')
+psql "$DATABASE_URL" -qc "create table copy_baseline ($cols)"
+t0=$(date +%s.%N)
+psql "$DATABASE_URL" -qc "\\copy copy_baseline from '$DATA/workers.csv' with (format csv, header)"
+t1=$(date +%s.%N)
+copy_s=$(echo "$t1 - $t0" | bc -l)
+copy_rps=$(echo "$N / $copy_s" | bc -l)
+
+$bin --config "$cfg" migrate > /dev/null
+step() { # name, then the daemon's arguments
+  local name=$1; shift
+  local t0 t1 rss
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%M' -o /tmp/bench-rss "$bin" --config "$cfg" "$@" --json > /tmp/bench-out
+  t1=$(date +%s.%N)
+  rss=$(cat /tmp/bench-rss)
+  local s rps records
+  records=$(python3 -c 'import json,sys; d=json.load(open("/tmp/bench-out")); print(d["changed"]+d["unchanged"]+d["dead_lettered"])')
+  s=$(echo "$t1 - $t0" | bc -l)
+  rps=$(echo "$records / $s" | bc -l)
+  printf '| %-38s | %7s | %8.2f s | %9.0f | %5.2f | %6.0f MB |\n' "$name" "$records" "$s" "$rps" "$(echo "$rps / $copy_rps" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+}
+echo
+echo "N = $N workers, $(nproc) cores, $(psql "$DATABASE_URL" -tAc 'show server_version')"
+printf '| %-38s | %7s | %10s | %9s | %5s | %9s |\n' "step" "records" "wall" "rows/s" "×COPY" "peak RSS"
+printf '| %-38s | %7s | %8.2f s | %9.0f | %5.2f | %9s |\n' "psql \\copy (baseline, same run)" "$N" "$copy_s" "$copy_rps" 1 "-"
+step "sync (fetch, raw store, map, upsert)" sync bench
+step "re-sync, unchanged data" sync bench
+step "replay, same mapping (all unchanged)" replay bench
+psql "$DATABASE_URL" -qc "truncate worker, org_unit, location, dead_letter, source_link, derivation" -c "update raw_page set loaded_at = null"
+step "replay of all pages into empty model" replay bench
+step "replay --dry-run (nothing to change)" replay bench --dry-run
+psql "$DATABASE_URL" -tAc "select 'workers loaded: ' || count(*) from worker"
