@@ -22,12 +22,12 @@ pub fn split_records<'a>(
     let root: &RawValue =
         serde_json::from_str(text).map_err(|e| format!("body is not JSON: {e}"))?;
     let list =
-        descend(root, records_at)?.ok_or_else(|| format!("no records array at {records_at:?}"))?;
+        pointer(root, records_at)?.ok_or_else(|| format!("no records array at {records_at:?}"))?;
     let records: Vec<&RawValue> = serde_json::from_str(list.get())
         .map_err(|_| format!("value at {records_at:?} is not an array"))?;
     let total = match total_at {
         None => None,
-        Some(p) => match descend(root, p)? {
+        Some(p) => match self::pointer(root, p)? {
             None => None,
             Some(v) if v.get() == "null" => None,
             Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| {
@@ -38,7 +38,10 @@ pub fn split_records<'a>(
     Ok(PageRecords { records, total })
 }
 
-fn descend<'a>(mut v: &'a RawValue, pointer: &str) -> Result<Option<&'a RawValue>, String> {
+/// The value at JSON pointer `pointer` inside `v`, without parsing anything
+/// but the objects on the way. `Ok(None)` when absent; an error when `pointer`
+/// is not a JSON pointer.
+pub fn pointer<'a>(mut v: &'a RawValue, pointer: &str) -> Result<Option<&'a RawValue>, String> {
     if pointer.is_empty() {
         return Ok(Some(v));
     }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use canonical_model::{CanonValue, CanonicalRow, EntityKind, FieldType, Mapper};
 use chrono::{DateTime, Utc};
 use connector_core::records::split_records;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::{BTreeMap, HashMap};
@@ -78,11 +79,12 @@ impl DiffReport {
 
 type Version = (Option<DateTime<Utc>>, i64, i32);
 
-struct Rec {
+struct Rec<'a> {
     page_id: i64,
     ordinal: i32,
     hash: [u8; 32],
-    value: serde_json::Value,
+    /// The record's verbatim JSON; parsed only when the record must be mapped.
+    raw: &'a str,
     source_id: String,
     status: Status,
     modified: Option<DateTime<Utc>>,
@@ -117,6 +119,8 @@ struct Link {
     record_hash: Option<Vec<u8>>,
     mapping_id: Option<i32>,
     version: Option<Version>,
+    /// Not stored yet: inserted by this batch.
+    is_new: bool,
 }
 
 /// Result of one batch: counts per page (in input order) and the diff.
@@ -127,9 +131,12 @@ pub struct BatchOutcome {
     pub diff: DiffReport,
 }
 
-fn primary_key(v: &serde_json::Value, pointer: &str) -> Option<String> {
-    match v.pointer(pointer)? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+/// The record's primary key (a non-empty string or a number), read without
+/// parsing the rest of the record: unchanged records are never parsed whole.
+fn primary_key(raw: &RawValue, ptr: &str) -> Option<String> {
+    let v = connector_core::records::pointer(raw, ptr).ok()??;
+    match serde_json::from_str::<serde_json::Value>(v.get()).ok()? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -152,9 +159,8 @@ pub async fn load_batch(
             .map_err(|e| anyhow::anyhow!("raw page {} ({}): {e}", p.page.id, p.page.object_key))?;
         let first = recs.len();
         for (i, raw) in split.records.iter().enumerate() {
-            let value: serde_json::Value = serde_json::from_str(raw.get())?;
             let hash: [u8; 32] = Sha256::digest(raw.get().as_bytes()).into();
-            let source_id = primary_key(&value, ctx.primary_key);
+            let source_id = primary_key(raw, ctx.primary_key);
             let status = if source_id.is_some() {
                 Status::Pending
             } else {
@@ -176,7 +182,7 @@ pub async fn load_batch(
                 page_id: p.page.id,
                 ordinal: i as i32,
                 hash,
-                value,
+                raw: raw.get(),
                 source_id: source_id.unwrap_or_default(),
                 status,
                 modified: None,
@@ -224,7 +230,9 @@ pub async fn load_batch(
         if r.status != Status::Pending {
             continue;
         }
-        match ctx.mapper.map(&r.value) {
+        // The raw text is valid JSON (it was split out of a parsed page).
+        let value: serde_json::Value = serde_json::from_str(r.raw)?;
+        match ctx.mapper.map(&value) {
             Err(e) => {
                 r.status = Status::Dead;
                 dead.push(Dead {
@@ -265,8 +273,9 @@ pub async fn load_batch(
         }
     }
 
-    // 4. Crosswalk: make sure every entity and every reference has a canonical id,
-    //    and lock the links this batch may update.
+    // 4. Crosswalk: lock the links this batch may update; give every entity and
+    //    reference without one a canonical id (stored with the upsert in step 8,
+    //    so a new link is written once).
     let mut keys: Vec<(EntityKind, String)> = cands.keys().cloned().collect();
     for c in cands.values() {
         for (def, v) in c.row.kind.fields().iter().zip(&c.row.values) {
@@ -279,16 +288,6 @@ pub async fn load_batch(
     keys.dedup();
     let kinds: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let sids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    sqlx::query(
-        "insert into source_link (entity_type, connection, source_id)
-         select et, $1, sid from unnest($2::text[], $3::text[]) as u(et, sid) order by et, sid
-         on conflict do nothing",
-    )
-    .bind(ctx.connection)
-    .bind(&kinds)
-    .bind(&sids)
-    .execute(&mut **tx)
-    .await?;
     let mut links: HashMap<(EntityKind, String), Link> = HashMap::new();
     for r in sqlx::query(
         "select s.entity_type, s.source_id, s.canonical_id, s.row_hash, s.record_hash, s.mapping_version_id,
@@ -315,6 +314,28 @@ pub async fn load_batch(
                 record_hash: r.get(4),
                 mapping_id: r.get(5),
                 version: page.map(|p| (r.get(6), p, ord.unwrap_or(0))),
+                is_new: false,
+            },
+        );
+    }
+
+    let missing: Vec<&(EntityKind, String)> =
+        keys.iter().filter(|k| !links.contains_key(*k)).collect();
+    let new_ids: Vec<i64> =
+        sqlx::query_scalar("select nextval('canonical_id_seq') from generate_series(1, $1)")
+            .bind(missing.len() as i32)
+            .fetch_all(&mut **tx)
+            .await?;
+    for (k, id) in missing.into_iter().zip(new_ids) {
+        links.insert(
+            k.clone(),
+            Link {
+                canonical_id: id,
+                row_hash: None,
+                record_hash: None,
+                mapping_id: None,
+                version: None,
+                is_new: true,
             },
         );
     }
@@ -388,10 +409,27 @@ pub async fn load_batch(
         if rows.is_empty() {
             continue;
         }
-        let rows = serde_json::Value::Array(rows);
         if want_diff {
-            entity_diff(tx, kind, &rows, &mut diff).await?;
+            // Rows not stored before are new; only stored rows are compared field by field.
+            let mut stored: Vec<&serde_json::Value> = Vec::new();
+            let mut new = 0u64;
+            for (row, c) in rows
+                .iter()
+                .zip(writes.iter().filter(|c| c.row.kind == kind))
+            {
+                match links[&(kind, c.row.source_id().to_owned())].row_hash {
+                    Some(_) => stored.push(row),
+                    None => new += 1,
+                }
+            }
+            if new > 0 {
+                *diff.rows_new.entry(kind.as_str().into()).or_default() += new;
+            }
+            if !stored.is_empty() {
+                entity_diff(tx, kind, &serde_json::json!(stored), &mut diff).await?;
+            }
         }
+        let rows = serde_json::Value::Array(rows);
         let cols: Vec<String> = kind.fields().iter().map(|f| f.column()).collect();
         let all: Vec<&str> = std::iter::once("id")
             .chain(cols.iter().map(String::as_str))
@@ -416,36 +454,67 @@ pub async fn load_batch(
             .await?;
     }
 
-    // 8. Crosswalk state: full update for written entities, hash/mapping bookkeeping for the rest.
-    let upd: Vec<(&Cand, bool)> = writes
+    // 8. Crosswalk state in one upsert: new links (entities and references) are
+    //    inserted with their ids; written entities get their new version and
+    //    provenance; unchanged ones only their record hash and mapping version.
+    struct LinkWrite<'c> {
+        key: (EntityKind, &'c str),
+        cand: Option<&'c Cand>,
+        full: bool,
+    }
+    let mut upd: Vec<LinkWrite> = writes
         .iter()
-        .map(|c| (*c, true))
-        .chain(bookkeep.iter().map(|c| (*c, false)))
+        .map(|c| LinkWrite {
+            key: (c.row.kind, c.row.source_id()),
+            cand: Some(*c),
+            full: true,
+        })
+        .chain(bookkeep.iter().map(|c| LinkWrite {
+            key: (c.row.kind, c.row.source_id()),
+            cand: Some(*c),
+            full: false,
+        }))
         .collect();
+    let written: std::collections::HashSet<(EntityKind, &str)> =
+        upd.iter().map(|w| w.key).collect();
+    for (k, l) in &links {
+        if l.is_new && !written.contains(&(k.0, k.1.as_str())) {
+            upd.push(LinkWrite {
+                key: (k.0, k.1.as_str()),
+                cand: None,
+                full: false,
+            });
+        }
+    }
     if !upd.is_empty() {
+        let link = |w: &LinkWrite| &links[&(w.key.0, w.key.1.to_owned())];
         sqlx::query(
-            "update source_link s set
-                record_hash = u.rh, mapping_version_id = $2,
-                row_hash = case when u.is_full then u.row_hash else s.row_hash end,
-                derivation_id = case when u.is_full then u.deriv else s.derivation_id end,
-                source_modified_at = case when u.is_full then u.modified else s.source_modified_at end,
-                raw_page_id = case when u.is_full then u.page else s.raw_page_id end,
-                record_ordinal = case when u.is_full then u.ord else s.record_ordinal end
-             from unnest($3::text[], $4::text[], $5::bytea[], $6::bytea[], $7::bigint[], $8::timestamptz[],
-                         $9::bigint[], $10::int[], $11::bool[]) as u(et, sid, rh, row_hash, deriv, modified, page, ord, is_full)
-             where s.connection = $1 and s.entity_type = u.et and s.source_id = u.sid",
+            "insert into source_link as s (entity_type, connection, source_id, canonical_id, record_hash, mapping_version_id,
+                                           row_hash, derivation_id, source_modified_at, raw_page_id, record_ordinal)
+             select u.et, $1, u.sid, u.cid, u.rh, u.mv, u.row_hash, u.deriv, u.modified, u.page, u.ord
+             from unnest($2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bytea[], $8::bigint[],
+                         $9::timestamptz[], $10::bigint[], $11::int[])
+                  as u(et, sid, cid, rh, mv, row_hash, deriv, modified, page, ord)
+             on conflict (entity_type, connection, source_id) do update set
+                record_hash = coalesce(excluded.record_hash, s.record_hash),
+                mapping_version_id = coalesce(excluded.mapping_version_id, s.mapping_version_id),
+                row_hash = case when excluded.derivation_id is not null then excluded.row_hash else s.row_hash end,
+                derivation_id = coalesce(excluded.derivation_id, s.derivation_id),
+                source_modified_at = case when excluded.derivation_id is not null then excluded.source_modified_at else s.source_modified_at end,
+                raw_page_id = coalesce(excluded.raw_page_id, s.raw_page_id),
+                record_ordinal = coalesce(excluded.record_ordinal, s.record_ordinal)",
         )
         .bind(ctx.connection)
-        .bind(ctx.mapping_id)
-        .bind(upd.iter().map(|(c, _)| c.row.kind.as_str()).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, _)| c.row.source_id().to_owned()).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, _)| recs[c.rec].hash.to_vec()).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, _)| c.row_hash.to_vec()).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, full)| full.then(|| deriv_of[&c.rec])).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, _)| c.version.0).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, _)| c.version.1).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, _)| c.version.2).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(_, full)| *full).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.key.0.as_str()).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.key.1).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| link(w).canonical_id).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.map(|c| recs[c.rec].hash.to_vec())).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.map(|_| ctx.mapping_id)).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| c.row_hash.to_vec())).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| deriv_of[&c.rec])).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).and_then(|c| c.version.0)).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| c.version.1)).collect::<Vec<_>>())
+        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| c.version.2)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
