@@ -49,13 +49,17 @@ pub fn pointer<'a>(mut v: &'a RawValue, pointer: &str) -> Result<Option<&'a RawV
         return Err(format!("{pointer:?} is not a JSON pointer"));
     };
     for seg in rest.split('/') {
-        let key = seg.replace("~1", "/").replace("~0", "~");
+        let key: std::borrow::Cow<str> = if seg.contains('~') {
+            seg.replace("~1", "/").replace("~0", "~").into()
+        } else {
+            seg.into()
+        };
         let obj: HashMap<std::borrow::Cow<'a, str>, &'a RawValue> =
             match serde_json::from_str(v.get()) {
                 Ok(o) => o,
                 Err(_) => return Ok(None),
             };
-        match obj.get(key.as_str()) {
+        match obj.get(key.as_ref()) {
             Some(next) => v = next,
             None => return Ok(None),
         }

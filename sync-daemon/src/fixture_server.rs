@@ -9,6 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -22,7 +23,26 @@ pub struct FixtureOptions {
     pub client_secret: String,
     pub refresh_token: String,
     pub token_ttl: Duration,
+    /// Page requests an access token is good for (a token that expires mid-run
+    /// whatever its announced lifetime, like a revoked one); `None`: no limit.
+    pub token_max_requests: Option<u32>,
     pub max_limit: usize,
+}
+
+/// What the server saw, for tests and the demo.
+#[derive(Debug, Default)]
+pub struct FixtureStats {
+    pub tokens_issued: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub pages_served: AtomicU64,
+}
+
+/// A running fixture server.
+#[derive(Debug)]
+pub struct FixtureServer {
+    pub addr: std::net::SocketAddr,
+    pub handle: tokio::task::JoinHandle<()>,
+    pub stats: Arc<FixtureStats>,
 }
 
 impl Default for FixtureOptions {
@@ -34,6 +54,7 @@ impl Default for FixtureOptions {
             client_secret: "demo-client-secret".into(),
             refresh_token: "demo-refresh-token".into(),
             token_ttl: Duration::from_secs(3600),
+            token_max_requests: None,
             max_limit: 100,
         }
     }
@@ -42,7 +63,9 @@ impl Default for FixtureOptions {
 struct State {
     records: Vec<Box<RawValue>>,
     opts: FixtureOptions,
-    tokens: Mutex<HashMap<String, Instant>>,
+    /// Issued tokens: expiry and page requests left.
+    tokens: Mutex<HashMap<String, (Instant, Option<u32>)>>,
+    stats: Arc<FixtureStats>,
 }
 
 /// Reads every `*.json` page in `dir` (`{"data": [...]}`), in numeric file-name order.
@@ -77,7 +100,7 @@ pub async fn start(
     addr: &str,
     records: Vec<Box<RawValue>>,
     opts: FixtureOptions,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<FixtureServer> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -86,7 +109,9 @@ pub async fn start(
         records,
         opts,
         tokens: Mutex::new(HashMap::new()),
+        stats: Arc::new(FixtureStats::default()),
     });
+    let stats = state.stats.clone();
     let handle = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -104,7 +129,11 @@ pub async fn start(
             });
         }
     });
-    Ok((local, handle))
+    Ok(FixtureServer {
+        addr: local,
+        handle,
+        stats,
+    })
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -157,11 +186,11 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
         }
         let token = format!("fx-{:032x}", fastrand::u128(..));
-        state
-            .tokens
-            .lock()
-            .expect("token table")
-            .insert(token.clone(), Instant::now() + o.token_ttl);
+        state.tokens.lock().expect("token table").insert(
+            token.clone(),
+            (Instant::now() + o.token_ttl, o.token_max_requests),
+        );
+        state.stats.tokens_issued.fetch_add(1, Ordering::Relaxed);
         return reply(
             StatusCode::OK,
             serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": o.token_ttl.as_secs()}).to_string(),
@@ -177,16 +206,22 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let valid = bearer.is_some_and(|t| {
-        state
-            .tokens
-            .lock()
-            .expect("token table")
-            .get(t)
-            .is_some_and(|exp| Instant::now() < *exp)
+        let mut tokens = state.tokens.lock().expect("token table");
+        match tokens.get_mut(t) {
+            Some((exp, uses)) if Instant::now() < *exp && *uses != Some(0) => {
+                if let Some(n) = uses {
+                    *n -= 1;
+                }
+                true
+            }
+            _ => false,
+        }
     });
     if !valid {
+        state.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token");
     }
+    state.stats.pages_served.fetch_add(1, Ordering::Relaxed);
     let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();

@@ -93,6 +93,9 @@ pub enum Command {
         /// Lifetime of issued access tokens.
         #[arg(long, default_value_t = 3600)]
         token_ttl_secs: u64,
+        /// Page requests an access token is good for (tokens that expire mid-run).
+        #[arg(long)]
+        token_max_requests: Option<u32>,
     },
 }
 
@@ -104,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         tenant,
         api_path,
         token_ttl_secs,
+        token_max_requests,
     } = &cli.command
     {
         let records = fixture_server::load_records(pages)?;
@@ -112,9 +116,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tenant: tenant.clone(),
             api_path: api_path.clone(),
             token_ttl: std::time::Duration::from_secs(*token_ttl_secs),
+            token_max_requests: *token_max_requests,
             ..Default::default()
         };
-        let (addr, handle) = fixture_server::start(listen, records, opts).await?;
+        let fixture_server::FixtureServer { addr, handle, .. } =
+            fixture_server::start(listen, records, opts).await?;
         eprintln!(
             "serving {n} workers at http://{addr}/{api_path}/{tenant}/workers (Ctrl-C to stop)"
         );

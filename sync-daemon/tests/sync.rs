@@ -239,3 +239,34 @@ async fn replaying_every_page_into_an_empty_model_reproduces_the_live_state(pool
     assert_eq!(s.records(), 520);
     assert_eq!(state(&pool).await, live);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn tokens_that_expire_mid_run_are_refreshed(pool: sqlx::PgPool) {
+    // Each token is good for two page requests: the third page meets a 401.
+    let srv = fixture_server_with(sync_daemon::fixture_server::FixtureOptions {
+        token_max_requests: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let base = format!("http://{}", srv.addr);
+    let store = RawStore::in_memory();
+    let c = pipeline::Ctx {
+        fetch_concurrency: 1,
+        ..ctx(
+            &pool,
+            &store,
+            Arc::new(workday(&base)),
+            &refresh_auth(&base, REFRESH_TOKEN),
+        )
+    };
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.pages_fetched, s.changed), (3, 260));
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        srv.stats.unauthorized.load(Relaxed),
+        1,
+        "one expired token met"
+    );
+    assert_eq!(srv.stats.tokens_issued.load(Relaxed), 2, "refreshed once");
+    assert_eq!(srv.stats.pages_served.load(Relaxed), 3);
+}

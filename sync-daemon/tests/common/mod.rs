@@ -17,16 +17,21 @@ pub fn fixture_dir() -> PathBuf {
 
 /// Serves the recorded fixtures; returns the base URL.
 pub async fn fixture_source() -> (String, tokio::task::JoinHandle<()>) {
+    let srv = fixture_server_with(FixtureOptions::default()).await;
+    (format!("http://{}", srv.addr), srv.handle)
+}
+
+/// Serves the recorded fixtures with the test credentials and `opts`' other settings.
+pub async fn fixture_server_with(opts: FixtureOptions) -> fixture_server::FixtureServer {
     let records = fixture_server::load_records(&fixture_dir()).unwrap();
     let opts = FixtureOptions {
         client_secret: CLIENT_SECRET.into(),
         refresh_token: REFRESH_TOKEN.into(),
-        ..Default::default()
+        ..opts
     };
-    let (addr, h) = fixture_server::start("127.0.0.1:0", records, opts)
+    fixture_server::start("127.0.0.1:0", records, opts)
         .await
-        .unwrap();
-    (format!("http://{addr}"), h)
+        .unwrap()
 }
 
 /// A pipeline context syncing the fixture source through the refresh-token grant,

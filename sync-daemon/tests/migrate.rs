@@ -1,0 +1,23 @@
+//! `migrate` is safe to run twice and concurrently.
+
+use sync_daemon::db;
+
+#[sqlx::test(migrations = false)]
+async fn migrate_runs_concurrently_and_twice(pool: sqlx::PgPool) {
+    let (a, b) = tokio::join!(db::migrate(&pool), db::migrate(&pool));
+    a.unwrap();
+    b.unwrap();
+    db::migrate(&pool).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, db::MIGRATOR.iter().count() as i64);
+    let tables: i64 = sqlx::query_scalar(
+        "select count(*) from information_schema.tables where table_name in ('worker', 'raw_page', 'watermark')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 3);
+}
