@@ -1,0 +1,131 @@
+//! The real binary, killed with SIGKILL at several moments of a sync and rerun,
+//! ends with exactly the rows of an uninterrupted sync.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use sync_daemon::db::MIGRATOR;
+
+fn database_url(db: &str) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+fn write_config(dir: &std::path::Path, db_url: &str, base: &str) -> std::path::PathBuf {
+    let raw = url::Url::from_directory_path(dir.join("raw")).unwrap();
+    let cfg = format!(
+        r#"[database]
+url = "{db_url}"
+[raw_store]
+url = "{raw}"
+[[connection]]
+name = "wd"
+connector = "workday"
+base_url = "{base}"
+tenant = "acme"
+page_size = 20
+[connection.auth]
+strategy = "oauth2_refresh_token"
+token_url = "{base}/ccx/oauth2/acme/token"
+client_id = "demo-client"
+client_secret = "{CLIENT_SECRET}"
+refresh_token = "{REFRESH_TOKEN}"
+"#
+    );
+    let path = dir.join("sync.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn sync(cfg: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sync-daemon"))
+        .args(["--config", cfg.to_str().unwrap(), "sync", "wd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the child without blocking the runtime that serves the fixtures.
+async fn wait(mut child: Child) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync(pool: sqlx::PgPool) {
+    let (base, _srv) = fixture_source().await;
+    let db: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &database_url(&db), &base);
+
+    let mut killed_mid_run = 0;
+    for delay_ms in [40, 90, 150, 220, 300, 400, 520] {
+        let mut child = sync(&cfg);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed_mid_run += 1;
+        }
+        wait(child).await;
+    }
+    assert!(
+        killed_mid_run >= 3,
+        "only {killed_mid_run} kills landed during a run"
+    );
+    assert!(wait(sync(&cfg)).await.success(), "the rerun completes");
+
+    let interrupted = state(&pool).await;
+    assert_eq!(count(&pool, "select count(*) from worker").await, 260);
+    assert_eq!(
+        count(&pool, "select count(*) from derivation").await,
+        260,
+        "each worker written exactly once"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from raw_page where loaded_at is null"
+        )
+        .await,
+        0
+    );
+    let raw = connector_core::RawStore::from_url(
+        &url::Url::from_directory_path(dir.path().join("raw")).unwrap(),
+        &[],
+    )
+    .unwrap();
+    for key in sqlx::query_scalar::<_, String>("select object_key from raw_page")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    {
+        assert!(
+            raw.exists(&key).await.unwrap(),
+            "ledger row without its object: {key}"
+        );
+    }
+
+    // The same source synced once, without interruption, into an emptied database.
+    sqlx::query(
+        "truncate worker, org_unit, location, dead_letter, source_link, derivation, raw_page,
+                  watermark, watermark_history, sync_run cascade",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(wait(sync(&cfg)).await.success());
+    assert_eq!(state(&pool).await, interrupted);
+}
