@@ -225,6 +225,7 @@ pub async fn load_batch(
     }
 
     // 3. Map the rest; keep, per entity, the newest version in the batch.
+    let mut mapped: Vec<String> = Vec::new();
     let mut cands: HashMap<(EntityKind, String), Cand> = HashMap::new();
     for (i, r) in recs.iter_mut().enumerate() {
         if r.status != Status::Pending {
@@ -269,6 +270,7 @@ pub async fn load_batch(
                     }
                 }
                 r.status = Status::Unchanged; // until one of its entities is written
+                mapped.push(r.source_id.clone());
             }
         }
     }
@@ -519,7 +521,20 @@ pub async fn load_batch(
         .await?;
     }
 
-    // 9. Dead letters (once per record and mapping version).
+    // 9. Dead letters: records that map now close their open dead letters (a fixed
+    //    mapping or source), then this batch's failures are recorded, once per
+    //    record and mapping version.
+    if !mapped.is_empty() {
+        sqlx::query(
+            "update dead_letter set status = 'resolved'
+             where status = 'open' and connection = $1 and stream = $2 and source_id = any($3)",
+        )
+        .bind(ctx.connection)
+        .bind(ctx.stream)
+        .bind(&mapped)
+        .execute(&mut **tx)
+        .await?;
+    }
     if !dead.is_empty() {
         sqlx::query(
             "insert into dead_letter (connection, stream, raw_page_id, record_ordinal, source_id, error_class, message, mapping_version_id)

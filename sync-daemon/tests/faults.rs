@@ -209,3 +209,34 @@ fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_record_that_maps_again_resolves_its_dead_letter(pool: sqlx::PgPool) {
+    let srv = MockServer::start().await;
+    let mut body: serde_json::Value = serde_json::from_str(&page(0)).unwrap();
+    body["total"] = serde_json::json!(100);
+    let good = body.clone();
+    body["data"][5]["hireDate"] = serde_json::json!("not a date");
+    let bad_once = Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(&body))
+        .up_to_n_times(1);
+    srv.register(bad_once).await;
+    serve_page(&srv, 0, ResponseTemplate::new(200).set_body_json(&good)).await;
+    let store = RawStore::in_memory();
+    let c = ctx(&pool, &store, Arc::new(workday(&srv.uri())), &bearer());
+    assert_eq!(pipeline::sync(&c, None).await.unwrap().dead_lettered, 1);
+    let open = "select count(*) from dead_letter where status = 'open'";
+    assert_eq!(count(&pool, open).await, 1);
+    // The source fixed the record: the next sync loads it and closes the dead letter.
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.changed, s.dead_lettered), (1, 0));
+    assert_eq!(count(&pool, open).await, 0);
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from dead_letter where status = 'resolved'"
+        )
+        .await,
+        1
+    );
+}
