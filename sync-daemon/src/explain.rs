@@ -165,30 +165,49 @@ pub async fn explain(
 }
 
 impl std::fmt::Display for Explanation {
+    /// Fields grouped under the raw record they came from.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "{} {} (source id {})",
             self.entity, self.id, self.source_id
         )?;
+        let width = self.fields.iter().map(|x| x.field.len()).max().unwrap_or(0);
+        let mut last = None;
         for x in &self.fields {
-            writeln!(f, "  {} = {}", x.field, x.value)?;
-            writeln!(
-                f,
-                "      from {} page {} record #{} at {} ({}), transform {}, mapping {} v{}, fetched {}",
-                x.connection,
+            let from = (
+                &x.connection,
                 x.raw_page_id,
                 x.record_position,
+                &x.mapping,
+                &x.mapping_version,
+            );
+            if last != Some(from) {
+                writeln!(
+                    f,
+                    "  from {}, record #{} of raw page {} (object {}), fetched {}, mapping {} v{}",
+                    x.connection,
+                    x.record_position,
+                    x.raw_page_id,
+                    x.raw_object_key,
+                    x.fetched_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    x.mapping,
+                    x.mapping_version,
+                )?;
+                last = Some(from);
+            }
+            write!(
+                f,
+                "    {:width$} = {}  <- {} ({})",
+                x.field,
+                x.value,
                 x.json_pointer.as_deref().unwrap_or("?"),
-                x.raw_object_key,
                 x.transform.as_deref().unwrap_or("?"),
-                x.mapping,
-                x.mapping_version,
-                x.fetched_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             )?;
-            if let Some(v) = &x.source_value {
-                writeln!(f, "      source value {v}")?;
+            match &x.source_value {
+                Some(v) if *v != x.value => writeln!(f, ", source value {v}")?,
+                _ => writeln!(f)?,
             }
         }
         Ok(())
