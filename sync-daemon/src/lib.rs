@@ -5,6 +5,21 @@
 //! The binary is a thin shell over [`run`]; everything is usable as a library
 //! (the tests drive [`pipeline::sync`] and [`pipeline::replay`] directly).
 
+/// `println!` that returns an error instead of panicking when stdout is gone
+/// (e.g. piped into `head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*)?
+    }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($t)*)?
+    }};
+}
+
 pub mod config;
 pub mod db;
 pub mod explain;
@@ -134,7 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let pool = db::connect(&cfg.database.url, cfg.database.max_connections).await?;
     if let Command::Migrate = cli.command {
         db::migrate(&pool).await?;
-        println!("migrations applied");
+        outln!("migrations applied");
         return Ok(());
     }
     let opts: Vec<(String, String)> = cfg
@@ -185,17 +200,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let x = explain::explain(&pool, &store, &entity, &id, field.as_deref()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&x)?);
+                outln!("{}", serde_json::to_string_pretty(&x)?);
             } else {
-                print!("{x}");
+                out!("{x}");
             }
         }
         Command::Status { json } => {
             let rows = status::status(&pool).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", status::render(&rows));
+                out!("{}", status::render(&rows));
             }
         }
         Command::Migrate | Command::ServeFixtures { .. } => unreachable!("handled above"),
@@ -263,10 +278,10 @@ fn print_summary(
     json: bool,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(s)?);
+        outln!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{what} {connection}: run #{}, {} pages fetched, {} pages loaded; records: {} changed, {} unchanged, {} dead-lettered; {:.2}s, {:.0} records/s",
         s.run_id,
         s.pages_fetched,
@@ -284,7 +299,7 @@ fn print_summary(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        println!(
+        outln!(
             "  rows new: {}",
             if d.rows_new.is_empty() {
                 "none".into()
@@ -292,7 +307,7 @@ fn print_summary(
                 rows(&d.rows_new)
             }
         );
-        println!(
+        outln!(
             "  rows changed: {}",
             if d.rows_changed.is_empty() {
                 "none".into()
@@ -301,7 +316,7 @@ fn print_summary(
             }
         );
         if !d.fields_changed.is_empty() {
-            println!("  fields changed: {}", rows(&d.fields_changed));
+            outln!("  fields changed: {}", rows(&d.fields_changed));
         }
     }
     Ok(())
