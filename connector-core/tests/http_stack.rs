@@ -10,6 +10,10 @@ fn client(base: &str, auth_cfg: AuthConfig) -> HttpClient {
     let mut s = HttpSettings::default();
     s.attempt_timeout = None; // paused time: no timer may race the loopback I/O
     s.retry = s.retry.with_seed(1);
+    // Under paused time, tokio jumps the clock to the next timer (e.g. hyper's
+    // idle-pool timer) while a request waits on loopback I/O, so elapsed time
+    // is inflated: these tests bound retries by attempts only.
+    s.retry.max_elapsed = Duration::from_secs(86_400);
     let c = http::base_client("test").unwrap();
     HttpClient::new(
         "test",
@@ -28,6 +32,19 @@ fn refresh(base: &str) -> AuthConfig {
     .unwrap()
 }
 
+/// `/p` answers `first` `n` times, then 200.
+async fn fails_then_ok(srv: &MockServer, first: ResponseTemplate, n: u64) {
+    Mock::given(path("/p"))
+        .respond_with(first)
+        .up_to_n_times(n)
+        .mount(srv)
+        .await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(srv)
+        .await;
+}
+
 fn url(srv: &MockServer, p: &str) -> Url {
     Url::parse(&format!("{}{p}", srv.uri())).unwrap()
 }
@@ -35,15 +52,12 @@ fn url(srv: &MockServer, p: &str) -> Url {
 #[tokio::test(start_paused = true)]
 async fn retry_after_429_is_honoured() {
     let srv = MockServer::start().await;
-    Mock::given(path("/p"))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "7"))
-        .up_to_n_times(1)
-        .mount(&srv)
-        .await;
-    Mock::given(path("/p"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
-        .mount(&srv)
-        .await;
+    fails_then_ok(
+        &srv,
+        ResponseTemplate::new(429).insert_header("Retry-After", "7"),
+        1,
+    )
+    .await;
     let c = client(&srv.uri(), AuthConfig::None);
     let t0 = tokio::time::Instant::now();
     let r = c.get(url(&srv, "/p")).await.unwrap();
@@ -58,15 +72,7 @@ async fn retry_after_429_is_honoured() {
 #[tokio::test(start_paused = true)]
 async fn bursts_of_503_are_retried_then_give_up() {
     let srv = MockServer::start().await;
-    Mock::given(path("/p"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(3)
-        .mount(&srv)
-        .await;
-    Mock::given(path("/p"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
-        .mount(&srv)
-        .await;
+    fails_then_ok(&srv, ResponseTemplate::new(503), 3).await;
     let c = client(&srv.uri(), AuthConfig::None);
     assert_eq!(c.get(url(&srv, "/p")).await.unwrap().meta.attempts, 4);
 

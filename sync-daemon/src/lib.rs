@@ -294,27 +294,16 @@ fn print_summary(
     );
     if let Some(d) = &s.diff {
         let rows = |m: &std::collections::BTreeMap<String, u64>| {
+            if m.is_empty() {
+                return "none".to_owned();
+            }
             m.iter()
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        outln!(
-            "  rows new: {}",
-            if d.rows_new.is_empty() {
-                "none".into()
-            } else {
-                rows(&d.rows_new)
-            }
-        );
-        outln!(
-            "  rows changed: {}",
-            if d.rows_changed.is_empty() {
-                "none".into()
-            } else {
-                rows(&d.rows_changed)
-            }
-        );
+        outln!("  rows new: {}", rows(&d.rows_new));
+        outln!("  rows changed: {}", rows(&d.rows_changed));
         if !d.fields_changed.is_empty() {
             outln!("  fields changed: {}", rows(&d.fields_changed));
         }
