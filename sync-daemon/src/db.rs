@@ -11,7 +11,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(max_connections.max(2))
+        // A sync holds one connection for its lock and uses one each for fetch and load.
+        .max_connections(max_connections.max(3))
         .connect(url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))
