@@ -6,9 +6,10 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 use url::Url;
 
-use crate::{Error, Pagination};
+use crate::{Error, PageToken, Pagination};
 
 /// How a stream is kept in sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +17,15 @@ pub enum SyncMode {
     /// The source has no usable change stamp: every sync pulls everything and
     /// unchanged records (same content hash) write nothing.
     FullRefresh,
+    /// Each pull asks only for records modified at or after the high-water
+    /// mark, sent as `since_param` (RFC 3339, inclusive: the overlap is
+    /// absorbed by content-hash dedupe). The mark after a complete pull is
+    /// `min(max cursor seen, server Date − lag)`; the stream's `cursor`
+    /// pointer names each record's modified time.
+    Incremental {
+        since_param: &'static str,
+        lag: Duration,
+    },
 }
 
 /// One stream of a connector: everything core needs to fetch, page and map it.
@@ -37,6 +47,49 @@ pub struct StreamDef {
     /// The canonical entity a record of this stream is (the mapper's first output).
     pub entity: EntityKind,
     pub mapper: Arc<dyn Mapper>,
+}
+
+impl StreamDef {
+    /// The URL of the page at `token`: the link itself for link tokens (it
+    /// carries its own query), else the stream's path with its fixed query,
+    /// the incremental `since` bound, and the pagination parameters.
+    pub fn page_url(
+        &self,
+        base: &Url,
+        token: &PageToken,
+        since: Option<&str>,
+    ) -> Result<Url, Error> {
+        if let PageToken::Link { url } = token {
+            return Url::parse(url).map_err(|e| {
+                Error::Config(format!(
+                    "stream {}: stored next link is not a URL: {e}",
+                    self.name
+                ))
+            });
+        }
+        let mut url = base.join(&self.path).map_err(|e| {
+            Error::Config(format!(
+                "stream {}: bad path {:?}: {e}",
+                self.name, self.path
+            ))
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in &self.query {
+                q.append_pair(k, v);
+            }
+            if let (SyncMode::Incremental { since_param, .. }, Some(since)) = (self.mode, since) {
+                q.append_pair(since_param, since);
+            }
+            for (k, v) in self.pagination.params(token) {
+                q.append_pair(k, &v);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        Ok(url)
+    }
 }
 
 /// What a connector author implements: typed config in, data logic out.

@@ -34,8 +34,17 @@ pub enum Error {
     },
     #[error("{endpoint}: transport error: {message}")]
     Transport { endpoint: String, message: String },
+    /// One attempt got no (complete) answer in time. Retried only when the
+    /// request is idempotent: a timed-out write may have happened.
     #[error("{endpoint}: no response within {after:?}")]
-    Timeout { endpoint: String, after: Duration },
+    Timeout {
+        endpoint: String,
+        after: Duration,
+        idempotent: bool,
+    },
+    /// The logical call (all its attempts and waits) ran past its deadline.
+    #[error("{endpoint}: gave up after {after:?} (call timeout)")]
+    CallTimeout { endpoint: String, after: Duration },
     #[error("{endpoint}: credential refused (HTTP 401)")]
     Unauthorized { endpoint: String },
     #[error(
@@ -48,8 +57,31 @@ pub enum Error {
         status: u16,
         snippet: String,
     },
+    /// A complete body that is not what the endpoint promises (not JSON, no
+    /// records array): asking again gives the same answer.
     #[error("{endpoint}: malformed response body: {message}")]
     Body { endpoint: String, message: String },
+    /// The body ended early (connection cut, JSON cut off): fetch it again.
+    #[error("{endpoint}: truncated response body: {message}")]
+    Truncated { endpoint: String, message: String },
+    /// The circuit breaker of (host, credential) is open: failing fast.
+    #[error("{endpoint}: circuit open for {host} after repeated failures; next probe in {}s", .retry_in.as_secs())]
+    CircuitOpen {
+        endpoint: String,
+        host: String,
+        retry_in: Duration,
+    },
+    /// The wait the source or the rate limit asks for ends after the run's
+    /// budget: the run checkpoints and resumes later. Not a failure.
+    #[error("{endpoint}: deferred: the source asks to wait {}s, beyond this run's budget", .wait.as_secs())]
+    Deferred { endpoint: String, wait: Duration },
+    /// A Postgres error, classified by its SQLSTATE (`None`: no answer from
+    /// the server at all, e.g. a dropped connection or a pool timeout).
+    #[error("database{}: {message}", .sqlstate.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Database {
+        sqlstate: Option<String>,
+        message: String,
+    },
     #[error(
         "{endpoint}: refused a URL on another origin ({origin}); credentials are never sent off-origin"
     )]
@@ -84,11 +116,30 @@ impl Error {
                 },
                 _ => ErrorClass::Fail,
             },
-            Error::Transport { .. } | Error::Timeout { .. } => ErrorClass::Retry { after: None },
+            Error::Transport { .. } | Error::Truncated { .. } => ErrorClass::Retry { after: None },
+            Error::Timeout { idempotent, .. } => {
+                if *idempotent {
+                    ErrorClass::Retry { after: None }
+                } else {
+                    ErrorClass::Fail
+                }
+            }
             Error::Client { status: 408, .. } => ErrorClass::Retry { after: None },
+            Error::CircuitOpen { retry_in, .. } => ErrorClass::Retry {
+                after: Some(*retry_in),
+            },
             Error::Unauthorized { .. } => ErrorClass::RefreshAuthThenRetry,
-            Error::Body { .. } => ErrorClass::Fail,
-            Error::NeedsReauth { .. }
+            Error::Database { sqlstate, .. } => {
+                if sqlstate_is_transient(sqlstate.as_deref()) {
+                    ErrorClass::Retry { after: None }
+                } else {
+                    ErrorClass::Fail
+                }
+            }
+            Error::Body { .. }
+            | Error::CallTimeout { .. }
+            | Error::Deferred { .. }
+            | Error::NeedsReauth { .. }
             | Error::Client { .. }
             | Error::CrossOrigin { .. }
             | Error::PaginationLoop { .. }
@@ -108,6 +159,11 @@ impl Error {
             Error::Server { .. } => "server",
             Error::Transport { .. } => "transport",
             Error::Timeout { .. } => "timeout",
+            Error::CallTimeout { .. } => "call_timeout",
+            Error::Truncated { .. } => "truncated",
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::Deferred { .. } => "deferred",
+            Error::Database { .. } => "database",
             Error::Unauthorized { .. } => "unauthorized",
             Error::NeedsReauth { .. } => "needs_reauth",
             Error::Client { .. } => "client",
@@ -143,6 +199,22 @@ impl Error {
                 status,
                 snippet: snippet(body),
             },
+        }
+    }
+}
+
+/// Postgres errors worth retrying (the transaction is retried whole):
+/// connection exceptions (08), serialization failures and deadlocks (40001,
+/// 40P01), insufficient resources (53), operator intervention (57P01-57P03),
+/// lock not available (55P03), and no SQLSTATE at all (I/O, pool timeout).
+/// Everything else (constraints, syntax, types, permissions) is fatal.
+pub fn sqlstate_is_transient(code: Option<&str>) -> bool {
+    match code {
+        None => true,
+        Some(c) => {
+            c.starts_with("08")
+                || c.starts_with("53")
+                || matches!(c, "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03")
         }
     }
 }
@@ -195,9 +267,34 @@ mod classification {
         http_422: Error::from_status(E, 422, None, b"") => ErrorClass::Fail,
         connection_refused: Error::Transport { endpoint: E.into(), message: "connection refused".into() }
             => ErrorClass::Retry { .. },
-        timeout: Error::Timeout { endpoint: E.into(), after: Duration::from_secs(30) } => ErrorClass::Retry { .. },
-        malformed_body: Error::Body { endpoint: E.into(), message: "EOF".into() } => ErrorClass::Fail,
+        connection_reset: Error::Transport { endpoint: E.into(), message: "connection reset by peer".into() }
+            => ErrorClass::Retry { .. },
+        timeout_idempotent: Error::Timeout { endpoint: E.into(), after: Duration::from_secs(30), idempotent: true }
+            => ErrorClass::Retry { .. },
+        timeout_non_idempotent: Error::Timeout { endpoint: E.into(), after: Duration::from_secs(30), idempotent: false }
+            => ErrorClass::Fail,
+        call_timeout: Error::CallTimeout { endpoint: E.into(), after: Duration::from_secs(600) } => ErrorClass::Fail,
+        malformed_body: Error::Body { endpoint: E.into(), message: "expected value".into() } => ErrorClass::Fail,
+        truncated_body: Error::Truncated { endpoint: E.into(), message: "EOF while parsing".into() }
+            => ErrorClass::Retry { .. },
+        circuit_open: Error::CircuitOpen { endpoint: E.into(), host: "h".into(), retry_in: Duration::from_secs(30) }
+            => ErrorClass::Retry { after: Some(d) } if d == Duration::from_secs(30),
+        deferred_is_not_retried_in_the_run: Error::Deferred { endpoint: E.into(), wait: Duration::from_secs(3600) }
+            => ErrorClass::Fail,
         cross_origin: Error::CrossOrigin { endpoint: E.into(), origin: "https://evil".into() } => ErrorClass::Fail,
+        pagination_loop: Error::PaginationLoop { endpoint: E.into(), token: "cursor abc".into() } => ErrorClass::Fail,
+        pg_serialization_failure: Error::Database { sqlstate: Some("40001".into()), message: "".into() }
+            => ErrorClass::Retry { .. },
+        pg_deadlock: Error::Database { sqlstate: Some("40P01".into()), message: "".into() } => ErrorClass::Retry { .. },
+        pg_connection_lost: Error::Database { sqlstate: None, message: "connection reset".into() }
+            => ErrorClass::Retry { .. },
+        pg_admin_shutdown: Error::Database { sqlstate: Some("57P01".into()), message: "".into() }
+            => ErrorClass::Retry { .. },
+        pg_too_many_connections: Error::Database { sqlstate: Some("53300".into()), message: "".into() }
+            => ErrorClass::Retry { .. },
+        pg_unique_violation: Error::Database { sqlstate: Some("23505".into()), message: "".into() } => ErrorClass::Fail,
+        pg_undefined_table: Error::Database { sqlstate: Some("42P01".into()), message: "".into() } => ErrorClass::Fail,
+        pg_check_violation: Error::Database { sqlstate: Some("23514".into()), message: "".into() } => ErrorClass::Fail,
     }
 
     #[test]

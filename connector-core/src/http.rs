@@ -3,29 +3,41 @@
 //! Layers, outermost first (DESIGN.md §5), and why each sits where it does:
 //! 1. **origin check**: a URL on another origin is refused before anything else,
 //!    so no credential is ever attached to it (invariant 7);
-//! 2. **retry**: classifies each failure ([`Error::class`]) and waits (full jitter
-//!    or `Retry-After`) within attempt and elapsed-time bounds; it wraps auth so a
-//!    failed token refresh is retried like any transient error;
-//! 3. **auth**: attaches the cached credential; a first 401 invalidates it and
+//! 2. **events**: every attempt and failure is a named event with metrics;
+//! 3. **call deadline**: the whole logical call, waits included, is bounded;
+//! 4. **retry**: classifies each failure ([`Error::class`]) and waits (full
+//!    jitter, `Retry-After`, rate-limit reset headers) within attempt and
+//!    elapsed-time bounds; a wait the source asks for beyond the run's budget
+//!    ends the call as [`Error::Deferred`]. It wraps everything below, so a
+//!    failed token refresh or an open breaker is retried like any transient error;
+//! 5. **circuit breaker** per (host, credential): fails fast while open; only
+//!    transient failures count, so it sits inside retry and outside the limiter
+//!    (an open breaker must not consume rate-limit tokens);
+//! 6. **rate limiter**: the connection's token bucket and in-flight cap, shared
+//!    by all its streams; slows down on 429;
+//! 7. **auth**: attaches the cached credential; a first 401 invalidates it and
 //!    retries at once with a fresh one, a second 401 fails as "needs re-auth";
-//! 4. **per-attempt timeout**, then the transport (reqwest; redirects are
-//!    followed only on the same origin).
-//!
-//! Circuit breaking and rate limiting slot in between retry and auth.
+//! 8. **per-attempt timeout**, then the transport (reqwest; redirects are
+//!    followed only on the same origin), then the caller's body check, so a
+//!    truncated body is retried like a dropped connection.
 
-use backon::Retryable;
+use backon::BackoffBuilder;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, HeaderMap};
+use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 use url::Url;
 
-use crate::Error;
-use crate::auth::Auth;
-use crate::retry::{RetryPolicy, parse_retry_after};
+use crate::auth::{self, Auth, AuthConfig, AuthContext, CredentialStore};
+use crate::breaker::{BreakerSettings, BreakerSnapshot, CircuitBreaker, Outcome};
+use crate::events::{Emit, RequestFailed, RequestSent};
+use crate::ratelimit::{RateLimitSettings, RateLimiter};
+use crate::retry::{Decision, RetryPolicy, parse_rate_limit_reset, parse_retry_after};
 use crate::secret::redact;
+use crate::{Error, ErrorClass};
 
 /// Response headers kept in the run ledger (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -47,7 +59,14 @@ const KEPT_HEADERS: &[&str] = &[
 pub struct HttpSettings {
     /// Per-attempt timeout; `None` disables it (tests under paused time).
     pub attempt_timeout: Option<Duration>,
+    /// Deadline of one logical call, every attempt and wait included.
+    pub call_timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
+    pub rate_limit: RateLimitSettings,
+    /// The run's time budget from the client's creation: a wait that would
+    /// end after it defers the run instead ([`Error::Deferred`]).
+    pub run_budget: Option<Duration>,
     pub user_agent: String,
 }
 
@@ -55,7 +74,11 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             attempt_timeout: Some(Duration::from_secs(60)),
+            call_timeout: Some(Duration::from_secs(900)),
             retry: RetryPolicy::default(),
+            breaker: BreakerSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            run_budget: None,
             user_agent: concat!("sync-daemon/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -82,10 +105,12 @@ impl RequestMeta {
     }
 }
 
-/// A successful response: the verbatim body and the redacted metadata.
+/// A successful response: the verbatim body, its headers (for `Link`
+/// pagination) and the redacted metadata that is recorded.
 #[derive(Clone, Debug)]
 pub struct Response {
     pub body: Bytes,
+    pub headers: HeaderMap,
     pub meta: RequestMeta,
 }
 
@@ -97,11 +122,71 @@ pub struct HttpClient {
 
 #[derive(Debug)]
 struct Inner {
+    connection: String,
     connector: String,
     base: Url,
     http: reqwest::Client,
     auth: Box<dyn Auth>,
     settings: HttpSettings,
+    breaker: Arc<CircuitBreaker>,
+    limiter: RateLimiter,
+    deadline: Option<Instant>,
+}
+
+/// What [`HttpClient::new`] assembles.
+#[derive(Debug)]
+pub struct ClientParts {
+    /// The `[[connection]]` name: metrics label, credential-store key.
+    pub connection: String,
+    /// The connector's name, in error messages.
+    pub connector: String,
+    pub base: Url,
+    pub auth: Box<dyn Auth>,
+    /// Non-secret name of the credential ([`AuthConfig::identity`]): the
+    /// circuit breaker is shared per (host, credential).
+    pub credential: String,
+    pub http: reqwest::Client,
+    pub settings: HttpSettings,
+    /// Share breakers across clients of one process (e.g.
+    /// [`CircuitBreaker::shared`]); `None` gives this client its own.
+    pub breaker: Option<Arc<CircuitBreaker>>,
+}
+
+/// The breaker's host: `host:port`, so two sources on one host never share one.
+fn breaker_host(base: &Url) -> String {
+    format!(
+        "{}:{}",
+        base.host_str().unwrap_or(""),
+        base.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// Maps a reqwest error of one attempt: a timeout (retried only when the
+/// request is idempotent), a body cut short, or a transport failure.
+pub(crate) fn transport_error(
+    endpoint: &str,
+    e: reqwest::Error,
+    timeout: Option<Duration>,
+    idempotent: bool,
+) -> Error {
+    let endpoint = endpoint.to_owned();
+    if e.is_timeout() {
+        Error::Timeout {
+            endpoint,
+            after: timeout.unwrap_or_default(),
+            idempotent,
+        }
+    } else if e.is_body() || e.is_decode() {
+        Error::Truncated {
+            endpoint,
+            message: describe(&e),
+        }
+    } else {
+        Error::Transport {
+            endpoint,
+            message: describe(&e),
+        }
+    }
 }
 
 /// Describes a reqwest error without its URL (which could carry a query secret).
@@ -151,30 +236,119 @@ pub fn base_client(user_agent: &str) -> Result<reqwest::Client, Error> {
 }
 
 impl HttpClient {
-    pub fn new(
-        connector: &str,
-        base: Url,
-        auth: Box<dyn Auth>,
-        http: reqwest::Client,
-        settings: HttpSettings,
-    ) -> Self {
+    pub fn new(parts: ClientParts) -> Self {
+        let host = breaker_host(&parts.base);
+        let breaker = parts.breaker.unwrap_or_else(|| {
+            Arc::new(CircuitBreaker::new(
+                &host,
+                &parts.credential,
+                &parts.connection,
+                parts.settings.breaker.clone(),
+            ))
+        });
+        let limiter = RateLimiter::new(&parts.connection, &parts.settings.rate_limit);
+        let deadline = parts.settings.run_budget.map(|b| Instant::now() + b);
         Self {
             inner: Arc::new(Inner {
-                connector: connector.to_owned(),
-                base,
-                http,
-                auth,
-                settings,
+                connection: parts.connection,
+                connector: parts.connector,
+                base: parts.base,
+                http: parts.http,
+                auth: parts.auth,
+                settings: parts.settings,
+                breaker,
+                limiter,
+                deadline,
             }),
         }
+    }
+
+    /// The whole stack for one connection: transport, auth provider (with
+    /// `store` for rotated credentials), its own breaker and limiter.
+    pub fn connect(
+        connection: &str,
+        connector: &dyn crate::DynConnector,
+        auth: &AuthConfig,
+        settings: HttpSettings,
+        store: Arc<dyn CredentialStore>,
+    ) -> Result<Self, Error> {
+        Self::connect_shared(connection, connector, auth, settings, store, false)
+    }
+
+    /// Like [`connect`](Self::connect); with `share_breaker`, the breaker is
+    /// the process-wide one of (host, credential), so every connection of
+    /// the process that calls one host with one credential trips together.
+    pub fn connect_shared(
+        connection: &str,
+        connector: &dyn crate::DynConnector,
+        auth: &AuthConfig,
+        settings: HttpSettings,
+        store: Arc<dyn CredentialStore>,
+        share_breaker: bool,
+    ) -> Result<Self, Error> {
+        let base = connector.base_url();
+        let breaker = share_breaker.then(|| {
+            CircuitBreaker::shared(
+                &breaker_host(base),
+                &auth.identity(),
+                connection,
+                settings.breaker.clone(),
+            )
+        });
+        let http = base_client(&settings.user_agent)?;
+        let provider = auth::provider(
+            auth,
+            AuthContext {
+                connection: connection.to_owned(),
+                http: http.clone(),
+                store,
+                timeout: settings.attempt_timeout,
+            },
+        )?;
+        Ok(Self::new(ClientParts {
+            connection: connection.to_owned(),
+            connector: connector.name().to_owned(),
+            base: connector.base_url().clone(),
+            auth: provider,
+            credential: auth.identity(),
+            http,
+            settings,
+            breaker,
+        }))
     }
 
     pub fn base_url(&self) -> &Url {
         &self.inner.base
     }
 
+    pub fn connection(&self) -> &str {
+        &self.inner.connection
+    }
+
+    /// The state of this client's circuit breaker.
+    pub fn breaker(&self) -> BreakerSnapshot {
+        self.inner.breaker.snapshot()
+    }
+
+    /// The rate the limiter currently allows (after AIMD), if limited.
+    pub fn allowed_rate(&self) -> Option<f64> {
+        self.inner.limiter.current_rate()
+    }
+
     /// `GET url` through the whole stack; `url` must be on the base URL's origin.
     pub async fn get(&self, url: Url) -> Result<Response, Error> {
+        self.get_checked(url, |_| Ok(())).await.map(|(r, ())| r)
+    }
+
+    /// `GET url`, with `check` run on each successful answer inside the retry
+    /// loop: a check that fails with a retryable error (e.g.
+    /// [`Error::Truncated`]) fetches again. Returns the response and what
+    /// `check` made of it.
+    pub async fn get_checked<T>(
+        &self,
+        url: Url,
+        check: impl Fn(&Response) -> Result<T, Error>,
+    ) -> Result<(Response, T), Error> {
         let endpoint = format!("{} GET {}", self.inner.connector, url.path());
         if url.origin() != self.inner.base.origin() {
             return Err(Error::CrossOrigin {
@@ -182,35 +356,117 @@ impl HttpClient {
                 origin: url.origin().ascii_serialization(),
             });
         }
+        let call = self.call(&endpoint, &url, &check);
+        match self.inner.settings.call_timeout {
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .map_err(|_| Error::CallTimeout { endpoint, after: t })?,
+            None => call.await,
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        endpoint: &str,
+        url: &Url,
+        check: &impl Fn(&Response) -> Result<T, Error>,
+    ) -> Result<(Response, T), Error> {
         let policy = &self.inner.settings.retry;
-        let started = tokio::time::Instant::now();
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let op = || async {
-            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.attempt_with_auth(&endpoint, &url).await
+        let started = Instant::now();
+        let mut schedule = policy.backoff().build();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match self.guarded_attempt(endpoint, url, check, attempts).await {
+                Ok((mut resp, t)) => {
+                    resp.meta.attempts = attempts;
+                    return Ok((resp, t));
+                }
+                Err(e) => e,
+            };
+            let ErrorClass::Retry { after } = err.class() else {
+                return Err(err);
+            };
+            // backon's schedule bounds the attempts and gives the exponential step.
+            let Some(step) = schedule.next() else {
+                return Err(err);
+            };
+            let budget_left = self
+                .inner
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            match policy.decide(step, after, started.elapsed(), budget_left) {
+                Decision::Wait(d) => {
+                    tracing::info!(
+                        event = "request_retry", connection = %self.inner.connection, endpoint,
+                        error_kind = err.kind(), delay_ms = d.as_millis() as u64, attempt = attempts
+                    );
+                    tokio::time::sleep(d).await;
+                }
+                Decision::GiveUp => return Err(err),
+                Decision::Defer(wait) => {
+                    return Err(Error::Deferred {
+                        endpoint: endpoint.to_owned(),
+                        wait,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One attempt behind the breaker and the rate limiter.
+    async fn guarded_attempt<T>(
+        &self,
+        endpoint: &str,
+        url: &Url,
+        check: &impl Fn(&Response) -> Result<T, Error>,
+        attempt: u32,
+    ) -> Result<(Response, T), Error> {
+        let inner = &*self.inner;
+        if let Err(retry_in) = inner.breaker.admit() {
+            return Err(Error::CircuitOpen {
+                endpoint: endpoint.to_owned(),
+                host: inner.breaker.host.clone(),
+                retry_in,
+            });
+        }
+        let _permit = match inner.limiter.acquire(inner.deadline).await {
+            Ok(p) => p,
+            Err(wait) => {
+                inner.breaker.record(Outcome::Ignored);
+                return Err(Error::Deferred {
+                    endpoint: endpoint.to_owned(),
+                    wait,
+                });
+            }
         };
-        let mut resp = op
-            .retry(policy.backoff())
-            .when(|e: &Error| e.is_retryable())
-            .adjust(|e: &Error, backoff| {
-                // backon's schedule bounds the attempts and gives the exponential
-                // step; the policy picks the delay: Retry-After when the source
-                // sent one, else full jitter over the step.
-                let backoff = backoff?;
-                let after = match e.class() {
-                    crate::ErrorClass::Retry { after } => after,
-                    _ => None,
-                };
-                let d = policy.delay(backoff, after, started.elapsed());
-                tracing::warn!(
-                    event = "request_retry", endpoint = %endpoint, error_kind = e.kind(),
-                    delay_ms = d.map(|d| d.as_millis() as u64), "{e}"
-                );
-                d
-            })
-            .await?;
-        resp.meta.attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(resp)
+        RequestSent {
+            connection: &inner.connection,
+            endpoint,
+            attempt,
+        }
+        .emit();
+        let result = match self.attempt_with_auth(endpoint, url).await {
+            Ok(resp) => check(&resp).map(|t| (resp, t)),
+            Err(e) => Err(e),
+        };
+        inner.breaker.record(Outcome::of(&result));
+        match &result {
+            Ok(_) => inner.limiter.on_success(),
+            Err(e) => {
+                if let Error::RateLimited { .. } = e {
+                    inner.limiter.on_rate_limited();
+                }
+                RequestFailed {
+                    connection: &inner.connection,
+                    endpoint,
+                    kind: e.kind(),
+                    error: e,
+                }
+                .emit();
+            }
+        }
+        result
     }
 
     async fn attempt_with_auth(&self, endpoint: &str, url: &Url) -> Result<Response, Error> {
@@ -230,27 +486,27 @@ impl HttpClient {
     }
 
     async fn attempt(&self, endpoint: &str, url: &Url) -> Result<Response, Error> {
+        let creds = self.inner.auth.credentials("GET", url).await?;
+        // Query credentials go on the outgoing URL only; `url` (what is
+        // recorded) never carries them.
+        let mut target = url.clone();
+        if !creds.query.is_empty() {
+            let mut q = target.query_pairs_mut();
+            for (k, v) in &creds.query {
+                q.append_pair(k, v.expose_secret());
+            }
+        }
         let mut req = self
             .inner
             .http
-            .get(url.clone())
+            .get(target)
             .header("Accept", "application/json");
-        if let Some(h) = self.inner.auth.authorization().await? {
-            req = req.header(AUTHORIZATION, h.expose_secret());
+        for (k, v) in &creds.headers {
+            req = req.header(*k, v.expose_secret());
         }
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                Error::Timeout {
-                    endpoint: endpoint.to_owned(),
-                    after: self.inner.settings.attempt_timeout.unwrap_or_default(),
-                }
-            } else {
-                Error::Transport {
-                    endpoint: endpoint.to_owned(),
-                    message: describe(&e),
-                }
-            }
-        };
+        drop(creds);
+        let timeout = self.inner.settings.attempt_timeout;
+        let transport = |e| transport_error(endpoint, e, timeout, true);
         let exchange = async {
             let resp = req.send().await.map_err(transport)?;
             let status = resp.status().as_u16();
@@ -258,25 +514,33 @@ impl HttpClient {
             let body = resp.bytes().await.map_err(transport)?;
             Ok::<_, Error>((status, headers, body))
         };
-        let (status, headers, body) = match self.inner.settings.attempt_timeout {
+        let (status, headers, body) = match timeout {
             Some(t) => tokio::time::timeout(t, exchange)
                 .await
                 .map_err(|_| Error::Timeout {
                     endpoint: endpoint.to_owned(),
                     after: t,
+                    idempotent: true,
                 })??,
             None => exchange.await?,
         };
         if !(200..300).contains(&status) {
+            let now = SystemTime::now();
             let retry_after = headers
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                .and_then(|v| parse_retry_after(v, now))
+                .or_else(|| {
+                    matches!(status, 429 | 503)
+                        .then(|| parse_rate_limit_reset(&headers, now))
+                        .flatten()
+                });
             return Err(Error::from_status(endpoint, status, retry_after, &body));
         }
         Ok(Response {
-            body,
             meta: meta(url, status, &headers),
+            headers,
+            body,
         })
     }
 }

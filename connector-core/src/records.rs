@@ -6,8 +6,53 @@ use std::collections::HashMap;
 /// The records of one page: borrowed raw JSON slices, in body order.
 #[derive(Debug)]
 pub struct PageRecords<'a> {
+    pub root: &'a RawValue,
     pub records: Vec<&'a RawValue>,
     pub total: Option<u64>,
+}
+
+/// Why a body could not be split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitError {
+    pub message: String,
+    /// The JSON ended early: the body was cut off, not wrong.
+    pub truncated: bool,
+}
+
+impl std::fmt::Display for SplitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for SplitError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            truncated: false,
+        }
+    }
+}
+
+/// Like [`split_records`], telling a body that was cut off (retry) from one
+/// that is wrong (fail).
+pub fn split_page<'a>(
+    body: &'a [u8],
+    records_at: &str,
+    total_at: Option<&str>,
+) -> Result<PageRecords<'a>, SplitError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        // A UTF-8 sequence cut at the very end is a truncation too.
+        SplitError {
+            message: format!("body is not UTF-8: {e}"),
+            truncated: e.error_len().is_none(),
+        }
+    })?;
+    let root: &RawValue = serde_json::from_str(text).map_err(|e| SplitError {
+        message: format!("body is not JSON: {e}"),
+        truncated: e.is_eof(),
+    })?;
+    Ok(split_root(root, records_at, total_at)?)
 }
 
 /// Splits `body` into the records found at JSON pointer `records_at` (e.g.
@@ -18,9 +63,15 @@ pub fn split_records<'a>(
     records_at: &str,
     total_at: Option<&str>,
 ) -> Result<PageRecords<'a>, String> {
-    let text = std::str::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
-    let root: &RawValue =
-        serde_json::from_str(text).map_err(|e| format!("body is not JSON: {e}"))?;
+    split_page(body, records_at, total_at).map_err(|e| e.message)
+}
+
+/// Splits an already parsed body.
+pub fn split_root<'a>(
+    root: &'a RawValue,
+    records_at: &str,
+    total_at: Option<&str>,
+) -> Result<PageRecords<'a>, String> {
     let list =
         pointer(root, records_at)?.ok_or_else(|| format!("no records array at {records_at:?}"))?;
     let records: Vec<&RawValue> = serde_json::from_str(list.get())
@@ -35,7 +86,11 @@ pub fn split_records<'a>(
             })?),
         },
     };
-    Ok(PageRecords { records, total })
+    Ok(PageRecords {
+        root,
+        records,
+        total,
+    })
 }
 
 /// The value at JSON pointer `pointer` inside `v`, without parsing anything
@@ -88,6 +143,19 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn truncated_bodies_are_told_from_malformed_ones() {
+        let full = br#"{"data": [{"id": "a"}, {"id": "b"}]}"#;
+        for cut in 1..full.len() {
+            let e = split_page(&full[..cut], "/data", None).unwrap_err();
+            assert!(e.truncated, "cut at {cut}: {e}");
+        }
+        let e = split_page(b"{\"data\": [}", "/data", None).unwrap_err();
+        assert!(!e.truncated, "{e}");
+        let e = split_page(b"<html>busy</html>", "/data", None).unwrap_err();
+        assert!(!e.truncated, "{e}");
     }
 
     #[test]

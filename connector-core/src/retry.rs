@@ -14,7 +14,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// No retry starts after this much time since the call began.
     pub max_elapsed: Duration,
-    /// A `Retry-After` longer than this is capped to it.
+    /// The longest wait honoured inside a run. A source that asks for more
+    /// (`Retry-After`, a rate-limit reset) defers the run instead.
     pub max_retry_after: Duration,
     rng: Arc<Mutex<fastrand::Rng>>,
 }
@@ -46,20 +47,31 @@ impl RetryPolicy {
         backoff.mul_f64(f)
     }
 
-    /// The delay before the next attempt, or `None` to give up: the source's
-    /// `Retry-After` (capped) when it sent one, otherwise full jitter over
-    /// `backoff`; never past `max_elapsed`.
-    pub fn delay(
+    /// What to do before the next attempt: the source's `Retry-After` when it
+    /// sent one, otherwise full jitter over `backoff`. A wait the source asks
+    /// for that is longer than `max_retry_after` or than what is left of the
+    /// run's budget defers the run; no retry starts past `max_elapsed`.
+    pub fn decide(
         &self,
         backoff: Duration,
         retry_after: Option<Duration>,
         elapsed: Duration,
-    ) -> Option<Duration> {
-        let d = match retry_after {
-            Some(after) => after.min(self.max_retry_after),
-            None => self.jitter(backoff),
-        };
-        (elapsed + d <= self.max_elapsed).then_some(d)
+        budget_left: Option<Duration>,
+    ) -> Decision {
+        match retry_after {
+            Some(after) if after > self.max_retry_after => Decision::Defer(after),
+            Some(after) if budget_left.is_some_and(|b| after > b) => Decision::Defer(after),
+            Some(after) if elapsed + after > self.max_elapsed => Decision::GiveUp,
+            Some(after) => Decision::Wait(after),
+            None => {
+                let d = self.jitter(backoff);
+                if elapsed + d > self.max_elapsed {
+                    Decision::GiveUp
+                } else {
+                    Decision::Wait(d)
+                }
+            }
+        }
     }
 
     pub(crate) fn backoff(&self) -> backon::ExponentialBuilder {
@@ -69,6 +81,42 @@ impl RetryPolicy {
             .with_factor(2.0)
             .with_max_times(self.max_attempts.saturating_sub(1) as usize)
     }
+}
+
+/// What the retry layer does after a retryable failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Wait(Duration),
+    /// Stop and return the last error.
+    GiveUp,
+    /// The source asks for a wait beyond the run: checkpoint, resume later.
+    Defer(Duration),
+}
+
+/// Reset headers of rate-limited APIs, in order of preference.
+const RESET_HEADERS: &[&str] = &["x-ratelimit-reset", "ratelimit-reset", "x-rate-limit-reset"];
+
+/// The wait a rate-limit reset header asks for, when there is one:
+/// `X-RateLimit-Reset` style values are either Unix epoch seconds (GitHub,
+/// Okta) or seconds from now (the IETF `RateLimit-Reset`); a value above
+/// 10^9 is read as a timestamp.
+pub fn parse_rate_limit_reset(
+    headers: &reqwest::header::HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    RESET_HEADERS.iter().find_map(|h| {
+        let v = headers.get(*h)?.to_str().ok()?.trim();
+        let n: f64 = v.parse().ok()?;
+        if !n.is_finite() || n < 0.0 {
+            return None;
+        }
+        if n > 1e9 {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(n);
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        } else {
+            Some(Duration::from_secs_f64(n))
+        }
+    })
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
@@ -120,23 +168,57 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_capped_and_elapsed_is_bounded() {
+    fn long_waits_defer_and_elapsed_is_bounded() {
         let p = RetryPolicy::default();
+        let s = Duration::from_secs;
         assert_eq!(
-            p.delay(
-                Duration::from_secs(1),
-                Some(Duration::from_secs(9999)),
-                Duration::ZERO
-            ),
-            Some(p.max_retry_after)
+            p.decide(s(1), Some(s(7)), Duration::ZERO, None),
+            Decision::Wait(s(7))
         );
         assert_eq!(
-            p.delay(
-                Duration::from_secs(1),
-                Some(Duration::from_secs(10)),
-                p.max_elapsed
-            ),
-            None
+            p.decide(s(1), Some(s(9999)), Duration::ZERO, None),
+            Decision::Defer(s(9999)),
+            "beyond the cap"
         );
+        assert_eq!(
+            p.decide(s(1), Some(s(60)), Duration::ZERO, Some(s(30))),
+            Decision::Defer(s(60)),
+            "beyond the run's budget"
+        );
+        assert_eq!(
+            p.decide(s(1), Some(s(10)), p.max_elapsed, None),
+            Decision::GiveUp
+        );
+        assert_eq!(
+            p.decide(s(1), None, p.max_elapsed + s(1), None),
+            Decision::GiveUp
+        );
+        assert!(
+            matches!(p.decide(s(4), None, Duration::ZERO, None), Decision::Wait(d) if d <= s(4))
+        );
+    }
+
+    #[test]
+    fn rate_limit_reset_as_epoch_or_delta() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        let epoch = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset",
+            (epoch + 42).to_string().parse().unwrap(),
+        );
+        assert_eq!(
+            parse_rate_limit_reset(&h, now),
+            Some(Duration::from_secs(42))
+        );
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("ratelimit-reset", "17".parse().unwrap());
+        assert_eq!(
+            parse_rate_limit_reset(&h, now),
+            Some(Duration::from_secs(17))
+        );
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-reset", "soon".parse().unwrap());
+        assert_eq!(parse_rate_limit_reset(&h, now), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP stack against a mock source: retries under paused time, 401 handling, origin check.
+#![allow(clippy::field_reassign_with_default)]
 
-use connector_core::{AuthConfig, Error, HttpClient, HttpSettings, auth, http};
+use connector_core::{AuthConfig, ClientParts, Error, HttpClient, HttpSettings, auth, http};
 use std::time::Duration;
 use url::Url;
 use wiremock::matchers::{header, method, path};
@@ -8,20 +9,37 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn client(base: &str, auth_cfg: AuthConfig) -> HttpClient {
     let mut s = HttpSettings::default();
-    s.attempt_timeout = None; // paused time: no timer may race the loopback I/O
+    // These tests are about retries; the breaker has its own below.
+    s.breaker.consecutive_failures = 1000;
+    client_with(base, auth_cfg, s)
+}
+
+fn client_with(base: &str, auth_cfg: AuthConfig, mut s: HttpSettings) -> HttpClient {
+    // Paused time: no timer may race the loopback I/O.
+    s.attempt_timeout = None;
+    s.call_timeout = None;
     s.retry = s.retry.with_seed(1);
     // Under paused time, tokio jumps the clock to the next timer (e.g. hyper's
     // idle-pool timer) while a request waits on loopback I/O, so elapsed time
     // is inflated: these tests bound retries by attempts only.
     s.retry.max_elapsed = Duration::from_secs(86_400);
     let c = http::base_client("test").unwrap();
-    HttpClient::new(
-        "test",
-        Url::parse(base).unwrap(),
-        auth::provider(&auth_cfg, c.clone()),
-        c,
-        s,
-    )
+    let ctx = auth::AuthContext {
+        connection: "test".into(),
+        http: c.clone(),
+        store: std::sync::Arc::new(auth::MemoryCredentialStore::default()),
+        timeout: None,
+    };
+    HttpClient::new(ClientParts {
+        connection: "test".into(),
+        connector: "test".into(),
+        base: Url::parse(base).unwrap(),
+        auth: auth::provider(&auth_cfg, ctx).unwrap(),
+        credential: auth_cfg.identity(),
+        http: c,
+        settings: s,
+        breaker: None,
+    })
 }
 
 fn refresh(base: &str) -> AuthConfig {
@@ -157,4 +175,220 @@ async fn cross_origin_urls_are_refused_before_any_request() {
         .unwrap_err();
     assert!(matches!(e, Error::CrossOrigin { .. }), "{e}");
     assert!(srv.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_fails_fast_and_a_probe_closes_it() {
+    let srv = MockServer::start().await;
+    fails_then_ok(&srv, ResponseTemplate::new(503), 5).await;
+    let mut s = HttpSettings::default();
+    s.retry.max_attempts = 5;
+    let c = client_with(&srv.uri(), AuthConfig::None, s);
+    let e = c.get(url(&srv, "/p")).await.unwrap_err();
+    assert!(matches!(e, Error::Server { status: 503, .. }), "{e}");
+    assert_eq!(c.breaker().state, connector_core::BreakerState::Open);
+    let sent = srv.received_requests().await.unwrap().len();
+    assert_eq!(sent, 5);
+    // While open, the retry layer waits out the cool-down instead of calling;
+    // the probe then succeeds and closes the breaker.
+    let t0 = tokio::time::Instant::now();
+    let r = c.get(url(&srv, "/p")).await.unwrap();
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(30),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.meta.attempts, 2, "one fast failure, one probe");
+    assert_eq!(
+        srv.received_requests().await.unwrap().len(),
+        sent + 1,
+        "only the probe reached the source"
+    );
+    assert_eq!(c.breaker().state, connector_core::BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_errors_never_open_the_breaker() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(422))
+        .mount(&srv)
+        .await;
+    let c = client_with(&srv.uri(), AuthConfig::None, HttpSettings::default());
+    for _ in 0..20 {
+        assert!(matches!(
+            c.get(url(&srv, "/p")).await.unwrap_err(),
+            Error::Client { status: 422, .. }
+        ));
+    }
+    assert_eq!(c.breaker().state, connector_core::BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_spaced_by_the_connection_rate_limit() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(&srv)
+        .await;
+    let mut s = HttpSettings::default();
+    s.rate_limit = connector_core::RateLimitSettings {
+        requests_per_sec: Some(2.0),
+        burst: 1,
+        max_in_flight: Some(2),
+    };
+    let c = client_with(&srv.uri(), AuthConfig::None, s);
+    // Two "streams" of the same connection share the bucket: 6 requests at
+    // 2/s with a burst of 1 take at least 5 intervals of 500 ms. (Completion
+    // times under paused time jump with the clock, so the bound is on the
+    // whole run; the limiter's unit tests measure each gap.)
+    let t0 = tokio::time::Instant::now();
+    let run = |c: HttpClient, u: Url| async move {
+        for _ in 0..3 {
+            c.get(u.clone()).await.unwrap();
+        }
+    };
+    tokio::join!(
+        run(c.clone(), url(&srv, "/p")),
+        run(c.clone(), url(&srv, "/p"))
+    );
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(srv.received_requests().await.unwrap().len(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_slows_the_connection_down() {
+    let srv = MockServer::start().await;
+    fails_then_ok(
+        &srv,
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        1,
+    )
+    .await;
+    let mut s = HttpSettings::default();
+    s.rate_limit = connector_core::RateLimitSettings {
+        requests_per_sec: Some(8.0),
+        burst: 1,
+        max_in_flight: None,
+    };
+    let c = client_with(&srv.uri(), AuthConfig::None, s);
+    c.get(url(&srv, "/p")).await.unwrap();
+    assert_eq!(c.allowed_rate(), Some(4.0), "halved by the 429");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_beyond_the_budget_defers_instead_of_sleeping() {
+    let srv = MockServer::start().await;
+    fails_then_ok(
+        &srv,
+        ResponseTemplate::new(429).insert_header("Retry-After", "3600"),
+        1,
+    )
+    .await;
+    let mut s = HttpSettings::default();
+    s.run_budget = Some(std::time::Duration::from_secs(600));
+    let c = client_with(&srv.uri(), AuthConfig::None, s);
+    let t0 = tokio::time::Instant::now();
+    let e = c.get(url(&srv, "/p")).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Deferred { wait, .. } if wait == std::time::Duration::from_secs(3600)),
+        "{e}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "did not sleep the hour"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_reset_headers_are_honoured() {
+    let srv = MockServer::start().await;
+    fails_then_ok(
+        &srv,
+        ResponseTemplate::new(429).insert_header("X-RateLimit-Reset", "9"),
+        1,
+    )
+    .await;
+    let c = client(&srv.uri(), AuthConfig::None);
+    let t0 = tokio::time::Instant::now();
+    c.get(url(&srv, "/p")).await.unwrap();
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(9),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn api_keys_in_the_query_are_sent_but_never_recorded() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/p"))
+        .and(wiremock::matchers::query_param("api_key", "k-5ecret"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(&srv)
+        .await;
+    let cfg: AuthConfig = serde_json::from_value(serde_json::json!({
+        "strategy": "api_key", "key": "k-5ecret", "query_param": "api_key"
+    }))
+    .unwrap();
+    let r = client(&srv.uri(), cfg)
+        .get(url(&srv, "/p?limit=5"))
+        .await
+        .unwrap();
+    let recorded = serde_json::to_string(&r.meta).unwrap();
+    assert!(
+        !recorded.contains("k-5ecret") && recorded.contains("limit"),
+        "{recorded}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_truncated_body_is_fetched_again_a_malformed_one_fails() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"data\": [1, 2"))
+        .up_to_n_times(1)
+        .mount(&srv)
+        .await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"data\": [1, 2]}"))
+        .mount(&srv)
+        .await;
+    let c = client(&srv.uri(), AuthConfig::None);
+    let check = |r: &connector_core::Response| {
+        connector_core::records::split_page(&r.body, "/data", None)
+            .map(|_| ())
+            .map_err(|e| {
+                if e.truncated {
+                    Error::Truncated {
+                        endpoint: "t".into(),
+                        message: e.message,
+                    }
+                } else {
+                    Error::Body {
+                        endpoint: "t".into(),
+                        message: e.message,
+                    }
+                }
+            })
+    };
+    let (r, ()) = c.get_checked(url(&srv, "/p"), check).await.unwrap();
+    assert_eq!(r.meta.attempts, 2);
+    let srv2 = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>"))
+        .mount(&srv2)
+        .await;
+    let c = client(&srv2.uri(), AuthConfig::None);
+    let e = c.get_checked(url(&srv2, "/p"), check).await.unwrap_err();
+    assert!(matches!(e, Error::Body { .. }), "{e}");
+    assert_eq!(
+        srv2.received_requests().await.unwrap().len(),
+        1,
+        "not retried"
+    );
 }

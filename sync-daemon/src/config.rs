@@ -1,6 +1,6 @@
 //! The daemon's TOML config, parsed once into validated types.
 
-use connector_core::{AuthConfig, HttpSettings, RetryPolicy};
+use connector_core::{AuthConfig, BreakerSettings, HttpSettings, RateLimitSettings, RetryPolicy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -74,6 +74,31 @@ pub struct HttpConfig {
     /// Pages requested at once when the pagination makes them predictable.
     #[serde(default = "d_concurrency")]
     pub fetch_concurrency: usize,
+    /// Deadline of one logical call (all attempts and waits); 0 for none.
+    #[serde(default = "d_call_timeout")]
+    pub call_timeout_secs: u64,
+    /// The breaker opens after this many transient failures in a row…
+    #[serde(default = "d_breaker_failures")]
+    pub breaker_consecutive_failures: u32,
+    /// …or when this share of the calls in the last minute failed (at least 20 calls).
+    #[serde(default = "d_breaker_rate")]
+    pub breaker_failure_rate: f64,
+    /// How long an open breaker fails fast before one probe.
+    #[serde(default = "d_breaker_cool_down")]
+    pub breaker_cool_down_secs: u64,
+}
+
+fn d_call_timeout() -> u64 {
+    900
+}
+fn d_breaker_failures() -> u32 {
+    5
+}
+fn d_breaker_rate() -> f64 {
+    0.5
+}
+fn d_breaker_cool_down() -> u64 {
+    30
 }
 
 fn d_timeout() -> u64 {
@@ -115,9 +140,47 @@ impl HttpConfig {
         HttpSettings {
             attempt_timeout: (self.timeout_secs > 0)
                 .then(|| Duration::from_secs(self.timeout_secs)),
+            call_timeout: (self.call_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.call_timeout_secs)),
             retry,
+            breaker: BreakerSettings {
+                consecutive_failures: self.breaker_consecutive_failures,
+                failure_rate: self.breaker_failure_rate,
+                cool_down: Duration::from_secs(self.breaker_cool_down_secs),
+                ..BreakerSettings::default()
+            },
             ..HttpSettings::default()
         }
+    }
+}
+
+/// The core keys of a `[[connection]]` besides name, connector, auth and http:
+/// the connection's shared rate limit and its run budget.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Sustained requests per second, shared by all the connection's streams.
+    pub requests_per_sec: Option<f64>,
+    /// Requests allowed at once after an idle period (default 1).
+    pub burst: Option<u32>,
+    /// Requests in flight at once.
+    pub max_in_flight: Option<usize>,
+    /// A run that would have to wait past this many seconds from its start
+    /// (a long `Retry-After`, a slow rate limit) checkpoints and ends `deferred`.
+    pub run_budget_secs: Option<u64>,
+}
+
+impl ConnectionConfig {
+    /// The HTTP settings of this connection: `[connection.http]` plus its limits.
+    pub fn http_settings(&self) -> HttpSettings {
+        let mut s = self.http.settings();
+        s.rate_limit = RateLimitSettings {
+            requests_per_sec: self.limits.requests_per_sec,
+            burst: self.limits.burst.unwrap_or(1),
+            max_in_flight: self.limits.max_in_flight,
+        };
+        s.run_budget = self.limits.run_budget_secs.map(Duration::from_secs);
+        s
     }
 }
 
@@ -128,6 +191,7 @@ pub struct ConnectionConfig {
     pub connector: String,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub limits: Limits,
     /// Connector-specific keys, checked by the connector (`deny_unknown_fields`).
     pub settings: serde_json::Value,
 }
@@ -195,6 +259,44 @@ impl Config {
                 })?,
                 None => HttpConfig::default(),
             };
+            let mut limit_keys = toml::Table::new();
+            for k in [
+                "requests_per_sec",
+                "burst",
+                "max_in_flight",
+                "run_budget_secs",
+            ] {
+                if let Some(v) = table.remove(k) {
+                    limit_keys.insert(k.to_owned(), v);
+                }
+            }
+            let limits: Limits =
+                toml::Value::Table(limit_keys)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        invalid(format!("{}: {}", at("limits"), e.message()))
+                    })?;
+            if limits
+                .requests_per_sec
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+                || limits.burst == Some(0)
+                || limits.max_in_flight == Some(0)
+            {
+                return Err(invalid(format!(
+                    "{}: requests_per_sec must be a positive number; burst and max_in_flight at least 1",
+                    at("limits")
+                )));
+            }
+            if !(0.0..=1.0).contains(&http.breaker_failure_rate)
+                || http.breaker_consecutive_failures == 0
+            {
+                return Err(invalid(format!(
+                    "{}: breaker_failure_rate must be within 0..1 and breaker_consecutive_failures at least 1",
+                    at("http")
+                )));
+            }
+            auth.validate()
+                .map_err(|e| invalid(format!("{}: {e}", at("auth"))))?;
             if http.fetch_concurrency == 0 || http.max_attempts == 0 {
                 return Err(invalid(format!(
                     "{}: fetch_concurrency and max_attempts must be at least 1",
@@ -214,6 +316,7 @@ impl Config {
                 connector,
                 auth,
                 http,
+                limits,
                 settings,
             });
         }

@@ -2,7 +2,9 @@
 
 use canonical_model::MappingVersion;
 use chrono::{DateTime, Utc};
+use connector_core::CredentialStore;
 use connector_core::{PageToken, RequestMeta};
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
@@ -121,10 +123,12 @@ pub async fn finish_run(
     pages: i64,
     c: Counts,
     error: Option<&str>,
+    resume_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<()> {
     sqlx::query(
         "update sync_run set status = $2, finished_at = now(), pages = $3, records_seen = $4,
-         records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8 where id = $1",
+         records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8, resume_at = $9
+         where id = $1",
     )
     .bind(run)
     .bind(status)
@@ -134,6 +138,7 @@ pub async fn finish_run(
     .bind(c.unchanged)
     .bind(c.dead)
     .bind(error)
+    .bind(resume_at)
     .execute(pool)
     .await?;
     Ok(())
@@ -163,6 +168,13 @@ pub struct Cursor {
     /// Server time at the first page of the pull in progress.
     #[serde(default)]
     pub pull_started_at: Option<DateTime<Utc>>,
+    /// Incremental streams: the lower bound of the next pull
+    /// (`min(max cursor seen, server now − lag)` of the last complete pull).
+    #[serde(default)]
+    pub high_water: Option<DateTime<Utc>>,
+    /// Incremental streams: the latest record cursor seen by the pull in progress.
+    #[serde(default)]
+    pub pull_max_cursor: Option<DateTime<Utc>>,
 }
 
 pub async fn watermark(
@@ -290,4 +302,67 @@ pub async fn pages(
     .bind(unloaded_only)
     .fetch_all(pool)
     .await?)
+}
+
+/// The daemon's [`CredentialStore`]: rotated refresh tokens in the
+/// `credential` table. `save` returns after the commit, so the value is
+/// durable before the provider uses the access token that came with it.
+#[derive(Debug, Clone)]
+pub struct PgCredentialStore {
+    pub pool: PgPool,
+    pub connection: String,
+}
+
+fn store_err(e: sqlx::Error) -> connector_core::Error {
+    crate::pipeline::db_error(&e)
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for PgCredentialStore {
+    async fn load(&self, key: &str) -> Result<Option<SecretString>, connector_core::Error> {
+        let v: Option<String> = sqlx::query_scalar("select value from credential where key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(v.map(SecretString::from))
+    }
+
+    async fn save(&self, key: &str, value: &SecretString) -> Result<(), connector_core::Error> {
+        sqlx::query(
+            "insert into credential (key, connection, value) values ($1, $2, $3)
+             on conflict (key) do update set value = excluded.value, updated_at = now()",
+        )
+        .bind(key)
+        .bind(&self.connection)
+        .bind(value.expose_secret())
+        .execute(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+}
+
+/// Saves the connection's breaker state for `status`.
+pub async fn save_breaker(
+    pool: &PgPool,
+    connection: &str,
+    b: &connector_core::breaker::BreakerSnapshot,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into circuit_breaker (connection, host, state, consecutive_failures, times_opened, retry_at, updated_at)
+         values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), now())
+         on conflict (connection, host) do update set state = excluded.state,
+           consecutive_failures = excluded.consecutive_failures, times_opened = excluded.times_opened,
+           retry_at = excluded.retry_at, updated_at = now()",
+    )
+    .bind(connection)
+    .bind(&b.host)
+    .bind(b.state.as_str())
+    .bind(b.consecutive_failures as i32)
+    .bind(b.times_opened as i64)
+    .bind(b.retry_in_secs.map(|s| s as f64))
+    .execute(pool)
+    .await?;
+    Ok(())
 }

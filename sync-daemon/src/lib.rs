@@ -30,7 +30,7 @@ pub mod registry;
 pub mod status;
 
 use clap::{Parser, Subcommand};
-use connector_core::{HttpClient, RawStore, auth, http};
+use connector_core::{HttpClient, RawStore};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -228,16 +228,18 @@ fn context(
     let conn = cfg.connection(name).map_err(anyhow::Error::msg)?;
     let connector = registry::build(conn)?;
     let http = if with_http {
-        let settings = conn.http.settings();
-        let client = http::base_client(&settings.user_agent)?;
-        let auth = auth::provider(&conn.auth, client.clone());
-        Some(HttpClient::new(
-            connector.name(),
-            connector.base_url().clone(),
-            auth,
-            client,
-            settings,
-        ))
+        let store = Arc::new(db::PgCredentialStore {
+            pool: pool.clone(),
+            connection: name.to_owned(),
+        });
+        Some(HttpClient::connect_shared(
+            name,
+            connector.as_ref(),
+            &conn.auth,
+            conn.http_settings(),
+            store,
+            true,
+        )?)
     } else {
         None
     };
@@ -292,6 +294,12 @@ fn print_summary(
         s.elapsed_secs,
         s.records_per_sec()
     );
+    if let Some(at) = s.resume_at {
+        outln!(
+            "  deferred: the source asked for a wait beyond this run's budget; the next sync resumes from the watermark at or after {}",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
     if let Some(d) = &s.diff {
         let rows = |m: &std::collections::BTreeMap<String, u64>| {
             if m.is_empty() {

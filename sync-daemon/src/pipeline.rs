@@ -5,13 +5,12 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use connector_core::records::split_records;
-use connector_core::{DynConnector, HttpClient, PageFacts, PageToken, RawStore, StreamDef};
-use futures::stream::{FuturesOrdered, StreamExt};
+use connector_core::events::{Emit, PageStored, RecordsDeadLettered, WatermarkAdvanced};
+use connector_core::{DynConnector, ErrorClass, HttpClient, Pager, RawStore, StreamDef, SyncMode};
+use futures::stream::StreamExt;
 use sqlx::PgPool;
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::db::{self, Counts, NewPage, PageRef};
@@ -56,6 +55,10 @@ pub struct Summary {
     pub dead_lettered: i64,
     pub elapsed_secs: f64,
     pub diff: Option<DiffReport>,
+    /// `succeeded` or `deferred` (failures are errors).
+    pub outcome: &'static str,
+    /// A deferred run: when to resume (the source's wait, from now).
+    pub resume_at: Option<DateTime<Utc>>,
 }
 
 impl Summary {
@@ -143,14 +146,26 @@ async fn ledgered_run(
         run_id: run,
         ..Default::default()
     };
-    let result = body(run, &mut summary).await;
+    let mut result = body(run, &mut summary).await;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
+    let err = result.as_ref().err().map(|e| format!("{e:#}"));
     let status = match &result {
         Ok(()) => "succeeded",
         Err(e) if is_needs_reauth(e) => "needs_reauth",
-        Err(_) => "failed",
+        Err(e) => match deferred_wait(e) {
+            // Deferred is not a failure: the watermark holds the place to resume.
+            Some(wait) => {
+                summary.resume_at = Some(Utc::now() + chrono::Duration::from_std(wait)?);
+                result = Ok(());
+                "deferred"
+            }
+            None => "failed",
+        },
     };
-    let err = result.as_ref().err().map(|e| format!("{e:#}"));
+    summary.outcome = status;
+    if let Some(http) = &ctx.http {
+        db::save_breaker(&ctx.pool, &ctx.connection, &http.breaker()).await?;
+    }
     let pages = if mode == "replay" {
         summary.pages_loaded
     } else {
@@ -163,6 +178,7 @@ async fn ledgered_run(
         pages,
         summary.counts(),
         err.as_deref(),
+        summary.resume_at,
     )
     .await?;
     guard.release(&ctx.connection).await;
@@ -178,6 +194,38 @@ pub async fn sync(ctx: &Ctx, only_stream: Option<&str>) -> anyhow::Result<Summar
         Ok(())
     })
     .await
+}
+
+/// The wait of a deferred call in an error chain.
+fn deferred_wait(e: &anyhow::Error) -> Option<Duration> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<connector_core::Error>() {
+            Some(connector_core::Error::Deferred { wait, .. }) => Some(*wait),
+            _ => None,
+        })
+}
+
+/// A Postgres error in the core's classification (transient or fatal).
+pub fn db_error(e: &sqlx::Error) -> connector_core::Error {
+    let (sqlstate, message) = match e {
+        sqlx::Error::Database(d) => (d.code().map(|c| c.into_owned()), d.message().to_owned()),
+        // No answer from the server: the connection or the pool failed.
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => (None, e.to_string()),
+        // Decoding, missing rows or columns: a bug or a schema mismatch.
+        other => (Some("XX000".to_owned()), other.to_string()),
+    };
+    connector_core::Error::Database { sqlstate, message }
+}
+
+/// True when an error chain holds a Postgres error worth retrying.
+fn is_transient_db(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .is_some_and(|s| matches!(db_error(s).class(), ErrorClass::Retry { .. }))
+    })
 }
 
 fn is_needs_reauth(e: &anyhow::Error) -> bool {
@@ -233,60 +281,43 @@ async fn fetch_stream(
         .unwrap_or_else(|| def.pagination.first());
     if cursor.next.is_none() {
         cursor.pull_started_at = None;
+        cursor.pull_max_cursor = None;
     }
-    let endpoint = format!("{} GET {}", ctx.connector.name(), def.path);
-    let mut queue: VecDeque<PageToken> = VecDeque::from([start]);
-    let mut inflight = FuturesOrdered::new();
-    let mut inflight_tokens: VecDeque<PageToken> = VecDeque::new();
-    let mut seen: HashSet<PageToken> = HashSet::new();
+    let since = match def.mode {
+        SyncMode::Incremental { .. } => cursor
+            .high_water
+            .map(|h| h.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        SyncMode::FullRefresh => None,
+    };
+    let mut pager = Pager::new(
+        http.clone(),
+        def.clone(),
+        start,
+        since,
+        ctx.fetch_concurrency,
+    );
     let mut pages = 0u64;
-    loop {
-        while inflight.len() < ctx.fetch_concurrency.max(1) {
-            let Some(token) = queue.pop_front() else {
-                break;
-            };
-            if !seen.insert(token.clone()) {
-                return Err(connector_core::Error::PaginationLoop {
-                    endpoint,
-                    token: token.to_string(),
-                }
-                .into());
-            }
-            let url = page_url(http, def, &token)?;
-            let http = http.clone();
-            inflight_tokens.push_back(token.clone());
-            inflight.push_back(async move { (token, http.get(url).await) });
-        }
-        let Some((token, resp)) = inflight.next().await else {
-            break;
-        };
-        inflight_tokens.pop_front();
+    while let Some(page) = pager.next_page().await {
         // Keep the typed error in the chain: the run's outcome is decided from it.
-        let resp = resp.map_err(|e| {
+        let page = page.map_err(|e| {
+            let at = pager
+                .failed_page()
+                .map(|t| format!(", {t}"))
+                .unwrap_or_default();
             anyhow::Error::new(e).context(format!(
-                "connection {:?}, stream {}, {token}",
+                "connection {:?}, stream {}{at}",
                 ctx.connection, def.name
             ))
         })?;
         let fetched_at = Utc::now();
-        let server_now: DateTime<Utc> = resp
+        let server_now: DateTime<Utc> = page
+            .response
             .meta
             .server_date()
             .map(DateTime::<Utc>::from)
             .unwrap_or(fetched_at);
-        let split =
-            split_records(&resp.body, def.records_at, def.pagination.total_at()).map_err(|m| {
-                connector_core::Error::Body {
-                    endpoint: format!("{endpoint} ({token})"),
-                    message: m,
-                }
-            })?;
-        let facts = PageFacts {
-            records: split.records.len(),
-            total: split.total,
-        };
-        drop(split);
         // Raw first: the object is durably put before the ledger row and the watermark.
+        let body = page.response.body;
         let obj = ctx
             .store
             .put(
@@ -294,77 +325,72 @@ async fn fetch_stream(
                 &ctx.connection,
                 def.name,
                 fetched_at,
-                resp.body.clone(),
+                body.clone(),
             )
             .await?;
-        let next = def.pagination.next(&token, facts);
-        cursor.pull_started_at.get_or_insert(server_now);
-        if next.is_none() {
-            cursor.completed_at = cursor.pull_started_at.take();
+        let token = page.token.to_string();
+        PageStored {
+            connection: &ctx.connection,
+            stream: def.name,
+            page: &token,
+            records: page.facts.records,
+            bytes: obj.bytes as u64,
         }
-        cursor.next = next.clone();
+        .emit();
+        cursor.pull_started_at.get_or_insert(server_now);
+        cursor.pull_max_cursor = cursor.pull_max_cursor.max(page.max_cursor);
+        if page.next.is_none() {
+            let pull_started = cursor.pull_started_at.take();
+            cursor.completed_at = pull_started;
+            if let (SyncMode::Incremental { lag, .. }, Some(started)) = (def.mode, pull_started) {
+                // High water = min(max seen, server now − lag); a pull that saw
+                // nothing keeps the old mark.
+                let cap = started - chrono::Duration::from_std(lag)?;
+                if let Some(seen) = cursor.pull_max_cursor.take() {
+                    cursor.high_water = Some(seen.min(cap));
+                }
+            }
+        }
+        cursor.next = page.next.clone();
         let page_id = db::record_page(
             &ctx.pool,
             &NewPage {
                 run,
                 connection: &ctx.connection,
                 stream: def.name,
-                token: &token,
+                token: &page.token,
                 object_key: &obj.key,
                 sha256: &obj.sha256,
                 bytes: obj.bytes,
                 fetched_at,
-                meta: &resp.meta,
+                meta: &page.response.meta,
                 record_path: def.records_at,
-                record_count: facts.records,
+                record_count: page.facts.records,
             },
             &cursor,
         )
         .await?;
+        let next = page.next.as_ref().map(|n| n.to_string());
+        WatermarkAdvanced {
+            connection: &ctx.connection,
+            stream: def.name,
+            next: next.as_deref(),
+        }
+        .emit();
         pages += 1;
-        tracing::debug!(event = "page_stored", connection = %ctx.connection, stream = def.name, page = %token, records = facts.records);
         let page = PageBody {
             page: PageRef {
                 id: page_id,
                 object_key: obj.key,
                 record_path: def.records_at.to_owned(),
             },
-            body: resp.body,
+            body,
         };
         if tx.send(Fetched { page }).await.is_err() {
             anyhow::bail!("the loader stopped");
         }
-        let Some(next) = next else { break };
-        // Keep requests in flight only while they are the pages that follow.
-        if inflight_tokens.front() != Some(&next) {
-            inflight = FuturesOrdered::new();
-            inflight_tokens.clear();
-            let ahead = def.pagination.predictable_after(&token, facts.total);
-            queue = if ahead.first() == Some(&next) {
-                ahead.into()
-            } else {
-                VecDeque::from([next])
-            };
-        }
     }
     Ok(pages)
-}
-
-fn page_url(http: &HttpClient, def: &StreamDef, token: &PageToken) -> anyhow::Result<url::Url> {
-    let mut url = http
-        .base_url()
-        .join(&def.path)
-        .map_err(|e| anyhow::anyhow!("stream {}: bad path {:?}: {e}", def.name, def.path))?;
-    {
-        let mut q = url.query_pairs_mut();
-        for (k, v) in &def.query {
-            q.append_pair(k, v);
-        }
-        for (k, v) in def.pagination.params(token) {
-            q.append_pair(k, &v);
-        }
-    }
-    Ok(url)
 }
 
 async fn load_stream(
@@ -395,7 +421,12 @@ async fn load_stream(
     Ok(pages)
 }
 
-/// Loads one batch in its own transaction.
+/// Attempts of one batch's transaction when Postgres fails transiently.
+const LOAD_ATTEMPTS: u32 = 4;
+
+/// Loads one batch in its own transaction. A transient Postgres error
+/// (serialization failure, deadlock, lost connection) retries the whole
+/// transaction: nothing of a failed attempt was committed or counted.
 async fn load_and_count(
     ctx: &Ctx,
     lctx: &LoadCtx<'_>,
@@ -403,12 +434,32 @@ async fn load_and_count(
     summary: &mut Summary,
     diff: bool,
 ) -> anyhow::Result<u64> {
-    let mut tx = ctx.pool.begin().await?;
-    let pages = load_in(&mut tx, ctx, lctx, batch, summary, diff).await?;
-    tx.commit().await?;
-    Ok(pages)
+    let mut attempt = 1;
+    loop {
+        let mut scratch = Summary::default();
+        let result = async {
+            let mut tx = ctx.pool.begin().await?;
+            let pages = load_in(&mut tx, ctx, lctx, batch, &mut scratch, diff).await?;
+            tx.commit().await?;
+            anyhow::Ok(pages)
+        }
+        .await;
+        match result {
+            Ok(pages) => {
+                summary.absorb(&scratch, Some(ctx));
+                return Ok(pages);
+            }
+            Err(e) if attempt < LOAD_ATTEMPTS && is_transient_db(&e) => {
+                tracing::warn!(event = "load_retry", connection = %ctx.connection, attempt, "{e:#}");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
+/// Loads a batch in `tx`, adding what it did to `summary`.
 async fn load_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     ctx: &Ctx,
@@ -418,21 +469,39 @@ async fn load_in(
     diff: bool,
 ) -> anyhow::Result<u64> {
     let out = load_batch(tx, lctx, batch, diff).await?;
-    summary.changed += out.total.changed;
-    summary.unchanged += out.total.unchanged;
-    summary.dead_lettered += out.total.dead;
-    if diff {
-        summary
-            .diff
-            .get_or_insert_with(DiffReport::default)
-            .add(&out.diff);
+    RecordsDeadLettered {
+        connection: &ctx.connection,
+        stream: lctx.stream,
+        count: out.total.dead as u64,
     }
+    .emit();
     let pages = batch.len() as u64;
-    if let Some(p) = &ctx.progress {
-        p(summary.pages_loaded + pages, summary.records() as u64);
-    }
-    summary.pages_loaded += pages;
+    let add = Summary {
+        pages_loaded: pages,
+        changed: out.total.changed,
+        unchanged: out.total.unchanged,
+        dead_lettered: out.total.dead,
+        diff: diff.then_some(out.diff),
+        ..Summary::default()
+    };
+    summary.absorb(&add, None);
     Ok(pages)
+}
+
+impl Summary {
+    /// Adds a batch's counts (and reports progress).
+    fn absorb(&mut self, b: &Summary, ctx: Option<&Ctx>) {
+        self.changed += b.changed;
+        self.unchanged += b.unchanged;
+        self.dead_lettered += b.dead_lettered;
+        self.pages_loaded += b.pages_loaded;
+        if let Some(d) = &b.diff {
+            self.diff.get_or_insert_with(DiffReport::default).add(d);
+        }
+        if let Some(p) = ctx.and_then(|c| c.progress.as_ref()) {
+            p(self.pages_loaded, self.records() as u64);
+        }
+    }
 }
 
 async fn read_bodies(store: &RawStore, pages: &[PageRef]) -> anyhow::Result<Vec<PageBody>> {

@@ -125,9 +125,32 @@ async fn malformed_pages_fail_clearly_and_bad_records_are_dead_lettered(pool: sq
     };
     let e = format!("{:#}", pipeline::sync(&c2, None).await.unwrap_err());
     assert!(
+        e.contains("truncated response body") && e.contains("offset 0"),
+        "{e}"
+    );
+    assert_eq!(
+        srv2.received_requests().await.unwrap().len(),
+        3,
+        "a cut-off body is fetched again"
+    );
+    // A complete body that is not a page fails at once.
+    let srv3 = MockServer::start().await;
+    serve_page(
+        &srv3,
+        0,
+        ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"),
+    )
+    .await;
+    let c3 = pipeline::Ctx {
+        connection: "wd3".into(),
+        ..ctx(&pool, &store, Arc::new(workday(&srv3.uri())), &bearer())
+    };
+    let e = format!("{:#}", pipeline::sync(&c3, None).await.unwrap_err());
+    assert!(
         e.contains("malformed response body") && e.contains("offset 0"),
         "{e}"
     );
+    assert_eq!(srv3.received_requests().await.unwrap().len(), 1);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -1,8 +1,8 @@
 //! Shared test helpers: a fixture source on loopback and a pipeline context.
 #![allow(dead_code)]
 
-use connector_core::auth::{self, AuthConfig};
-use connector_core::{DynConnector, HttpClient, HttpSettings, RawStore, http};
+use connector_core::auth::AuthConfig;
+use connector_core::{DynConnector, HttpClient, HttpSettings, RawStore};
 use std::path::PathBuf;
 use std::sync::Arc;
 use sync_daemon::fixture_server::{self, FixtureOptions};
@@ -79,14 +79,11 @@ pub fn ctx(
     settings.retry.base_delay = std::time::Duration::from_millis(1);
     settings.retry.max_delay = std::time::Duration::from_millis(5);
     settings.retry.max_attempts = 3;
-    let client = http::base_client("test").unwrap();
-    let http = HttpClient::new(
-        connector.name(),
-        connector.base_url().clone(),
-        auth::provider(auth, client.clone()),
-        client,
-        settings,
-    );
+    let creds = Arc::new(sync_daemon::db::PgCredentialStore {
+        pool: pool.clone(),
+        connection: "wd".into(),
+    });
+    let http = HttpClient::connect("wd", connector.as_ref(), auth, settings, creds).unwrap();
     Ctx {
         pool: pool.clone(),
         store: store.clone(),
