@@ -185,7 +185,42 @@ fn check_page(
     resp: &Response,
     endpoint: &str,
 ) -> Result<Checked, Error> {
-    let split = split_page(&resp.body, def.records_at, def.pagination.total_at()).map_err(|e| {
+    facts_of(def, page_url, base, &resp.body, &resp.headers, endpoint)
+}
+
+/// What a page body (and its headers) says about paging, as the [`Pager`]
+/// reads it. For test kits and tools.
+pub fn page_facts(
+    def: &StreamDef,
+    page_url: &Url,
+    base: &Url,
+    body: &str,
+    headers: &reqwest::header::HeaderMap,
+) -> Result<PageFacts, Error> {
+    facts_of(def, page_url, base, body.as_bytes(), headers, def.name).map(|c| c.facts)
+}
+
+/// The next-page value exactly as the body has it: a cursor, or a link
+/// before it is resolved (body strategies only).
+pub fn raw_next(def: &StreamDef, body: &str) -> Result<Option<String>, String> {
+    let root: &RawValue = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    match &def.pagination {
+        Pagination::Cursor { cursor_at, .. } => string_at(root, cursor_at),
+        Pagination::NextLink(LinkAt::Pointer(p)) => string_at(root, p),
+        Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(root, p),
+        _ => Ok(None),
+    }
+}
+
+fn facts_of(
+    def: &StreamDef,
+    page_url: &Url,
+    base: &Url,
+    body: &[u8],
+    headers: &reqwest::header::HeaderMap,
+    endpoint: &str,
+) -> Result<Checked, Error> {
+    let split = split_page(body, def.records_at, def.pagination.total_at()).map_err(|e| {
         if e.truncated {
             Error::Truncated {
                 endpoint: endpoint.to_owned(),
@@ -208,8 +243,7 @@ fn check_page(
         }
         Pagination::NextLink(LinkAt::Pointer(p)) => string_at(split.root, p).map_err(body_err)?,
         Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(split.root, p).map_err(body_err)?,
-        Pagination::LinkHeader => resp
-            .headers
+        Pagination::LinkHeader => headers
             .get_all("link")
             .iter()
             .filter_map(|v| v.to_str().ok())

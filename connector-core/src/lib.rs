@@ -34,6 +34,8 @@ mod raw_store;
 pub mod records;
 pub mod retry;
 pub mod secret;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};

@@ -197,6 +197,13 @@ fn fingerprint(secret: &SecretString) -> String {
     hex::encode(&digest[..4])
 }
 
+/// The credential-store key of a connection's refresh token: the connection
+/// and the fingerprint of the config's token, so a new token in the config (a
+/// re-authorization) starts a new lineage instead of reusing a spent one.
+pub fn refresh_token_key(connection: &str, seed: &SecretString) -> String {
+    format!("{connection}/refresh_token/{}", fingerprint(seed))
+}
+
 /// What to attach to one request. Values are secrets; the HTTP stack adds
 /// them to the outgoing request only, never to what it records.
 #[derive(Default)]

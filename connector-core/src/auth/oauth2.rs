@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use super::{AuthConfig, AuthContext, ClientAuth, Credentials, fingerprint, jwt};
+use super::{AuthConfig, AuthContext, ClientAuth, Credentials, jwt};
 use crate::Error;
 use crate::events::{Emit, TokenRefreshed};
 
@@ -103,11 +103,7 @@ impl TokenAuth {
                 None,
                 scope,
                 Grant::RefreshToken {
-                    key: format!(
-                        "{}/refresh_token/{}",
-                        ctx.connection,
-                        fingerprint(refresh_token)
-                    ),
+                    key: super::refresh_token_key(&ctx.connection, refresh_token),
                     seed: refresh_token.clone(),
                     current: Mutex::new(None),
                 },

@@ -1,0 +1,1022 @@
+//! Test kit (feature `testkit`): a mock source that replays recorded pages
+//! with scripted faults, and the conformance suite every connector runs.
+//!
+//! A connector's `tests/conformance.rs` is one call:
+//!
+//! ```ignore
+//! #[tokio::test(start_paused = true)]
+//! async fn conformance() {
+//!     Suite::new("workers", pages, "fixtures/x/expected/workers.golden.json", |base| {
+//!         Ok(Box::new(MyConnector::new(config_for(base))?))
+//!     })
+//!     .run()
+//!     .await
+//!     .assert_passed();
+//! }
+//! ```
+//!
+//! Fixture pages are the recorded bodies in order; `{{base}}` in a body is
+//! replaced by the mock's URL (for next links). Each check reports passed,
+//! failed (with why) or **off**: switched off by a [`Capabilities`] flag the
+//! connector sets explicitly, and printed as such, never skipped silently.
+
+use canonical_model::Entity;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use url::Url;
+use wiremock::matchers::{method, path as path_is, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::auth::{AuthConfig, CredentialStore, MemoryCredentialStore};
+use crate::fetch::page_facts;
+use crate::{DynConnector, Error, HttpClient, HttpSettings, PageToken, Pager, RawStore, StreamDef};
+
+/// What a connector's API can do; a check that needs a missing capability is
+/// reported as switched off.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    /// Next pages come from the body or a header (cursor or link), so a
+    /// source can send a loop or a link to another origin.
+    pub body_driven_paging: bool,
+    /// The next page is a URL (link strategies): cross-origin links are possible.
+    pub next_links: bool,
+}
+
+/// A scripted fault, injected on one page.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// `429` with `Retry-After: secs`, once.
+    RateLimited { retry_after_secs: u64 },
+    /// `count` answers of `status` (5xx) in a row.
+    ServerErrors { status: u16, count: u64 },
+    /// No answer within the attempt timeout, once.
+    Timeout,
+    /// The body cut in half, once.
+    Truncated,
+    /// A complete body that is not JSON, always.
+    Malformed,
+    /// `401` once: the access token expired mid-run.
+    TokenExpired,
+    /// A data error (`422`), always.
+    DataError,
+}
+
+/// One page of a mock source, and how it is requested.
+#[derive(Clone, Debug)]
+struct MockPage {
+    url: Url,
+    body: String,
+}
+
+/// A wiremock source that serves a stream's recorded pages at the URLs the
+/// stream's pagination asks for, plus an OAuth2 token endpoint that rotates
+/// the refresh token on every grant.
+pub struct MockSource {
+    pub server: MockServer,
+    pages: Vec<MockPage>,
+}
+
+impl fmt::Debug for MockSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "MockSource({}, {} pages)",
+            self.server.uri(),
+            self.pages.len()
+        )
+    }
+}
+
+/// The mock's token endpoint path.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+
+impl MockSource {
+    /// Starts a source for `def`'s pages on `base` (the connector's base URL,
+    /// on the mock's origin).
+    pub async fn start(
+        server: MockServer,
+        def: &StreamDef,
+        base: &Url,
+        bodies: &[String],
+    ) -> Result<Self, String> {
+        let uri = server.uri();
+        let mut pages = Vec::new();
+        let mut token = def.pagination.first();
+        for (i, raw) in bodies.iter().enumerate() {
+            let body = raw.replace("{{base}}", &uri);
+            let url = def
+                .page_url(base, &token, None)
+                .map_err(|e| e.to_string())?;
+            let facts = page_facts(def, &url, base, &body, &Default::default())
+                .map_err(|e| format!("fixture page {i}: {e}"))?;
+            pages.push(MockPage { url, body });
+            match def.pagination.next(&token, &facts) {
+                Some(n) => token = n,
+                None if i + 1 < bodies.len() => {
+                    return Err(format!(
+                        "fixture page {i} is the last by its pagination, but {} follow",
+                        bodies.len() - i - 1
+                    ));
+                }
+                None => {}
+            }
+        }
+        for p in &pages {
+            Self::matcher(p)
+                .respond_with(ResponseTemplate::new(200).set_body_string(p.body.clone()))
+                .with_priority(10)
+                .mount(&server)
+                .await;
+        }
+        // Each grant answers a new access token and a new refresh token.
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        Mock::given(method("POST"))
+            .and(path_is(TOKEN_PATH))
+            .respond_with(move |_: &wiremock::Request| {
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                    "access_token": format!("at-{i}"), "token_type": "Bearer",
+                    "expires_in": 3600, "refresh_token": format!("rt-{i}")
+                }))
+            })
+            .mount(&server)
+            .await;
+        Ok(Self { server, pages })
+    }
+
+    fn matcher(p: &MockPage) -> wiremock::MockBuilder {
+        let mut m = Mock::given(method("GET")).and(path_is(p.url.path()));
+        for (k, v) in p.url.query_pairs() {
+            m = m.and(query_param(k.into_owned(), v.into_owned()));
+        }
+        m
+    }
+
+    pub fn pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Injects `fault` on page `index` (ahead of the normal answer).
+    pub async fn inject(&self, index: usize, fault: Fault) {
+        let p = &self.pages[index];
+        let (resp, times) = match fault {
+            Fault::RateLimited { retry_after_secs } => (
+                ResponseTemplate::new(429)
+                    .insert_header("Retry-After", retry_after_secs.to_string().as_str()),
+                Some(1),
+            ),
+            Fault::ServerErrors { status, count } => (ResponseTemplate::new(status), Some(count)),
+            Fault::Timeout => (
+                ResponseTemplate::new(200)
+                    .set_body_string(p.body.clone())
+                    .set_delay(Duration::from_secs(3600)),
+                Some(1),
+            ),
+            Fault::Truncated => (
+                ResponseTemplate::new(200).set_body_string(p.body[..p.body.len() / 2].to_owned()),
+                Some(1),
+            ),
+            Fault::Malformed => (
+                ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"),
+                None,
+            ),
+            Fault::TokenExpired => (ResponseTemplate::new(401), Some(1)),
+            Fault::DataError => (
+                ResponseTemplate::new(422).set_body_string("{\"error\":\"bad filter\"}"),
+                None,
+            ),
+        };
+        let m = Self::matcher(p).respond_with(resp).with_priority(1);
+        match times {
+            Some(n) => m.up_to_n_times(n).mount(&self.server).await,
+            None => m.mount(&self.server).await,
+        }
+    }
+
+    /// Replaces page `index`'s body (e.g. a next link to a loop or another origin).
+    pub async fn replace_body(&self, index: usize, body: String) {
+        Self::matcher(&self.pages[index])
+            .respond_with(ResponseTemplate::new(200).set_body_string(body))
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
+    }
+
+    pub fn body(&self, index: usize) -> &str {
+        &self.pages[index].body
+    }
+
+    /// Requests the source received for page `index`.
+    pub async fn hits(&self, index: usize) -> usize {
+        let p = &self.pages[index];
+        let want: BTreeMap<String, String> = p.url.query_pairs().into_owned().collect();
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| {
+                r.url.path() == p.url.path()
+                    && r.url.query_pairs().into_owned().collect::<BTreeMap<_, _>>() == want
+            })
+            .count()
+    }
+
+    pub async fn token_grants(&self) -> usize {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == TOKEN_PATH)
+            .count()
+    }
+}
+
+/// Builds the connector under test for a base URL (the mock's).
+pub type Build = Box<dyn Fn(&str) -> Result<Box<dyn DynConnector>, Error> + Send + Sync>;
+
+/// The conformance suite of DESIGN.md §11 for one stream of a connector.
+pub struct Suite {
+    pub stream: &'static str,
+    pub pages: Vec<String>,
+    /// Golden mapping output; rewritten when `BLESS=1`.
+    pub golden: PathBuf,
+    pub caps: Capabilities,
+    build: Build,
+}
+
+impl fmt::Debug for Suite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Suite({})", self.stream)
+    }
+}
+
+/// How one check ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed(String),
+    /// Switched off by this capability flag.
+    Off(&'static str),
+}
+
+/// Every check's verdict, printed as a table.
+#[derive(Debug, Default)]
+pub struct Report(pub Vec<(&'static str, Verdict)>);
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, v) in &self.0 {
+            match v {
+                Verdict::Passed => writeln!(f, "  pass  {name}")?,
+                Verdict::Failed(why) => writeln!(f, "  FAIL  {name}: {why}")?,
+                Verdict::Off(flag) => writeln!(f, "  off   {name} (capability `{flag}` is false)")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// Panics with the whole table when a check failed; prints it otherwise.
+    pub fn assert_passed(&self) {
+        println!("conformance:\n{self}");
+        assert!(
+            self.0.iter().all(|(_, v)| !matches!(v, Verdict::Failed(_))),
+            "conformance checks failed:\n{self}"
+        );
+    }
+    pub fn verdict(&self, name: &str) -> Option<&Verdict> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($why:tt)*) => {
+        if !$cond {
+            return Err(format!($($why)*));
+        }
+    };
+}
+
+/// What a walk over the stream produced.
+struct Walk {
+    pages: Vec<(PageToken, bytes::Bytes)>,
+    error: Option<Error>,
+    elapsed: Duration,
+}
+
+impl Suite {
+    pub fn new(
+        stream: &'static str,
+        pages: Vec<String>,
+        golden: impl Into<PathBuf>,
+        caps: Capabilities,
+        build: impl Fn(&str) -> Result<Box<dyn DynConnector>, Error> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            stream,
+            pages,
+            golden: golden.into(),
+            caps,
+            build: Box::new(build),
+        }
+    }
+
+    /// Reads fixture pages from files, in order.
+    pub fn read_pages(paths: &[PathBuf]) -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+            })
+            .collect()
+    }
+
+    /// A fresh mock source, connector and stream.
+    async fn setup(&self) -> Result<(MockSource, Box<dyn DynConnector>, StreamDef), String> {
+        let server = MockServer::start().await;
+        let connector = (self.build)(&server.uri()).map_err(|e| e.to_string())?;
+        let def = connector
+            .streams()
+            .into_iter()
+            .find(|d| d.name == self.stream)
+            .ok_or_else(|| format!("the connector has no stream {:?}", self.stream))?;
+        let mock = MockSource::start(server, &def, connector.base_url(), &self.pages).await?;
+        Ok((mock, connector, def))
+    }
+
+    fn client(
+        &self,
+        mock: &MockSource,
+        connector: &dyn DynConnector,
+        tweak: impl FnOnce(&mut HttpSettings),
+        store: Arc<dyn CredentialStore>,
+    ) -> Result<HttpClient, String> {
+        let mut s = HttpSettings {
+            // Paused time: the clock jumps while loopback I/O is pending, so the
+            // elapsed-time bound is generous and the per-attempt timeout is set
+            // only by the timeout check.
+            attempt_timeout: None,
+            call_timeout: None,
+            ..HttpSettings::default()
+        };
+        s.retry = s.retry.with_seed(11);
+        s.retry.max_elapsed = Duration::from_secs(86_400);
+        s.breaker.consecutive_failures = 1000;
+        tweak(&mut s);
+        let auth: AuthConfig = serde_json::from_value(serde_json::json!({
+            "strategy": "oauth2_refresh_token",
+            "token_url": format!("{}{TOKEN_PATH}", mock.server.uri()),
+            "client_id": "conformance", "client_secret": "cs-conformance", "refresh_token": "rt-0"
+        }))
+        .map_err(|e| e.to_string())?;
+        HttpClient::connect("conformance", connector, &auth, s, store).map_err(|e| e.to_string())
+    }
+
+    async fn walk(
+        http: HttpClient,
+        def: &StreamDef,
+        start: PageToken,
+        max_pages: Option<usize>,
+    ) -> Walk {
+        let t0 = Instant::now();
+        let mut pager = Pager::new(http, def.clone(), start, None, 2);
+        let mut pages = Vec::new();
+        let mut error = None;
+        while let Some(p) = pager.next_page().await {
+            match p {
+                Ok(p) => {
+                    pages.push((p.token, p.response.body));
+                    if max_pages.is_some_and(|m| pages.len() >= m) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        Walk {
+            pages,
+            error,
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Runs every check on a fresh mock source each.
+    pub async fn run(&self) -> Report {
+        let mut report = Report::default();
+        macro_rules! check {
+            ($name:literal, $body:expr) => {{
+                let r: Result<(), String> = async { $body }.await;
+                report.0.push((
+                    $name,
+                    match r {
+                        Ok(()) => Verdict::Passed,
+                        Err(e) => Verdict::Failed(e),
+                    },
+                ));
+            }};
+            ($name:literal, off $flag:literal) => {
+                report.0.push(($name, Verdict::Off($flag)));
+            };
+        }
+        check!(
+            "pagination reaches the last page, each page once",
+            self.check_full_walk().await
+        );
+        check!(
+            "resume after a crash at a page boundary loses and duplicates nothing",
+            self.check_resume().await
+        );
+        check!(
+            "5xx bursts are retried; a data error fails at once",
+            self.check_classification().await
+        );
+        check!(
+            "a timed-out attempt is retried (real clock, 300 ms timeout)",
+            self.check_timeout()
+        );
+        check!(
+            "Retry-After and the rate limit are honoured (paused time)",
+            self.check_waits().await
+        );
+        check!(
+            "data errors never trip the circuit breaker",
+            self.check_breaker().await
+        );
+        check!(
+            "truncated bodies are fetched again; malformed bodies fail clearly",
+            self.check_bodies().await
+        );
+        check!(
+            "token expiry mid-run refreshes once; a rotated refresh token is saved",
+            self.check_tokens().await
+        );
+        check!(
+            "raw before watermark: every checkpoint's object is stored, content-addressed",
+            self.check_raw_first().await
+        );
+        check!(
+            "golden mapping output with provenance",
+            self.check_golden().await
+        );
+        check!(
+            "replay of stored pages equals the live mapping",
+            self.check_replay().await
+        );
+        if self.caps.body_driven_paging {
+            check!(
+                "a repeated page token or link fails as a loop",
+                self.check_loop().await
+            );
+        } else {
+            check!("a repeated page token or link fails as a loop", off "body_driven_paging");
+        }
+        if self.caps.next_links {
+            check!(
+                "a next link to another origin is refused before any request",
+                self.check_cross_origin().await
+            );
+        } else {
+            check!("a next link to another origin is refused before any request", off "next_links");
+        }
+        report
+    }
+
+    async fn plain(&self) -> Result<(MockSource, StreamDef, HttpClient), String> {
+        let (mock, connector, def) = self.setup().await?;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |_| {},
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        Ok((mock, def, http))
+    }
+
+    async fn check_full_walk(&self) -> Result<(), String> {
+        let (mock, def, http) = self.plain().await?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        if let Some(e) = w.error {
+            return Err(format!("walk failed: {e}"));
+        }
+        ensure!(
+            w.pages.len() == mock.pages(),
+            "fetched {} pages of {}",
+            w.pages.len(),
+            mock.pages()
+        );
+        for i in 0..mock.pages() {
+            let hits = mock.hits(i).await;
+            ensure!(hits == 1, "page {i} was requested {hits} times");
+        }
+        Ok(())
+    }
+
+    async fn check_resume(&self) -> Result<(), String> {
+        let (mock, def, http) = self.plain().await?;
+        let all = self.records(
+            &def,
+            &Self::walk(http.clone(), &def, def.pagination.first(), None)
+                .await
+                .pages,
+        )?;
+        let cut = (mock.pages() / 2).max(1);
+        let first = Self::walk(http.clone(), &def, def.pagination.first(), Some(cut)).await;
+        // The checkpoint after page `cut` is what the last stored page said comes next.
+        let Some((last_token, last_body)) = first.pages.last() else {
+            return Err("no page before the crash".into());
+        };
+        let url = def
+            .page_url(http.base_url(), last_token, None)
+            .map_err(|e| e.to_string())?;
+        let facts = page_facts(
+            &def,
+            &url,
+            http.base_url(),
+            std::str::from_utf8(last_body).unwrap_or(""),
+            &Default::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut got = self.records(&def, &first.pages)?;
+        if let Some(next) = def.pagination.next(last_token, &facts) {
+            let rest = Self::walk(http, &def, next, None).await;
+            if let Some(e) = rest.error {
+                return Err(format!("resumed walk failed: {e}"));
+            }
+            got.extend(self.records(&def, &rest.pages)?);
+        }
+        let unique: HashSet<&String> = got.iter().collect();
+        ensure!(
+            unique.len() == got.len(),
+            "{} records fetched twice",
+            got.len() - unique.len()
+        );
+        ensure!(
+            got.len() == all.len(),
+            "resumed pull has {} records, a whole pull {}",
+            got.len(),
+            all.len()
+        );
+        Ok(())
+    }
+
+    async fn check_classification(&self) -> Result<(), String> {
+        let (mock, connector, def) = self.setup().await?;
+        let last = mock.pages() - 1;
+        mock.inject(
+            0,
+            Fault::ServerErrors {
+                status: 503,
+                count: 2,
+            },
+        )
+        .await;
+        mock.inject(
+            last,
+            Fault::ServerErrors {
+                status: 502,
+                count: 1,
+            },
+        )
+        .await;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |_| {},
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        if let Some(e) = w.error {
+            return Err(format!("transient faults were not retried: {e}"));
+        }
+        ensure!(
+            mock.hits(0).await == 3,
+            "page 0: {} requests for 2 failures",
+            mock.hits(0).await
+        );
+        let (mock, connector, def) = self.setup().await?;
+        mock.inject(0, Fault::DataError).await;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |_| {},
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            matches!(w.error, Some(Error::Client { status: 422, .. })),
+            "422 gave {:?}",
+            w.error.map(|e| e.to_string())
+        );
+        ensure!(mock.hits(0).await == 1, "a data error was retried");
+        Ok(())
+    }
+
+    /// Under paused time the clock jumps to the next timer whenever the
+    /// runtime waits on loopback I/O, so an attempt timeout would fire on
+    /// every request: this check runs on its own runtime with the real clock.
+    fn check_timeout(&self) -> Result<(), String> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        let (mock, connector, def) = self.setup().await?;
+                        mock.inject(0, Fault::Timeout).await;
+                        let http = self.client(
+                            &mock,
+                            connector.as_ref(),
+                            |s| {
+                                s.attempt_timeout = Some(Duration::from_millis(300));
+                                s.retry.base_delay = Duration::from_millis(1);
+                            },
+                            Arc::new(MemoryCredentialStore::default()),
+                        )?;
+                        let w = Self::walk(http, &def, def.pagination.first(), Some(1)).await;
+                        ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
+                        ensure!(
+                            mock.hits(0).await == 2,
+                            "page 0: {} requests",
+                            mock.hits(0).await
+                        );
+                        Ok(())
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the timeout check panicked".into()))
+        })
+    }
+
+    async fn check_waits(&self) -> Result<(), String> {
+        let (mock, connector, def) = self.setup().await?;
+        mock.inject(
+            0,
+            Fault::RateLimited {
+                retry_after_secs: 7,
+            },
+        )
+        .await;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |_| {},
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
+        ensure!(
+            w.elapsed >= Duration::from_secs(7),
+            "Retry-After 7 s, waited {:?}",
+            w.elapsed
+        );
+        let (mock, connector, def) = self.setup().await?;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |s| {
+                s.rate_limit.requests_per_sec = Some(2.0);
+                s.rate_limit.burst = 1;
+            },
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
+        let floor = Duration::from_millis(500) * (w.pages.len() as u32 - 1);
+        ensure!(
+            w.elapsed >= floor,
+            "{} pages at 2/s took {:?}",
+            w.pages.len(),
+            w.elapsed
+        );
+        Ok(())
+    }
+
+    async fn check_breaker(&self) -> Result<(), String> {
+        let (mock, connector, def) = self.setup().await?;
+        mock.inject(0, Fault::DataError).await;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |s| s.breaker.consecutive_failures = 2,
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        for _ in 0..5 {
+            let _ = Self::walk(http.clone(), &def, def.pagination.first(), None).await;
+        }
+        let state = http.breaker().state;
+        ensure!(
+            state == crate::BreakerState::Closed,
+            "breaker is {state:?} after data errors"
+        );
+        ensure!(
+            mock.hits(0).await == 5,
+            "calls were refused: {}",
+            mock.hits(0).await
+        );
+        Ok(())
+    }
+
+    async fn check_bodies(&self) -> Result<(), String> {
+        let (mock, connector, def) = self.setup().await?;
+        mock.inject(0, Fault::Truncated).await;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |_| {},
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            w.error.is_none(),
+            "truncated body: {:?}",
+            w.error.map(|e| e.to_string())
+        );
+        ensure!(
+            w.pages[0].1.as_ref() == mock.body(0).as_bytes(),
+            "the stored body is not the complete one"
+        );
+        let (mock, connector, def) = self.setup().await?;
+        mock.inject(0, Fault::Malformed).await;
+        let http = self.client(
+            &mock,
+            connector.as_ref(),
+            |_| {},
+            Arc::new(MemoryCredentialStore::default()),
+        )?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        match w.error {
+            Some(Error::Body { message, .. }) => {
+                ensure!(message.contains("not JSON"), "unclear: {message}")
+            }
+            other => {
+                return Err(format!(
+                    "malformed body gave {:?}",
+                    other.map(|e| e.to_string())
+                ));
+            }
+        }
+        ensure!(mock.hits(0).await == 1, "a malformed body was retried");
+        Ok(())
+    }
+
+    async fn check_tokens(&self) -> Result<(), String> {
+        let (mock, connector, def) = self.setup().await?;
+        let last = mock.pages() - 1;
+        mock.inject(last, Fault::TokenExpired).await;
+        let store = Arc::new(MemoryCredentialStore::default());
+        let http = self.client(&mock, connector.as_ref(), |_| {}, store.clone())?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
+        let grants = mock.token_grants().await;
+        ensure!(
+            grants == 2,
+            "expected the first grant and one refresh, saw {grants}"
+        );
+        let key = crate::auth::refresh_token_key("conformance", &"rt-0".to_owned().into());
+        let saved = store.load(&key).await.map_err(|e| e.to_string())?;
+        let saved = saved.map(|s| secrecy::ExposeSecret::expose_secret(&s).to_owned());
+        ensure!(
+            saved.as_deref() == Some("rt-2"),
+            "the store holds {saved:?}, not the last rotated token"
+        );
+        Ok(())
+    }
+
+    async fn check_raw_first(&self) -> Result<(), String> {
+        let (_mock, def, http) = self.plain().await?;
+        let store = RawStore::in_memory();
+        let mut pager = Pager::new(http, def.clone(), def.pagination.first(), None, 2);
+        let mut keys = Vec::new();
+        while let Some(p) = pager.next_page().await {
+            let p = p.map_err(|e| e.to_string())?;
+            // The reference order: put, then checkpoint.
+            let obj = store
+                .put(
+                    "t",
+                    "conformance",
+                    def.name,
+                    chrono::Utc::now(),
+                    p.response.body.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                store.exists(&obj.key).await.map_err(|e| e.to_string())?,
+                "checkpoint before the object exists"
+            );
+            let again = store
+                .put(
+                    "t",
+                    "conformance",
+                    def.name,
+                    chrono::Utc::now(),
+                    p.response.body.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(again.key == obj.key, "a re-fetched page was stored twice");
+            keys.push(obj.key);
+        }
+        ensure!(!keys.is_empty(), "nothing stored");
+        Ok(())
+    }
+
+    /// The mapper's output for every record, in order: one line per record.
+    fn mapped(
+        &self,
+        def: &StreamDef,
+        pages: &[(PageToken, bytes::Bytes)],
+    ) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for (t, body) in pages {
+            let split = crate::records::split_page(body, def.records_at, def.pagination.total_at())
+                .map_err(|e| format!("{t}: {e}"))?;
+            for r in split.records {
+                let v: Value = serde_json::from_str(r.get()).map_err(|e| e.to_string())?;
+                out.push(match def.mapper.map(&v) {
+                    Ok(es) => {
+                        for e in &es {
+                            provenance_covers(def, e, &v)?;
+                        }
+                        format!("{es:?}")
+                    }
+                    Err(e) => format!("dead letter: {e}"),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn records(
+        &self,
+        def: &StreamDef,
+        pages: &[(PageToken, bytes::Bytes)],
+    ) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for (_, body) in pages {
+            let split = crate::records::split_page(body, def.records_at, None)
+                .map_err(|e| e.to_string())?;
+            for r in split.records {
+                let v: Value = serde_json::from_str(r.get()).map_err(|e| e.to_string())?;
+                let pk = v
+                    .pointer(def.primary_key)
+                    .map(|p| p.to_string())
+                    .ok_or_else(|| format!("a record has no primary key at {}", def.primary_key))?;
+                out.push(pk);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn check_golden(&self) -> Result<(), String> {
+        let (_mock, def, http) = self.plain().await?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        let mapped = self.mapped(&def, &w.pages)?;
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "mapping": format!("{}@{}", def.mapper.mapping().mapper, def.mapper.mapping().version),
+            "records": mapped,
+        }))
+        .map_err(|e| e.to_string())?;
+        if std::env::var_os("BLESS").is_some() {
+            if let Some(dir) = self.golden.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(&self.golden, text + "\n").map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let want = std::fs::read_to_string(&self.golden).map_err(|e| {
+            format!(
+                "golden file {}: {e} (run with BLESS=1 to write it)",
+                self.golden.display()
+            )
+        })?;
+        ensure!(
+            want.trim_end() == text.trim_end(),
+            "mapping output differs from {} (BLESS=1 rewrites it after review)",
+            self.golden.display()
+        );
+        Ok(())
+    }
+
+    async fn check_replay(&self) -> Result<(), String> {
+        let (_mock, def, http) = self.plain().await?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        let store = RawStore::in_memory();
+        let mut stored = Vec::new();
+        for (t, body) in &w.pages {
+            let obj = store
+                .put("t", "c", def.name, chrono::Utc::now(), body.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            stored.push((
+                t.clone(),
+                store.get(&obj.key).await.map_err(|e| e.to_string())?,
+            ));
+        }
+        ensure!(
+            self.mapped(&def, &w.pages)? == self.mapped(&def, &stored)?,
+            "replayed mapping differs from live"
+        );
+        Ok(())
+    }
+
+    async fn check_loop(&self) -> Result<(), String> {
+        let (mock, def, http) = self.plain().await?;
+        ensure!(
+            mock.pages() >= 2,
+            "the loop check needs at least two fixture pages"
+        );
+        // Page 1 names itself as its next page: what page 0 named.
+        let next0 = raw_next(&def, mock.body(0))?.ok_or("page 0 names no next page")?;
+        let body1 = mock.body(1).to_owned();
+        let looped = match raw_next(&def, &body1)? {
+            Some(n1) => body1.replace(&format!("{n1:?}"), &format!("{next0:?}")),
+            None => {
+                return Err(
+                    "page 1 names no next page; the loop check needs three fixture pages".into(),
+                );
+            }
+        };
+        mock.replace_body(1, looped).await;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            matches!(w.error, Some(Error::PaginationLoop { .. })),
+            "got {:?}",
+            w.error.map(|e| e.to_string())
+        );
+        Ok(())
+    }
+
+    async fn check_cross_origin(&self) -> Result<(), String> {
+        let (mock, def, http) = self.plain().await?;
+        let evil = MockServer::start().await;
+        let body0 = mock.body(0).to_owned();
+        let next0 = raw_next(&def, &body0)?.ok_or("page 0 names no next page")?;
+        let abs = mock.pages[0].url.join(&next0).map_err(|e| e.to_string())?;
+        let off_origin = format!("{}{}?{}", evil.uri(), abs.path(), abs.query().unwrap_or(""));
+        mock.replace_body(
+            0,
+            body0.replace(&format!("{next0:?}"), &format!("{off_origin:?}")),
+        )
+        .await;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            matches!(w.error, Some(Error::CrossOrigin { .. })),
+            "got {:?}",
+            w.error.map(|e| e.to_string())
+        );
+        let sent = evil.received_requests().await.unwrap_or_default().len();
+        ensure!(sent == 0, "{sent} requests reached the other origin");
+        Ok(())
+    }
+}
+
+/// The next-page value exactly as the body has it (a cursor, or a link before
+/// resolution).
+fn raw_next(def: &StreamDef, body: &str) -> Result<Option<String>, String> {
+    crate::fetch::raw_next(def, body)
+}
+
+/// Every field the entity carries has a rule in the mapping version, and one
+/// of the rule's pointers resolves in the record (invariant 4).
+fn provenance_covers(def: &StreamDef, e: &Entity, record: &Value) -> Result<(), String> {
+    let mv = def.mapper.mapping();
+    let row = e.clone().into_row();
+    for (field, value) in row.kind.fields().iter().zip(&row.values) {
+        if value.is_none() {
+            continue;
+        }
+        let rule = mv.rule(row.kind, field.name).ok_or_else(|| {
+            format!(
+                "{:?}.{} has a value but no field rule",
+                row.kind, field.name
+            )
+        })?;
+        let found = rule
+            .pointers
+            .iter()
+            .any(|p| record.pointer(p).is_some_and(|v| !v.is_null()));
+        ensure!(
+            found,
+            "{:?}.{}: none of {:?} resolves in the record",
+            row.kind,
+            field.name,
+            rule.pointers
+        );
+    }
+    Ok(())
+}
