@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
-use wiremock::matchers::{method, path as path_is, query_param};
+use wiremock::matchers::{method, path as path_is};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::auth::{AuthConfig, CredentialStore, MemoryCredentialStore};
@@ -92,6 +92,16 @@ impl fmt::Debug for MockSource {
     }
 }
 
+/// Matches a request whose query has exactly these pairs (wiremock's
+/// `query_param` only checks that a pair is present).
+struct ExactQuery(BTreeMap<String, String>);
+
+impl wiremock::Match for ExactQuery {
+    fn matches(&self, r: &wiremock::Request) -> bool {
+        r.url.query_pairs().into_owned().collect::<BTreeMap<_, _>>() == self.0
+    }
+}
+
 /// The mock's token endpoint path.
 pub const TOKEN_PATH: &str = "/oauth2/token";
 
@@ -150,11 +160,9 @@ impl MockSource {
     }
 
     fn matcher(p: &MockPage) -> wiremock::MockBuilder {
-        let mut m = Mock::given(method("GET")).and(path_is(p.url.path()));
-        for (k, v) in p.url.query_pairs() {
-            m = m.and(query_param(k.into_owned(), v.into_owned()));
-        }
-        m
+        Mock::given(method("GET"))
+            .and(path_is(p.url.path()))
+            .and(ExactQuery(p.url.query_pairs().into_owned().collect()))
     }
 
     pub fn pages(&self) -> usize {
