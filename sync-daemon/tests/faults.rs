@@ -263,3 +263,120 @@ async fn a_record_that_maps_again_resolves_its_dead_letter(pool: sqlx::PgPool) {
         1
     );
 }
+
+/// A refresh token rotated by the source is in Postgres before the access
+/// token that came with it is used: a process that dies right after the
+/// refresh (here: the data call never succeeds) restarts from the new one.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_rotated_refresh_token_is_saved_before_use_and_survives_a_restart(pool: sqlx::PgPool) {
+    use connector_core::auth::{self, AuthContext};
+    use wiremock::matchers::body_string_contains;
+    let srv = MockServer::start().await;
+    // rt-0 (the config's) → rt-1; only rt-1 is accepted afterwards.
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(body_string_contains("refresh_token=rt-0"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1"})))
+        .up_to_n_times(1)
+        .mount(&srv)
+        .await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(body_string_contains("refresh_token=rt-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-2", "token_type": "Bearer", "expires_in": 3600})))
+        .mount(&srv)
+        .await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"})),
+        )
+        .mount(&srv)
+        .await;
+    sync_daemon::db::ensure_connection(&pool, "wd", "workday")
+        .await
+        .unwrap();
+    let cfg: AuthConfig = serde_json::from_value(serde_json::json!({
+        "strategy": "oauth2_refresh_token", "token_url": format!("{}/token", srv.uri()),
+        "client_id": "c", "client_secret": "s", "refresh_token": "rt-0"}))
+    .unwrap();
+    let provider = || {
+        auth::provider(
+            &cfg,
+            AuthContext {
+                connection: "wd".into(),
+                http: reqwest::Client::new(),
+                store: Arc::new(sync_daemon::db::PgCredentialStore {
+                    pool: pool.clone(),
+                    connection: "wd".into(),
+                }),
+                timeout: None,
+            },
+        )
+        .unwrap()
+    };
+    let url = url::Url::parse(&srv.uri()).unwrap();
+    let first = provider();
+    first.credentials("GET", &url).await.unwrap();
+    let saved: String = sqlx::query_scalar("select value from credential")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        saved, "rt-1",
+        "saved by the time the access token is handed out"
+    );
+    drop(first); // the process dies before using at-1
+    let restarted = provider();
+    let c = restarted
+        .credentials("GET", &url)
+        .await
+        .expect("the restart uses rt-1, not the spent rt-0");
+    assert!(format!("{c:?}").contains("authorization"));
+}
+
+/// A source that asks for a wait beyond the run's limits defers the run: it
+/// checkpoints, ends `deferred` with a resume time, and is not a failure.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_long_retry_after_defers_the_run_at_its_checkpoint(pool: sqlx::PgPool) {
+    let srv = MockServer::start().await;
+    serve_page(&srv, 0, ResponseTemplate::new(200).set_body_string(page(0))).await;
+    serve_page(
+        &srv,
+        100,
+        ResponseTemplate::new(429).insert_header("Retry-After", "7200"),
+    )
+    .await;
+    let store = RawStore::in_memory();
+    let c = pipeline::Ctx {
+        fetch_concurrency: 1,
+        ..ctx(&pool, &store, Arc::new(workday(&srv.uri())), &bearer())
+    };
+    let s = pipeline::sync(&c, None)
+        .await
+        .expect("deferred is not a failure");
+    assert_eq!(s.outcome, "deferred");
+    assert!(
+        s.resume_at
+            .is_some_and(|t| t > chrono::Utc::now() + chrono::Duration::minutes(100))
+    );
+    let (status, resume): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("select status, resume_at from sync_run")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), resume.is_some()), ("deferred", true));
+    let next: serde_json::Value = sqlx::query_scalar("select cursor -> 'next' from watermark")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        serde_json::json!({"kind": "offset", "offset": 100}),
+        "checkpointed at the deferred page"
+    );
+    assert_eq!(
+        s.changed + s.dead_lettered,
+        100,
+        "the stored page was loaded"
+    );
+}
