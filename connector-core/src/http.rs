@@ -502,7 +502,7 @@ impl HttpClient {
             .get(target)
             .header("Accept", "application/json");
         for (k, v) in &creds.headers {
-            req = req.header(*k, v.expose_secret());
+            req = req.header(k.clone(), v.expose_secret());
         }
         drop(creds);
         let timeout = self.inner.settings.attempt_timeout;

@@ -502,13 +502,26 @@ impl Suite {
     }
 
     async fn plain(&self) -> Result<(MockSource, StreamDef, HttpClient), String> {
+        self.source(|_| {}).await
+    }
+
+    /// A fresh mock source and a client for it (settings changed by `tweak`,
+    /// rotated credentials kept in memory).
+    async fn source(
+        &self,
+        tweak: impl FnOnce(&mut HttpSettings),
+    ) -> Result<(MockSource, StreamDef, HttpClient), String> {
+        self.source_with(tweak, Arc::new(MemoryCredentialStore::default()))
+            .await
+    }
+
+    async fn source_with(
+        &self,
+        tweak: impl FnOnce(&mut HttpSettings),
+        store: Arc<dyn CredentialStore>,
+    ) -> Result<(MockSource, StreamDef, HttpClient), String> {
         let (mock, connector, def) = self.setup().await?;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |_| {},
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
+        let http = self.client(&mock, connector.as_ref(), tweak, store)?;
         Ok((mock, def, http))
     }
 
@@ -580,7 +593,7 @@ impl Suite {
     }
 
     async fn check_classification(&self) -> Result<(), String> {
-        let (mock, connector, def) = self.setup().await?;
+        let (mock, def, http) = self.source(|_| {}).await?;
         let last = mock.pages() - 1;
         mock.inject(
             0,
@@ -598,12 +611,6 @@ impl Suite {
             },
         )
         .await;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |_| {},
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         if let Some(e) = w.error {
             return Err(format!("transient faults were not retried: {e}"));
@@ -613,14 +620,8 @@ impl Suite {
             "page 0: {} requests for 2 failures",
             mock.hits(0).await
         );
-        let (mock, connector, def) = self.setup().await?;
+        let (mock, def, http) = self.source(|_| {}).await?;
         mock.inject(0, Fault::DataError).await;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |_| {},
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         ensure!(
             matches!(w.error, Some(Error::Client { status: 422, .. })),
@@ -643,17 +644,13 @@ impl Suite {
                         .build()
                         .map_err(|e| e.to_string())?;
                     rt.block_on(async {
-                        let (mock, connector, def) = self.setup().await?;
-                        mock.inject(0, Fault::Timeout).await;
-                        let http = self.client(
-                            &mock,
-                            connector.as_ref(),
-                            |s| {
+                        let (mock, def, http) = self
+                            .source(|s| {
                                 s.attempt_timeout = Some(Duration::from_millis(300));
                                 s.retry.base_delay = Duration::from_millis(1);
-                            },
-                            Arc::new(MemoryCredentialStore::default()),
-                        )?;
+                            })
+                            .await?;
+                        mock.inject(0, Fault::Timeout).await;
                         let w = Self::walk(http, &def, def.pagination.first(), Some(1)).await;
                         ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
                         ensure!(
@@ -670,7 +667,7 @@ impl Suite {
     }
 
     async fn check_waits(&self) -> Result<(), String> {
-        let (mock, connector, def) = self.setup().await?;
+        let (mock, def, http) = self.source(|_| {}).await?;
         mock.inject(
             0,
             Fault::RateLimited {
@@ -678,12 +675,6 @@ impl Suite {
             },
         )
         .await;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |_| {},
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
         ensure!(
@@ -691,16 +682,12 @@ impl Suite {
             "Retry-After 7 s, waited {:?}",
             w.elapsed
         );
-        let (mock, connector, def) = self.setup().await?;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |s| {
+        let (_mock, def, http) = self
+            .source(|s| {
                 s.rate_limit.requests_per_sec = Some(2.0);
                 s.rate_limit.burst = 1;
-            },
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
+            })
+            .await?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
         let floor = Duration::from_millis(500) * (w.pages.len() as u32 - 1);
@@ -714,14 +701,8 @@ impl Suite {
     }
 
     async fn check_breaker(&self) -> Result<(), String> {
-        let (mock, connector, def) = self.setup().await?;
+        let (mock, def, http) = self.source(|s| s.breaker.consecutive_failures = 2).await?;
         mock.inject(0, Fault::DataError).await;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |s| s.breaker.consecutive_failures = 2,
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
         for _ in 0..5 {
             let _ = Self::walk(http.clone(), &def, def.pagination.first(), None).await;
         }
@@ -739,14 +720,8 @@ impl Suite {
     }
 
     async fn check_bodies(&self) -> Result<(), String> {
-        let (mock, connector, def) = self.setup().await?;
+        let (mock, def, http) = self.source(|_| {}).await?;
         mock.inject(0, Fault::Truncated).await;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |_| {},
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         ensure!(
             w.error.is_none(),
@@ -757,14 +732,8 @@ impl Suite {
             w.pages[0].1.as_ref() == mock.body(0).as_bytes(),
             "the stored body is not the complete one"
         );
-        let (mock, connector, def) = self.setup().await?;
+        let (mock, def, http) = self.source(|_| {}).await?;
         mock.inject(0, Fault::Malformed).await;
-        let http = self.client(
-            &mock,
-            connector.as_ref(),
-            |_| {},
-            Arc::new(MemoryCredentialStore::default()),
-        )?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         match w.error {
             Some(Error::Body { message, .. }) => {
@@ -782,11 +751,9 @@ impl Suite {
     }
 
     async fn check_tokens(&self) -> Result<(), String> {
-        let (mock, connector, def) = self.setup().await?;
-        let last = mock.pages() - 1;
-        mock.inject(last, Fault::TokenExpired).await;
         let store = Arc::new(MemoryCredentialStore::default());
-        let http = self.client(&mock, connector.as_ref(), |_| {}, store.clone())?;
+        let (mock, def, http) = self.source_with(|_| {}, store.clone()).await?;
+        mock.inject(mock.pages() - 1, Fault::TokenExpired).await;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
         ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
         let grants = mock.token_grants().await;
@@ -805,7 +772,7 @@ impl Suite {
     }
 
     async fn check_raw_first(&self) -> Result<(), String> {
-        let (_mock, def, http) = self.plain().await?;
+        let (mock, def, http) = self.plain().await?;
         let store = RawStore::in_memory();
         let mut pager = Pager::new(http, def.clone(), def.pagination.first(), None, 2);
         let mut keys = Vec::new();
@@ -825,6 +792,13 @@ impl Suite {
             ensure!(
                 store.exists(&obj.key).await.map_err(|e| e.to_string())?,
                 "checkpoint before the object exists"
+            );
+            // Verbatim: what is stored is byte for byte what the source sent.
+            let stored = store.get(&obj.key).await.map_err(|e| e.to_string())?;
+            ensure!(
+                stored.as_ref() == mock.body(keys.len()).as_bytes(),
+                "page {} was not stored verbatim",
+                keys.len()
             );
             let again = store
                 .put(

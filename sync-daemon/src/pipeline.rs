@@ -439,13 +439,21 @@ async fn load_and_count(
         let mut scratch = Summary::default();
         let result = async {
             let mut tx = ctx.pool.begin().await?;
-            let pages = load_in(&mut tx, ctx, lctx, batch, &mut scratch, diff).await?;
+            let pages = load_in(&mut tx, lctx, batch, &mut scratch, diff).await?;
             tx.commit().await?;
             anyhow::Ok(pages)
         }
         .await;
         match result {
             Ok(pages) => {
+                // Counted once committed: a retried or rolled-back attempt
+                // dead-lettered nothing.
+                RecordsDeadLettered {
+                    connection: &ctx.connection,
+                    stream: lctx.stream,
+                    count: scratch.dead_lettered as u64,
+                }
+                .emit();
                 summary.absorb(&scratch, Some(ctx));
                 return Ok(pages);
             }
@@ -462,19 +470,12 @@ async fn load_and_count(
 /// Loads a batch in `tx`, adding what it did to `summary`.
 async fn load_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ctx: &Ctx,
     lctx: &LoadCtx<'_>,
     batch: &[PageBody],
     summary: &mut Summary,
     diff: bool,
 ) -> anyhow::Result<u64> {
     let out = load_batch(tx, lctx, batch, diff).await?;
-    RecordsDeadLettered {
-        connection: &ctx.connection,
-        stream: lctx.stream,
-        count: out.total.dead as u64,
-    }
-    .emit();
     let pages = batch.len() as u64;
     let add = Summary {
         pages_loaded: pages,
@@ -549,7 +550,7 @@ pub async fn replay(
                 for chunk in all.chunks(BATCH_PAGES) {
                     let bodies = read_bodies(&ctx.store, chunk).await?;
                     match dry.as_mut() {
-                        Some(tx) => load_in(tx, ctx, &lctx, &bodies, summary, true).await?,
+                        Some(tx) => load_in(tx, &lctx, &bodies, summary, true).await?,
                         None => load_and_count(ctx, &lctx, &bodies, summary, true).await?,
                     };
                 }

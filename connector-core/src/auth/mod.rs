@@ -25,6 +25,7 @@ mod store;
 
 use async_trait::async_trait;
 use base64::Engine;
+use reqwest::header::{AUTHORIZATION, HeaderName};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Digest;
@@ -182,6 +183,11 @@ impl AuthConfig {
             } => Err(Error::Config(
                 "auth: api_key takes `header` or `query_param`, not both".into(),
             )),
+            AuthConfig::ApiKey {
+                header: Some(h), ..
+            } if HeaderName::from_bytes(h.as_bytes()).is_err() => Err(Error::Config(format!(
+                "auth: api_key header {h:?} is not a valid header name"
+            ))),
             AuthConfig::JwtBearer { private_key, .. } => {
                 jwt::parse_private_key(private_key).map(|_| ())
             }
@@ -208,7 +214,7 @@ pub fn refresh_token_key(connection: &str, seed: &SecretString) -> String {
 /// them to the outgoing request only, never to what it records.
 #[derive(Default)]
 pub struct Credentials {
-    pub headers: Vec<(&'static str, SecretString)>,
+    pub headers: Vec<(HeaderName, SecretString)>,
     pub query: Vec<(String, SecretString)>,
 }
 
@@ -217,7 +223,7 @@ impl fmt::Debug for Credentials {
         let names: Vec<&str> = self
             .headers
             .iter()
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.as_str())
             .chain(self.query.iter().map(|(k, _)| k.as_str()))
             .collect();
         write!(f, "Credentials({names:?}: ***)")
@@ -225,7 +231,7 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    fn header(name: &'static str, value: String) -> Self {
+    fn header(name: HeaderName, value: String) -> Self {
         Self {
             headers: vec![(name, value.into())],
             query: Vec::new(),
@@ -274,13 +280,18 @@ pub fn provider(config: &AuthConfig, ctx: AuthContext) -> Result<Box<dyn Auth>, 
                 headers: Vec::new(),
                 query: vec![(p.clone(), key.clone())],
             },
-            None => Credentials {
-                headers: vec![(
-                    leak_header(header.as_deref().unwrap_or("X-API-Key")),
-                    key.clone(),
-                )],
-                query: Vec::new(),
-            },
+            None => {
+                let name = header.as_deref().unwrap_or("X-API-Key");
+                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    Error::Config(format!(
+                        "auth: api_key header {name:?} is not a valid header name"
+                    ))
+                })?;
+                Credentials {
+                    headers: vec![(name, key.clone())],
+                    query: Vec::new(),
+                }
+            }
         }))),
         AuthConfig::Basic { username, password } => {
             let raw = format!(
@@ -290,12 +301,12 @@ pub fn provider(config: &AuthConfig, ctx: AuthContext) -> Result<Box<dyn Auth>, 
             );
             let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
             Box::new(Static(Some(Credentials::header(
-                "authorization",
+                AUTHORIZATION,
                 format!("Basic {b64}"),
             ))))
         }
         AuthConfig::Bearer { token } => Box::new(Static(Some(Credentials::header(
-            "authorization",
+            AUTHORIZATION,
             format!("Bearer {}", token.expose_secret()),
         )))),
         AuthConfig::Oauth2ClientCredentials { .. }
@@ -315,16 +326,6 @@ pub fn provider(config: &AuthConfig, ctx: AuthContext) -> Result<Box<dyn Auth>, 
             token_secret: token_secret.clone(),
         }),
     })
-}
-
-/// Header names are few and live as long as the process; a config's custom
-/// API-key header name is interned once.
-fn leak_header(name: &str) -> &'static str {
-    match name.to_ascii_lowercase().as_str() {
-        "x-api-key" => "x-api-key",
-        "authorization" => "authorization",
-        other => Box::leak(other.to_owned().into_boxed_str()),
-    }
 }
 
 /// A credential that never changes (none, API key, basic, static bearer).
@@ -410,6 +411,9 @@ mod tests {
                 .to_string()
                 .contains("not both")
         );
+        let bad = cfg(json!({"strategy": "api_key", "key": "k", "header": "X Api Key"}));
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("not a valid header name"), "{e}");
     }
 
     #[tokio::test]

@@ -135,7 +135,7 @@ impl super::Auth for Tba {
             .collect();
         Ok(Credentials {
             headers: vec![(
-                "authorization",
+                reqwest::header::AUTHORIZATION,
                 self.header(method, url, timestamp, &nonce).into(),
             )],
             query: Vec::new(),

@@ -153,10 +153,12 @@ impl TokenAuth {
     }
 
     /// The refresh token to use: the store's latest, else the config's seed.
-    async fn current_refresh_token(&self) -> Result<SecretString, Error> {
-        let Grant::RefreshToken { seed, key, current } = &self.grant else {
-            unreachable!("only called for the refresh-token grant");
-        };
+    async fn current_refresh_token(
+        &self,
+        seed: &SecretString,
+        key: &str,
+        current: &Mutex<Option<SecretString>>,
+    ) -> Result<SecretString, Error> {
         let mut cur = current.lock().await;
         if cur.is_none() {
             *cur = Some(
@@ -178,8 +180,8 @@ impl TokenAuth {
         let idempotent = !matches!(self.grant, Grant::RefreshToken { .. });
         match &self.grant {
             Grant::ClientCredentials => form.push(("grant_type", "client_credentials".into())),
-            Grant::RefreshToken { .. } => {
-                let rt = self.current_refresh_token().await?;
+            Grant::RefreshToken { seed, key, current } => {
+                let rt = self.current_refresh_token(seed, key, current).await?;
                 form.push(("grant_type", "refresh_token".into()));
                 form.push(("refresh_token", rt.expose_secret().to_owned()));
             }
@@ -305,7 +307,7 @@ impl super::Auth for TokenAuth {
         let mut cached = self.cached.lock().await;
         if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(Credentials {
-                headers: vec![("authorization", t.header.clone())],
+                headers: vec![(reqwest::header::AUTHORIZATION, t.header.clone())],
                 query: Vec::new(),
             });
         }
@@ -313,7 +315,7 @@ impl super::Auth for TokenAuth {
         let header = fresh.header.clone();
         *cached = Some(fresh);
         Ok(Credentials {
-            headers: vec![("authorization", header)],
+            headers: vec![(reqwest::header::AUTHORIZATION, header)],
             query: Vec::new(),
         })
     }
