@@ -266,6 +266,31 @@ impl CanonicalRow {
         self.values[i].as_ref()
     }
 
+    /// Checks every value against the canonical domain ([`CanonValue::check`]);
+    /// the source id must be a non-empty id. The error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (def, v) in self.kind.fields().iter().zip(&self.values) {
+            if let Some(v) = v {
+                v.check().map_err(|m| (def.name, m))?;
+            }
+        }
+        let id = self.source_id();
+        if id.is_empty() {
+            return Err(("source_id", "the source id is empty".into()));
+        }
+        if id.len() > crate::MAX_ID_BYTES {
+            return Err((
+                "source_id",
+                format!(
+                    "the source id is {} bytes long, over the limit of {}",
+                    id.len(),
+                    crate::MAX_ID_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// SHA-256 over the row's canonical values: equal rows hash equal, whatever
     /// mapping version produced them.
     pub fn row_hash(&self) -> [u8; 32] {

@@ -28,4 +28,4 @@ pub use entity::{
     CanonicalRow, Entity, EntityKind, FieldDef, FieldType, Location, OrgUnit, Worker,
 };
 pub use mapping::{FieldRule, MapError, Mapper, MappingVersion, RecordReader};
-pub use transform::{CanonValue, Transform, TransformError};
+pub use transform::{CanonValue, MAX_ID_BYTES, MAX_TEXT_BYTES, Transform, TransformError};

@@ -177,6 +177,27 @@ pub enum MapError {
     NoRule { entity: EntityKind, field: String },
 }
 
+impl MapError {
+    /// The canonical field concerned, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            MapError::BadValue { field, .. }
+            | MapError::Missing { field, .. }
+            | MapError::NoRule { field, .. } => Some(field),
+            MapError::NotAnObject => None,
+        }
+    }
+
+    /// The JSON pointer(s) into the record concerned, when known.
+    pub fn pointer(&self) -> Option<&str> {
+        match self {
+            MapError::BadValue { pointer, .. } => Some(pointer),
+            MapError::Missing { pointers, .. } => Some(pointers),
+            _ => None,
+        }
+    }
+}
+
 /// Reads typed field values from one record through a mapping version's rules.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordReader<'a> {

@@ -1,6 +1,6 @@
 //! Named, pure value transforms from a source JSON value to a canonical value.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -33,6 +33,50 @@ impl CanonValue {
             CanonValue::Date(d) => d.format("%Y-%m-%d").to_string(),
             CanonValue::Timestamp(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             CanonValue::Decimal(d) => d.normalize().to_string(),
+        }
+    }
+}
+
+/// The longest id (a source id, a reference) a canonical row holds, in
+/// bytes: ids are indexed, and an index entry has a size limit.
+pub const MAX_ID_BYTES: usize = 512;
+/// The longest text value, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+
+impl CanonValue {
+    /// Checks that the value fits the canonical domain, which every column
+    /// of the model accepts: text without NUL characters (U+0000) and at
+    /// most [`MAX_TEXT_BYTES`], ids of at most [`MAX_ID_BYTES`], dates and
+    /// timestamps in the years 1 to 9999. A value outside it is a data
+    /// error of its record, found before the database sees it.
+    pub fn check(&self) -> Result<(), String> {
+        let text = |s: &str, max: usize, what: &str| {
+            if s.contains('\0') {
+                Err(format!(
+                    "{what} contains a NUL character (U+0000), which text columns cannot store"
+                ))
+            } else if s.len() > max {
+                Err(format!(
+                    "{what} is {} bytes long, over the limit of {max}",
+                    s.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let year = |y: i32, what: &str| {
+            if (1..=9999).contains(&y) {
+                Ok(())
+            } else {
+                Err(format!("{what} has year {y}, outside 1 to 9999"))
+            }
+        };
+        match self {
+            CanonValue::Text(s) => text(s, MAX_TEXT_BYTES, "text"),
+            CanonValue::Ref(s) => text(s, MAX_ID_BYTES, "reference id"),
+            CanonValue::Date(d) => year(d.year(), "date"),
+            CanonValue::Timestamp(t) => year(t.year(), "timestamp"),
+            CanonValue::Bool(_) | CanonValue::Decimal(_) => Ok(()),
         }
     }
 }
@@ -82,8 +126,15 @@ impl Transform {
     }
 
     /// Applies the transform to one source value. `null` is handled by the caller
-    /// (an absent or null source value is an absent canonical value).
+    /// (an absent or null source value is an absent canonical value). The
+    /// result is within the canonical domain ([`CanonValue::check`]).
     pub fn apply(&self, v: &Value) -> Result<CanonValue, TransformError> {
+        let out = self.apply_unchecked(v)?;
+        out.check().map_err(|m| TransformError::new(*self, m))?;
+        Ok(out)
+    }
+
+    fn apply_unchecked(&self, v: &Value) -> Result<CanonValue, TransformError> {
         let s = || match v {
             Value::String(s) => Ok(s.as_str()),
             other => Err(TransformError::new(
@@ -298,6 +349,35 @@ mod tests {
         );
         assert!(Transform::Bool.apply(&json!("yes")).is_err());
         assert_eq!(ok(Transform::Bool, json!("true")), "true");
+    }
+
+    #[test]
+    fn values_postgres_cannot_store_are_refused_with_the_reason() {
+        for (t, v, why) in [
+            (Transform::Text, json!("a\u{0}b"), "NUL"),
+            (Transform::Lowercase, json!("\u{0}"), "NUL"),
+            (Transform::Date, json!("0000-01-01"), "year 0"),
+            (
+                Transform::Timestamp,
+                json!("/Date(-99999999999999)/"),
+                "year -1199",
+            ),
+            (
+                Transform::Timestamp,
+                json!("/Date(253402300800000)/"),
+                "year 10000",
+            ),
+            (
+                Transform::Ref(EntityKind::Worker),
+                json!("x".repeat(600)),
+                "600 bytes",
+            ),
+        ] {
+            let e = t.apply(&v).unwrap_err().to_string();
+            assert!(e.contains(why), "{v}: {e}");
+        }
+        assert!(Transform::Date.apply(&json!("0001-01-01")).is_ok());
+        assert!(Transform::Date.apply(&json!("9999-12-31")).is_ok());
     }
 
     #[test]

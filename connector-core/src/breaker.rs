@@ -237,7 +237,7 @@ impl CircuitBreaker {
             };
         if trip {
             s.phase = Phase::Open {
-                until: now + cfg.cool_down,
+                until: crate::transport::instant_after(now, cfg.cool_down),
             };
             s.opened_count += 1;
             s.window.clear();

@@ -50,6 +50,55 @@ pub struct StreamDef {
 }
 
 impl StreamDef {
+    /// Checks the definition as data, when the connector is registered:
+    /// JSON pointers are pointers, an incremental stream names its record
+    /// cursor, and it does not page by offset or page number. Records
+    /// modified during such a pull move within the result set, shifting
+    /// every later page: a record is skipped, and the next pull's lower
+    /// bound is already past it. Errors name the stream and the fix.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Error::Config(format!("stream {}: {m}", self.name));
+        let pointer = |what: &str, p: &str, may_be_root: bool| {
+            if (p.is_empty() && may_be_root) || p.starts_with('/') {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "{what} {p:?} is not a JSON pointer (e.g. \"/id\")"
+                )))
+            }
+        };
+        pointer("records_at", self.records_at, true)?;
+        pointer("primary_key", self.primary_key, false)?;
+        if let Some(c) = self.cursor {
+            pointer("cursor", c, false)?;
+        }
+        if self.name.is_empty() || self.name.contains(['/', ' ']) {
+            return Err(bad(
+                "the name must be non-empty, without '/' or spaces".into()
+            ));
+        }
+        if let SyncMode::Incremental { .. } = self.mode {
+            if self.cursor.is_none() {
+                return Err(bad(
+                    "an incremental stream needs `cursor`, the pointer of each record's modified time".into(),
+                ));
+            }
+            if matches!(
+                self.pagination,
+                Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. }
+            ) {
+                return Err(bad(
+                    "an incremental stream cannot page by offset or page number: records modified \
+                     during the pull shift the later pages and are skipped for good. Page with a \
+                     cursor or next link the source issues (Pagination::Cursor, NextLink, \
+                     LinkHeader), or sync it as SyncMode::FullRefresh"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The URL of the page at `token`: the link itself for link tokens (it
     /// carries its own query), else the stream's path with its fixed query,
     /// the incremental `since` bound, and the pagination parameters.
@@ -159,7 +208,12 @@ impl<C: Connector> ConnectorFactory for Factory<C> {
     fn build(&self, config: serde_json::Value) -> Result<Arc<dyn DynConnector>, Error> {
         let typed: C::Config = serde_json::from_value(config)
             .map_err(|e| Error::Config(format!("connector {}: {e}", C::NAME)))?;
-        Ok(Arc::new(C::new(typed)?))
+        let connector = C::new(typed)?;
+        for s in Connector::streams(&connector) {
+            s.validate()
+                .map_err(|e| Error::Config(format!("connector {}: {e}", C::NAME)))?;
+        }
+        Ok(Arc::new(connector))
     }
 }
 

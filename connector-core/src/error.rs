@@ -88,6 +88,13 @@ pub enum Error {
     CrossOrigin { endpoint: String, origin: String },
     #[error("{endpoint}: pagination loop: page {token} was already requested")]
     PaginationLoop { endpoint: String, token: String },
+    /// A page body over the configured limit: refused before the excess is read.
+    #[error("{endpoint}: response body larger than the limit of {limit} bytes (max_body_bytes)")]
+    BodyTooLarge { endpoint: String, limit: usize },
+    /// The run lost its lease on the stream (another process took it over):
+    /// it stops before writing anything else.
+    #[error("lost the sync lease of {scope}: {detail}")]
+    LeaseLost { scope: String, detail: String },
     #[error("raw store: {0}")]
     Storage(String),
     #[error("configuration: {0}")]
@@ -143,6 +150,8 @@ impl Error {
             | Error::Client { .. }
             | Error::CrossOrigin { .. }
             | Error::PaginationLoop { .. }
+            | Error::BodyTooLarge { .. }
+            | Error::LeaseLost { .. }
             | Error::Config(_) => ErrorClass::Fail,
             Error::Storage(_) => ErrorClass::Retry { after: None },
         }
@@ -170,8 +179,47 @@ impl Error {
             Error::Body { .. } => "body",
             Error::CrossOrigin { .. } => "cross_origin",
             Error::PaginationLoop { .. } => "pagination_loop",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::LeaseLost { .. } => "lease_lost",
             Error::Storage(_) => "storage",
             Error::Config(_) => "config",
+        }
+    }
+
+    /// The same error with every free text (messages, snippets) passed
+    /// through `f`: how the HTTP stack scrubs secrets a source echoed back.
+    pub fn map_text(self, f: impl Fn(&str) -> String) -> Self {
+        match self {
+            Error::Transport { endpoint, message } => Error::Transport {
+                endpoint,
+                message: f(&message),
+            },
+            Error::NeedsReauth { endpoint, detail } => Error::NeedsReauth {
+                endpoint,
+                detail: f(&detail),
+            },
+            Error::Client {
+                endpoint,
+                status,
+                snippet,
+            } => Error::Client {
+                endpoint,
+                status,
+                snippet: f(&snippet),
+            },
+            Error::Body { endpoint, message } => Error::Body {
+                endpoint,
+                message: f(&message),
+            },
+            Error::Truncated { endpoint, message } => Error::Truncated {
+                endpoint,
+                message: f(&message),
+            },
+            Error::PaginationLoop { endpoint, token } => Error::PaginationLoop {
+                endpoint,
+                token: f(&token),
+            },
+            other => other,
         }
     }
 
@@ -295,6 +343,8 @@ mod classification {
         pg_unique_violation: Error::Database { sqlstate: Some("23505".into()), message: "".into() } => ErrorClass::Fail,
         pg_undefined_table: Error::Database { sqlstate: Some("42P01".into()), message: "".into() } => ErrorClass::Fail,
         pg_check_violation: Error::Database { sqlstate: Some("23514".into()), message: "".into() } => ErrorClass::Fail,
+        body_too_large: Error::BodyTooLarge { endpoint: E.into(), limit: 1 << 20 } => ErrorClass::Fail,
+        lease_lost: Error::LeaseLost { scope: "wd/workers".into(), detail: "taken over".into() } => ErrorClass::Fail,
     }
 
     #[test]

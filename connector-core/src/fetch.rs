@@ -1,11 +1,18 @@
 //! The page walker: one stream's pages, in order, through the HTTP stack.
 //!
 //! A connector only describes its stream ([`StreamDef`]); the [`Pager`] asks
-//! for each page, checks its body (a truncated body is fetched again, a
-//! malformed one fails), reads what it says about the next page, refuses next
-//! links to another origin and tokens seen before (loops), and requests the
-//! following pages concurrently when the strategy makes them predictable.
+//! for each page, checks its body (a truncated body is fetched again), reads
+//! what it says about the next page, refuses next links to another origin and
+//! tokens seen before (loops), and requests the following pages concurrently
+//! when the strategy makes them predictable (lazily, a bounded window ahead).
 //! What to do with each page (raw store, ledger, watermark) is the caller's.
+//!
+//! A complete body that is not a page (not JSON, not UTF-8, no records at the
+//! pointer) is still handed over, marked [`FetchedPage::unparseable`], so it
+//! is stored verbatim and dead-lettered as a page. The pull goes on past it
+//! when the strategy can find the next page without the body (offsets or page
+//! numbers under a known total); otherwise [`FetchedPage::stuck`] says why it
+//! cannot, and the page after it is never guessed.
 
 use chrono::{DateTime, Utc};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -29,11 +36,22 @@ pub struct FetchedPage {
     pub facts: PageFacts,
     /// The latest record cursor (modified time) on the page, for incremental streams.
     pub max_cursor: Option<DateTime<Utc>>,
+    /// Why the body could not be read as a page (it is still the verbatim
+    /// response, to be stored and dead-lettered as a page).
+    pub unparseable: Option<String>,
+    /// Why the page after this one cannot be found (`next` is then `None`
+    /// although the pull is not complete): the run must not treat the pull
+    /// as finished.
+    pub stuck: Option<String>,
 }
 
 struct Checked {
     facts: PageFacts,
     max_cursor: Option<DateTime<Utc>>,
+    /// The body is not a page (complete, but not what the stream reads).
+    unparseable: Option<String>,
+    /// The records are readable but the next-page value is not.
+    bad_next: Option<String>,
 }
 
 type Inflight =
@@ -46,6 +64,10 @@ pub struct Pager {
     since: Option<String>,
     concurrency: usize,
     queue: VecDeque<PageToken>,
+    /// Predicted pages not requested yet (lazy: never materialized whole).
+    ahead: Box<dyn Iterator<Item = PageToken> + Send>,
+    /// The last total a page announced (for pages that cannot be read).
+    total: Option<u64>,
     inflight: FuturesOrdered<Inflight>,
     inflight_tokens: VecDeque<PageToken>,
     seen: HashSet<PageToken>,
@@ -80,6 +102,8 @@ impl Pager {
             since,
             concurrency: concurrency.max(1),
             queue: VecDeque::from([start]),
+            ahead: Box::new(std::iter::empty()),
+            total: None,
             inflight: FuturesOrdered::new(),
             inflight_tokens: VecDeque::new(),
             seen: HashSet::new(),
@@ -109,10 +133,13 @@ impl Pager {
 
     async fn step(&mut self) -> Option<Result<FetchedPage, Error>> {
         while self.inflight.len() < self.concurrency {
-            let Some(token) = self.queue.pop_front() else {
+            let Some(token) = self.queue.pop_front().or_else(|| self.ahead.next()) else {
                 break;
             };
-            if !self.seen.insert(token.clone()) {
+            // Offsets and page numbers only ever grow; only tokens a body
+            // names can loop (and only they are remembered: memory stays flat).
+            let body_named = matches!(token, PageToken::Cursor { .. } | PageToken::Link { .. });
+            if body_named && !self.seen.insert(token.clone()) {
                 self.failed = Some(token.clone());
                 return Some(Err(Error::PaginationLoop {
                     endpoint: self.endpoint.clone(),
@@ -134,7 +161,7 @@ impl Pager {
                 let page_url = url.clone();
                 let r = http
                     .get_checked(url, |resp| {
-                        check_page(&def, &page_url, http.base_url(), resp, &endpoint)
+                        check_page(&def, &page_url, &http, resp, &endpoint)
                     })
                     .await;
                 (token, r)
@@ -149,21 +176,45 @@ impl Pager {
                 return Some(Err(e));
             }
         };
-        let next = self.def.pagination.next(&token, &checked.facts);
+        if checked.facts.total.is_some() {
+            self.total = checked.facts.total;
+        }
+        let (next, stuck) = if let Some(why) = &checked.unparseable {
+            match self.def.pagination.next_blind(&token, self.total) {
+                Some(n) => (Some(n), None),
+                None if self.total.is_some() => (None, None),
+                None => (
+                    None,
+                    Some(format!(
+                        "{} ({token}): the page could not be read ({why}), so the page after it is unknown",
+                        self.endpoint
+                    )),
+                ),
+            }
+        } else if let Some(why) = &checked.bad_next {
+            (
+                None,
+                Some(format!(
+                    "{} ({token}): the next-page value is unusable: {why}",
+                    self.endpoint
+                )),
+            )
+        } else {
+            (self.def.pagination.next(&token, &checked.facts), None)
+        };
         if let Some(n) = &next {
             // Keep requests in flight only while they are the pages that follow.
             if self.inflight_tokens.front() != Some(n) {
                 self.inflight = FuturesOrdered::new();
                 self.inflight_tokens.clear();
-                let ahead = self
-                    .def
-                    .pagination
-                    .predictable_after(&token, checked.facts.total);
-                self.queue = if ahead.first() == Some(n) {
-                    ahead.into()
+                let mut ahead = self.def.pagination.ahead(&token, &checked.facts).peekable();
+                if ahead.peek() == Some(n) {
+                    self.queue.clear();
+                    self.ahead = Box::new(ahead);
                 } else {
-                    VecDeque::from([n.clone()])
-                };
+                    self.queue = VecDeque::from([n.clone()]);
+                    self.ahead = Box::new(std::iter::empty());
+                }
             }
         }
         Some(Ok(FetchedPage {
@@ -172,24 +223,42 @@ impl Pager {
             response,
             facts: checked.facts,
             max_cursor: checked.max_cursor,
+            unparseable: checked.unparseable,
+            stuck,
         }))
     }
 }
 
-/// Runs inside the retry loop: a truncated body is retried, a malformed one
-/// or a next link to another origin fails.
+/// Runs inside the retry loop: a truncated body is retried; a next link to
+/// another origin fails; a malformed body is handed over as unparseable.
 fn check_page(
     def: &StreamDef,
     page_url: &Url,
-    base: &Url,
+    http: &HttpClient,
     resp: &Response,
     endpoint: &str,
 ) -> Result<Checked, Error> {
-    facts_of(def, page_url, base, &resp.body, &resp.headers, endpoint)
+    let mut c = facts_of(
+        def,
+        page_url,
+        http.base_url(),
+        &resp.body,
+        &resp.headers,
+        endpoint,
+    )?;
+    if let Some(next) = c.facts.next.as_mut()
+        && matches!(
+            def.pagination,
+            Pagination::NextLink(_) | Pagination::LinkHeader
+        )
+    {
+        *next = http.strip_auth_params(next);
+    }
+    Ok(c)
 }
 
 /// What a page body (and its headers) says about paging, as the [`Pager`]
-/// reads it. For test kits and tools.
+/// reads it. For test kits and tools: a body that is not a page is an error.
 pub fn page_facts(
     def: &StreamDef,
     page_url: &Url,
@@ -197,7 +266,14 @@ pub fn page_facts(
     body: &str,
     headers: &reqwest::header::HeaderMap,
 ) -> Result<PageFacts, Error> {
-    facts_of(def, page_url, base, body.as_bytes(), headers, def.name).map(|c| c.facts)
+    let c = facts_of(def, page_url, base, body.as_bytes(), headers, def.name)?;
+    match c.unparseable.or(c.bad_next) {
+        Some(message) => Err(Error::Body {
+            endpoint: def.name.to_owned(),
+            message,
+        }),
+        None => Ok(c.facts),
+    }
 }
 
 /// The next-page value exactly as the body has it: a cursor, or a link
@@ -220,52 +296,58 @@ fn facts_of(
     headers: &reqwest::header::HeaderMap,
     endpoint: &str,
 ) -> Result<Checked, Error> {
-    let split = split_page(body, def.records_at, def.pagination.total_at()).map_err(|e| {
-        if e.truncated {
-            Error::Truncated {
+    let split = match split_page(body, def.records_at, def.pagination.total_at()) {
+        Ok(split) => split,
+        Err(e) if e.truncated => {
+            return Err(Error::Truncated {
                 endpoint: endpoint.to_owned(),
                 message: e.message,
-            }
-        } else {
-            Error::Body {
-                endpoint: endpoint.to_owned(),
-                message: e.message,
-            }
+            });
         }
-    })?;
-    let body_err = |message: String| Error::Body {
-        endpoint: endpoint.to_owned(),
-        message,
+        Err(e) => {
+            return Ok(Checked {
+                facts: PageFacts::default(),
+                max_cursor: None,
+                unparseable: Some(e.message),
+                bad_next: None,
+            });
+        }
     };
     let raw_next = match &def.pagination {
-        Pagination::Cursor { cursor_at, .. } => {
-            string_at(split.root, cursor_at).map_err(body_err)?
-        }
-        Pagination::NextLink(LinkAt::Pointer(p)) => string_at(split.root, p).map_err(body_err)?,
-        Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(split.root, p).map_err(body_err)?,
-        Pagination::LinkHeader => headers
+        Pagination::Cursor { cursor_at, .. } => string_at(split.root, cursor_at),
+        Pagination::NextLink(LinkAt::Pointer(p)) => string_at(split.root, p),
+        Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(split.root, p),
+        Pagination::LinkHeader => Ok(headers
             .get_all("link")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(link_header_next)
-            .map(str::to_owned),
-        Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. } => None,
+            .map(str::to_owned)),
+        Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. } => Ok(None),
     };
+    let mut bad_next = None;
     let next = match (&def.pagination, raw_next) {
-        (Pagination::NextLink(_) | Pagination::LinkHeader, Some(link)) if !link.is_empty() => {
-            let abs = page_url
-                .join(&link)
-                .map_err(|e| body_err(format!("next link is not a URL: {e}")))?;
-            if abs.origin() != base.origin() {
-                return Err(Error::CrossOrigin {
-                    endpoint: endpoint.to_owned(),
-                    origin: abs.origin().ascii_serialization(),
-                });
-            }
-            Some(abs.to_string())
+        (_, Err(e)) => {
+            bad_next = Some(e);
+            None
         }
-        (Pagination::NextLink(_) | Pagination::LinkHeader, _) => None,
-        (_, n) => n,
+        (Pagination::NextLink(_) | Pagination::LinkHeader, Ok(Some(link))) if !link.is_empty() => {
+            match page_url.join(&link) {
+                Err(e) => {
+                    bad_next = Some(format!("next link is not a URL: {e}"));
+                    None
+                }
+                Ok(abs) if abs.origin() != base.origin() => {
+                    return Err(Error::CrossOrigin {
+                        endpoint: endpoint.to_owned(),
+                        origin: abs.origin().ascii_serialization(),
+                    });
+                }
+                Ok(abs) => Some(abs.to_string()),
+            }
+        }
+        (Pagination::NextLink(_) | Pagination::LinkHeader, Ok(_)) => None,
+        (_, Ok(n)) => n,
     };
     let max_cursor = match def.cursor {
         Some(ptr) => split
@@ -284,6 +366,8 @@ fn facts_of(
             next,
         },
         max_cursor,
+        unparseable: None,
+        bad_next,
     })
 }
 

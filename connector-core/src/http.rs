@@ -68,7 +68,36 @@ pub struct HttpSettings {
     /// end after it defers the run instead ([`Error::Deferred`]).
     pub run_budget: Option<Duration>,
     pub user_agent: String,
+    /// The largest page body read; a larger one fails the call with
+    /// [`Error::BodyTooLarge`] before the excess is read. Peak memory of a
+    /// sync is bounded by this limit times the pages in flight, queued and
+    /// batched.
+    pub max_body_bytes: usize,
+    /// Query parameters whose values are masked in page tokens stored in the
+    /// ledger and the watermark (exact names, case-insensitive), besides
+    /// those the auth strategy adds.
+    pub redact_params: Vec<String>,
 }
+
+/// Query parameters masked in stored page links by default: names that carry
+/// keys or signatures in real APIs' next links.
+pub const DEFAULT_REDACT_PARAMS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "access_token",
+    "token",
+    "auth",
+    "signature",
+    "sig",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "client_secret",
+    "password",
+    "secret",
+];
 
 impl Default for HttpSettings {
     fn default() -> Self {
@@ -80,6 +109,11 @@ impl Default for HttpSettings {
             rate_limit: RateLimitSettings::default(),
             run_budget: None,
             user_agent: concat!("sync-daemon/", env!("CARGO_PKG_VERSION")).to_owned(),
+            max_body_bytes: crate::transport::DEFAULT_MAX_BODY_BYTES,
+            redact_params: DEFAULT_REDACT_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -131,6 +165,11 @@ struct Inner {
     breaker: Arc<CircuitBreaker>,
     limiter: RateLimiter,
     deadline: Option<Instant>,
+    /// Query parameters the auth strategy adds: stripped from next links.
+    auth_params: Vec<String>,
+    /// Masked in stored page tokens and request records: the settings'
+    /// list plus the auth strategy's parameters.
+    redact_params: Vec<String>,
 }
 
 /// What [`HttpClient::new`] assembles.
@@ -161,60 +200,6 @@ fn breaker_host(base: &Url) -> String {
     )
 }
 
-/// Maps a reqwest error of one attempt: a timeout (retried only when the
-/// request is idempotent), a body cut short, or a transport failure.
-pub(crate) fn transport_error(
-    endpoint: &str,
-    e: reqwest::Error,
-    timeout: Option<Duration>,
-    idempotent: bool,
-) -> Error {
-    let endpoint = endpoint.to_owned();
-    if e.is_timeout() {
-        Error::Timeout {
-            endpoint,
-            after: timeout.unwrap_or_default(),
-            idempotent,
-        }
-    } else if e.is_body() || e.is_decode() {
-        Error::Truncated {
-            endpoint,
-            message: describe(&e),
-        }
-    } else {
-        Error::Transport {
-            endpoint,
-            message: describe(&e),
-        }
-    }
-}
-
-/// Describes a reqwest error without its URL (which could carry a query secret).
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body interrupted"
-    } else if e.is_redirect() {
-        "redirect refused"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    if detail.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {detail}")
-    }
-}
-
 /// A reqwest client that follows redirects only on the original origin.
 pub fn base_client(user_agent: &str) -> Result<reqwest::Client, Error> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
@@ -232,7 +217,7 @@ pub fn base_client(user_agent: &str) -> Result<reqwest::Client, Error> {
         .user_agent(user_agent)
         .redirect(policy)
         .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {}", describe(&e))))
+        .map_err(|e| Error::Config(format!("HTTP client: {}", crate::transport::describe(&e))))
 }
 
 impl HttpClient {
@@ -247,7 +232,13 @@ impl HttpClient {
             ))
         });
         let limiter = RateLimiter::new(&parts.connection, &parts.settings.rate_limit);
-        let deadline = parts.settings.run_budget.map(|b| Instant::now() + b);
+        let auth_params = parts.auth.query_params();
+        let mut redact_params = parts.settings.redact_params.clone();
+        redact_params.extend(auth_params.iter().cloned());
+        let deadline = parts
+            .settings
+            .run_budget
+            .map(|b| crate::transport::instant_after(Instant::now(), b));
         Self {
             inner: Arc::new(Inner {
                 connection: parts.connection,
@@ -259,6 +250,8 @@ impl HttpClient {
                 breaker,
                 limiter,
                 deadline,
+                auth_params,
+                redact_params,
             }),
         }
     }
@@ -328,6 +321,43 @@ impl HttpClient {
     /// The state of this client's circuit breaker.
     pub fn breaker(&self) -> BreakerSnapshot {
         self.inner.breaker.snapshot()
+    }
+
+    /// Scrubs every secret of the connection (and credential-looking values)
+    /// from text a source sent back.
+    pub fn scrub(&self, text: &str) -> String {
+        let secrets = self.inner.auth.secrets();
+        crate::secret::Scrubber::new(&secrets).scrub(text)
+    }
+
+    /// A next link without the query parameters the auth strategy adds (it
+    /// adds them again on each request; a source that echoes them back must
+    /// not get them stored or sent twice).
+    pub fn strip_auth_params(&self, link: &str) -> String {
+        let Ok(mut u) = Url::parse(link) else {
+            return link.to_owned();
+        };
+        let is_auth = |k: &str| self.inner.auth_params.iter().any(|p| p == k);
+        if !u.query_pairs().any(|(k, _)| is_auth(&k)) {
+            return link.to_owned();
+        }
+        let kept: Vec<(String, String)> = u
+            .query_pairs()
+            .filter(|(k, _)| !is_auth(k))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        u.into()
+    }
+
+    /// A page token as it may be stored (ledger, watermark, `status`): link
+    /// parameters that may carry secrets are masked ([`PageToken::redacted`]).
+    pub fn storable_token(&self, token: &crate::PageToken) -> crate::PageToken {
+        token.redacted(&self.inner.redact_params)
     }
 
     /// The rate the limiter currently allows (after AIMD), if limited.
@@ -449,7 +479,10 @@ impl HttpClient {
         let result = match self.attempt_with_auth(endpoint, url).await {
             Ok(resp) => check(&resp).map(|t| (resp, t)),
             Err(e) => Err(e),
-        };
+        }
+        // Whatever the source echoed back (an error body, a malformed value)
+        // is scrubbed of the connection's secrets before anyone sees it.
+        .map_err(|e| e.map_text(|t| self.scrub(t)));
         inner.breaker.record(Outcome::of(&result));
         match &result {
             Ok(_) => inner.limiter.on_success(),
@@ -505,25 +538,18 @@ impl HttpClient {
             req = req.header(k.clone(), v.expose_secret());
         }
         drop(creds);
-        let timeout = self.inner.settings.attempt_timeout;
-        let transport = |e| transport_error(endpoint, e, timeout, true);
-        let exchange = async {
-            let resp = req.send().await.map_err(transport)?;
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let body = resp.bytes().await.map_err(transport)?;
-            Ok::<_, Error>((status, headers, body))
-        };
-        let (status, headers, body) = match timeout {
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| Error::Timeout {
-                    endpoint: endpoint.to_owned(),
-                    after: t,
-                    idempotent: true,
-                })??,
-            None => exchange.await?,
-        };
+        let crate::transport::Exchange {
+            status,
+            headers,
+            body,
+        } = crate::transport::exchange(
+            req,
+            endpoint,
+            self.inner.settings.attempt_timeout,
+            true,
+            self.inner.settings.max_body_bytes,
+        )
+        .await?;
         if !(200..300).contains(&status) {
             let now = SystemTime::now();
             let retry_after = headers
@@ -535,34 +561,55 @@ impl HttpClient {
                         .then(|| parse_rate_limit_reset(&headers, now))
                         .flatten()
                 });
-            return Err(Error::from_status(endpoint, status, retry_after, &body));
+            let text = self.scrub(&String::from_utf8_lossy(&body));
+            return Err(Error::from_status(
+                endpoint,
+                status,
+                retry_after,
+                text.as_bytes(),
+            ));
         }
         Ok(Response {
-            meta: meta(url, status, &headers),
+            meta: self.meta(url, status, &headers),
             headers,
             body,
         })
     }
 }
 
-fn meta(url: &Url, status: u16, headers: &HeaderMap) -> RequestMeta {
-    RequestMeta {
-        method: "GET".into(),
-        path: url.path().to_owned(),
-        params: url
-            .query_pairs()
-            .map(|(k, v)| (k.to_string(), redact(&k, &v).to_owned()))
-            .collect(),
-        status,
-        headers: KEPT_HEADERS
-            .iter()
-            .filter_map(|k| {
-                headers
-                    .get(*k)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| ((*k).to_owned(), v.to_owned()))
-            })
-            .collect(),
-        attempts: 1,
+impl HttpClient {
+    /// The redacted record of a request and its answer.
+    fn meta(&self, url: &Url, status: u16, headers: &HeaderMap) -> RequestMeta {
+        RequestMeta {
+            method: "GET".into(),
+            path: url.path().to_owned(),
+            params: url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let masked = self
+                        .inner
+                        .redact_params
+                        .iter()
+                        .any(|n| n.eq_ignore_ascii_case(&k));
+                    let v = if masked {
+                        crate::secret::MASK
+                    } else {
+                        redact(&k, &v)
+                    };
+                    (k.to_string(), v.to_owned())
+                })
+                .collect(),
+            status,
+            headers: KEPT_HEADERS
+                .iter()
+                .filter_map(|k| {
+                    headers
+                        .get(*k)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| ((*k).to_owned(), v.to_owned()))
+                })
+                .collect(),
+            attempts: 1,
+        }
     }
 }

@@ -36,14 +36,17 @@ pub mod retry;
 pub mod secret;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod transport;
 
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use connector::{Connector, ConnectorFactory, DynConnector, Factory, StreamDef, SyncMode};
 pub use error::{Error, ErrorClass, snippet, sqlstate_is_transient};
 pub use fetch::{FetchedPage, Pager};
-pub use http::{ClientParts, HttpClient, HttpSettings, RequestMeta, Response};
+pub use http::{
+    ClientParts, DEFAULT_REDACT_PARAMS, HttpClient, HttpSettings, RequestMeta, Response,
+};
 pub use pagination::{LinkAt, PageFacts, PageToken, Pagination};
 pub use ratelimit::RateLimitSettings;
-pub use raw_store::{RawStore, StoredObject};
+pub use raw_store::{ObjectProblem, RawStore, StoredObject};
 pub use retry::RetryPolicy;

@@ -96,6 +96,51 @@ impl std::fmt::Display for PageToken {
     }
 }
 
+impl PageToken {
+    /// The token as it may be stored (ledger, watermark, `status`): a link's
+    /// query parameters named in `names` (exact, case-insensitive) have their
+    /// values replaced by `***`. Other tokens are returned as they are.
+    pub fn redacted(&self, names: &[String]) -> PageToken {
+        let PageToken::Link { url } = self else {
+            return self.clone();
+        };
+        let Ok(mut u) = url::Url::parse(url) else {
+            return self.clone();
+        };
+        if !u
+            .query_pairs()
+            .any(|(k, _)| names.iter().any(|n| n.eq_ignore_ascii_case(&k)))
+        {
+            return self.clone();
+        }
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let masked = names.iter().any(|n| n.eq_ignore_ascii_case(&k));
+                let v = if masked {
+                    crate::secret::MASK.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        PageToken::Link { url: u.into() }
+    }
+
+    /// True for a stored link whose masked values make it unusable: a pull
+    /// resuming from it starts over from the first page instead.
+    pub fn is_redacted(&self) -> bool {
+        match self {
+            PageToken::Link { url } => url::Url::parse(url)
+                .map(|u| u.query_pairs().any(|(_, v)| v == crate::secret::MASK))
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+}
+
 fn shorten(s: &str) -> String {
     if s.chars().count() > 40 {
         format!("{}…", s.chars().take(40).collect::<String>())
@@ -227,12 +272,23 @@ impl Pagination {
     }
 
     /// The page after `token`, or `None` when `token`'s page was the last.
+    ///
+    /// Offsets and page numbers: an empty page ends the pull; when the body
+    /// announces a total, the pull goes on until it is reached even after a
+    /// short page (a server that caps the page size below the requested
+    /// limit), by the number of records actually received; without a total,
+    /// a short page is the last. Arithmetic saturates: a source's absurd
+    /// total or offset cannot overflow.
     pub fn next(&self, token: &PageToken, facts: &PageFacts) -> Option<PageToken> {
-        let short = |size: u32| facts.records == 0 || (facts.records as u64) < u64::from(size);
+        let records = facts.records as u64;
         match (self, token) {
             (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }) => {
-                let next = offset + facts.records as u64;
-                let done = short(*limit) || facts.total.is_some_and(|t| next >= t);
+                let next = offset.checked_add(records)?;
+                let done = records == 0
+                    || match facts.total {
+                        Some(t) => next >= t,
+                        None => records < u64::from(*limit),
+                    };
                 (!done).then_some(PageToken::Offset { offset: next })
             }
             (
@@ -242,9 +298,15 @@ impl Pagination {
                 PageToken::Page { page },
             ) => {
                 // `total` counts pages; the last has number first + total - 1.
-                let last = facts.total.map(|t| first_page + t.saturating_sub(1));
-                let done = short(*size) || last.is_some_and(|l| *page >= l);
-                (!done).then_some(PageToken::Page { page: page + 1 })
+                let last = facts
+                    .total
+                    .map(|t| first_page.saturating_add(t.saturating_sub(1)));
+                let done = records == 0
+                    || match last {
+                        Some(l) => *page >= l,
+                        None => records < u64::from(*size),
+                    };
+                (!done).then(|| page.checked_add(1).map(|page| PageToken::Page { page }))?
             }
             (Pagination::Cursor { .. }, _) => facts
                 .next
@@ -258,27 +320,60 @@ impl Pagination {
         }
     }
 
-    /// Pages that can be requested now, ahead of the bodies before them, given
-    /// the total the first page announced: every full page up to the total.
-    /// Empty when the strategy needs each body to find the next page.
-    pub fn predictable_after(&self, token: &PageToken, total: Option<u64>) -> Vec<PageToken> {
-        match (self, token, total) {
-            (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }, Some(total)) => {
-                let step = u64::from(*limit).max(1);
-                (1..)
-                    .map(|k| offset + k * step)
-                    .take_while(|o| *o < total)
-                    .map(|offset| PageToken::Offset { offset })
-                    .collect()
+    /// The page after one that could not be read, when the strategy can tell
+    /// it without the body: the next offset (a full page ahead) or page
+    /// number, while `total` (from an earlier page) says more remain.
+    pub fn next_blind(&self, token: &PageToken, total: Option<u64>) -> Option<PageToken> {
+        let total = total?;
+        match (self, token) {
+            (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }) => {
+                let next = offset.checked_add(u64::from(*limit).max(1))?;
+                (next < total).then_some(PageToken::Offset { offset: next })
             }
-            (
-                Pagination::PageNumber { first_page, .. },
-                PageToken::Page { page },
-                Some(total_pages),
-            ) => (page + 1..first_page + total_pages)
-                .map(|page| PageToken::Page { page })
-                .collect(),
-            _ => Vec::new(),
+            (Pagination::PageNumber { first_page, .. }, PageToken::Page { page }) => {
+                let last = first_page.saturating_add(total.saturating_sub(1));
+                (*page < last).then(|| PageToken::Page { page: page + 1 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The pages after `token` that can be requested before the bodies in
+    /// between arrive, given what `token`'s page said (its total and how many
+    /// records it held): offsets a page apart (the page size the server
+    /// actually used) or page numbers, up to the total. Lazy: a total of
+    /// 10^13 costs nothing until the pages are asked for. Empty when the
+    /// strategy needs each body to find the next page.
+    pub fn ahead(
+        &self,
+        token: &PageToken,
+        facts: &PageFacts,
+    ) -> Box<dyn Iterator<Item = PageToken> + Send> {
+        let none = || Box::new(std::iter::empty()) as Box<dyn Iterator<Item = PageToken> + Send>;
+        let Some(total) = facts.total else {
+            return none();
+        };
+        match (self, token) {
+            (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }) => {
+                let step = match facts.records as u64 {
+                    0 => u64::from(*limit).max(1),
+                    n => n,
+                };
+                Box::new(
+                    std::iter::successors(offset.checked_add(step), move |o| o.checked_add(step))
+                        .take_while(move |o| *o < total)
+                        .map(|offset| PageToken::Offset { offset }),
+                )
+            }
+            (Pagination::PageNumber { first_page, .. }, PageToken::Page { page }) => {
+                let last = first_page.saturating_add(total.saturating_sub(1));
+                Box::new(
+                    std::iter::successors(page.checked_add(1), |p| p.checked_add(1))
+                        .take_while(move |p| *p <= last)
+                        .map(|page| PageToken::Page { page }),
+                )
+            }
+            _ => none(),
         }
     }
 }
@@ -345,6 +440,95 @@ mod tests {
             p.next(&t0, &facts(100, None)).is_some(),
             "full page, no total: keep going"
         );
+        assert_eq!(
+            p.next(&PageToken::Offset { offset: 100 }, &facts(50, None)),
+            None,
+            "short page without a total"
+        );
+    }
+
+    #[test]
+    fn a_short_page_does_not_end_a_pull_the_total_says_is_unfinished() {
+        // A server that caps pages at 40 although 100 were asked for.
+        let p = Pagination::offset_limit(100);
+        let mut t = p.first();
+        let mut seen = 0;
+        while let Some(n) = p.next(&t, &facts(40.min(250 - seen), Some(250))) {
+            seen += 40;
+            t = n;
+        }
+        assert_eq!(t, PageToken::Offset { offset: 240 });
+        // Predictions follow the page size the server used, not the limit.
+        let ahead: Vec<_> = p.ahead(&p.first(), &facts(40, Some(250))).collect();
+        assert_eq!(ahead.len(), 6);
+        assert_eq!(ahead[0], PageToken::Offset { offset: 40 });
+        assert_eq!(ahead[5], PageToken::Offset { offset: 240 });
+        let q = Pagination::page_number(50);
+        assert_eq!(
+            q.next(&PageToken::Page { page: 1 }, &facts(20, None)),
+            None,
+            "short page without a page count"
+        );
+    }
+
+    #[test]
+    fn absurd_totals_are_walked_lazily_without_overflow() {
+        let p = Pagination::offset_limit(100);
+        let mut ahead = p.ahead(&p.first(), &facts(100, Some(10_000_000_000_000)));
+        assert_eq!(ahead.next(), Some(PageToken::Offset { offset: 100 }));
+        let mut near_end = p.ahead(
+            &PageToken::Offset {
+                offset: u64::MAX - 150,
+            },
+            &facts(100, Some(u64::MAX)),
+        );
+        assert_eq!(
+            near_end.next(),
+            Some(PageToken::Offset {
+                offset: u64::MAX - 50
+            })
+        );
+        assert_eq!(near_end.next(), None, "no overflow past u64::MAX");
+        assert_eq!(
+            p.next(
+                &PageToken::Offset {
+                    offset: u64::MAX - 10
+                },
+                &facts(100, None)
+            ),
+            None
+        );
+        let q = Pagination::PageNumber {
+            size: 10,
+            page_param: "page",
+            size_param: "size",
+            first_page: u64::MAX - 1,
+            total_pages_at: Some("/pages"),
+        };
+        let all: Vec<_> = q
+            .ahead(
+                &PageToken::Page { page: u64::MAX - 1 },
+                &facts(10, Some(u64::MAX)),
+            )
+            .collect();
+        assert_eq!(all, vec![PageToken::Page { page: u64::MAX }]);
+        assert_eq!(
+            q.next(
+                &PageToken::Page { page: u64::MAX },
+                &facts(10, Some(u64::MAX))
+            ),
+            None
+        );
+        assert_eq!(
+            p.next_blind(&PageToken::Offset { offset: 200 }, Some(250)),
+            None,
+            "a full page ahead is past the total"
+        );
+        assert_eq!(
+            p.next_blind(&PageToken::Offset { offset: 100 }, Some(250)),
+            Some(PageToken::Offset { offset: 200 })
+        );
+        assert_eq!(p.next_blind(&PageToken::Offset { offset: 100 }, None), None);
     }
 
     #[test]
@@ -371,7 +555,7 @@ mod tests {
             "last page"
         );
         assert_eq!(
-            p.predictable_after(&t, Some(3)),
+            p.ahead(&t, &facts(50, Some(3))).collect::<Vec<_>>(),
             vec![PageToken::Page { page: 2 }, PageToken::Page { page: 3 }]
         );
     }
@@ -446,6 +630,32 @@ mod tests {
             }
             .to_string(),
             "link /p"
+        );
+    }
+
+    #[test]
+    fn stored_links_mask_named_parameters_only() {
+        let names = vec!["api_key".to_owned(), "SIG".to_owned()];
+        let t = PageToken::Link {
+            url: "https://h/p?%24skiptoken=abc&Api_Key=s3cr3t&sig=zz&page=2".into(),
+        };
+        let r = t.redacted(&names);
+        let PageToken::Link { url } = &r else {
+            panic!()
+        };
+        assert!(!url.contains("s3cr3t") && !url.contains("zz"), "{url}");
+        assert!(
+            url.contains("skiptoken=abc") && url.contains("page=2"),
+            "{url}"
+        );
+        assert!(r.is_redacted() && !t.is_redacted());
+        let plain = PageToken::Link {
+            url: "https://h/p?%24skiptoken=abc".into(),
+        };
+        assert_eq!(plain.redacted(&names), plain);
+        assert_eq!(
+            PageToken::Offset { offset: 5 }.redacted(&names),
+            PageToken::Offset { offset: 5 }
         );
     }
 }

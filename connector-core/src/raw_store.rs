@@ -21,6 +21,34 @@ pub struct RawStore {
     url: String,
 }
 
+/// What is wrong with a stored object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectProblem {
+    /// The object is gone.
+    Missing,
+    /// Its bytes no longer match the content hash in its key.
+    Corrupt,
+}
+
+impl ObjectProblem {
+    /// The ledger's name (`raw_page.object_state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectProblem::Missing => "missing",
+            ObjectProblem::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectProblem::Missing => "is missing",
+            ObjectProblem::Corrupt => "does not match its content hash",
+        })
+    }
+}
+
 /// Where a body was stored and what it hashed to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredObject {
@@ -30,7 +58,10 @@ pub struct StoredObject {
 }
 
 impl RawStore {
-    /// Opens the store at `url`. A `file://` directory is created if missing.
+    /// Opens the store at `url`. A `file://` directory is created if missing,
+    /// and written with fsync: an object and its directory are on disk
+    /// before `put` returns, so the ledger never points at a body a power
+    /// loss took away.
     pub fn from_url(url: &Url, options: &[(String, String)]) -> Result<Self, Error> {
         if url.scheme() == "file" {
             let dir = url
@@ -42,6 +73,14 @@ impl RawStore {
                     dir.display()
                 ))
             })?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| Error::Config(format!("raw_store.url {url}: {e}")))?
+                .with_fsync(true);
+            return Ok(Self {
+                store: Arc::new(store),
+                prefix: Path::default(),
+                url: url.to_string(),
+            });
         }
         let (store, prefix) = object_store::parse_url_opts(
             url,
@@ -125,25 +164,35 @@ impl RawStore {
 
     /// Reads an object back, verifying its hash against the key's.
     pub async fn get(&self, key: &str) -> Result<Bytes, Error> {
-        let body = self
-            .store
-            .get(&self.path(key)?)
-            .await
-            .map_err(|e| Error::Storage(format!("get {key}: {e}")))?
-            .bytes()
-            .await
-            .map_err(|e| Error::Storage(format!("read {key}: {e}")))?;
+        match self.get_verified(key).await? {
+            Ok(body) => Ok(body),
+            Err(p) => Err(Error::Storage(format!("object {key} {p}"))),
+        }
+    }
+
+    /// Reads an object back: the body, or what is wrong with the object
+    /// itself (gone, or not matching its content hash). `Err` is a failure
+    /// of the store (unreachable, denied), worth trying again.
+    pub async fn get_verified(&self, key: &str) -> Result<Result<Bytes, ObjectProblem>, Error> {
+        let got = match self.store.get(&self.path(key)?).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Err(ObjectProblem::Missing)),
+            Err(e) => return Err(Error::Storage(format!("get {key}: {e}"))),
+        };
+        let body = match got.bytes().await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Err(ObjectProblem::Missing)),
+            Err(e) => return Err(Error::Storage(format!("read {key}: {e}"))),
+        };
         let expect = key
             .rsplit('/')
             .next()
             .and_then(|f| f.strip_suffix(".json"))
             .unwrap_or("");
         if !expect.is_empty() && Self::sha256_hex(&body) != expect {
-            return Err(Error::Storage(format!(
-                "object {key} does not match its content hash"
-            )));
+            return Ok(Err(ObjectProblem::Corrupt));
         }
-        Ok(body)
+        Ok(Ok(body))
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, Error> {
@@ -191,6 +240,17 @@ mod tests {
             .unwrap();
         assert!(dir.join("nested").join(&o.key).exists());
         assert_eq!(s.get(&o.key).await.unwrap().as_ref(), b"[1]");
+        // A corrupted object and a deleted one are told apart from a store failure.
+        std::fs::write(dir.join("nested").join(&o.key), b"[2]").unwrap();
+        assert_eq!(
+            s.get_verified(&o.key).await.unwrap(),
+            Err(ObjectProblem::Corrupt)
+        );
+        std::fs::remove_file(dir.join("nested").join(&o.key)).unwrap();
+        assert_eq!(
+            s.get_verified(&o.key).await.unwrap(),
+            Err(ObjectProblem::Missing)
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -78,19 +78,25 @@ pub fn split_root<'a>(
         .map_err(|_| format!("value at {records_at:?} is not an array"))?;
     let total = match total_at {
         None => None,
-        Some(p) => match self::pointer(root, p)? {
-            None => None,
-            Some(v) if v.get() == "null" => None,
-            Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| {
-                format!("total at {p:?} is not a non-negative integer: {}", v.get())
-            })?),
-        },
+        Some(p) => self::pointer(root, p)?.and_then(|v| parse_total(v.get())),
     };
     Ok(PageRecords {
         root,
         records,
         total,
     })
+}
+
+/// A total as a source may write it: a non-negative integer, or one quoted
+/// (`"250"`). Anything else (null, negative, fractional, a word) is no total:
+/// paging then ends on a short page, as for a source that sends none.
+fn parse_total(raw: &str) -> Option<u64> {
+    let digits = raw.trim().trim_matches('"');
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // More digits than u64 holds: as good as infinite (paging stops on a short page).
+    Some(digits.parse().unwrap_or(u64::MAX))
 }
 
 /// The value at JSON pointer `pointer` inside `v`, without parsing anything
@@ -175,11 +181,18 @@ mod tests {
                 .unwrap_err()
                 .contains("not an array")
         );
-        assert!(
-            split_records(b"{\"data\": [], \"total\": \"x\"}", "/data", Some("/total"))
-                .unwrap_err()
-                .contains("total")
-        );
+        for (total, want) in [
+            ("\"x\"", None),
+            ("-5", None),
+            ("2.5", None),
+            ("null", None),
+            ("\"250\"", Some(250)),
+            ("99999999999999999999999", Some(u64::MAX)),
+        ] {
+            let body = format!("{{\"data\": [], \"total\": {total}}}");
+            let p = split_records(body.as_bytes(), "/data", Some("/total")).unwrap();
+            assert_eq!(p.total, want, "{total}");
+        }
         assert!(
             split_records(&[0xff, 0xfe], "/data", None)
                 .unwrap_err()

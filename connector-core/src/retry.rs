@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::transport::MAX_SOURCE_WAIT;
+
 /// Retry settings of a connection (`[connection.http]`).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -61,11 +63,11 @@ impl RetryPolicy {
         match retry_after {
             Some(after) if after > self.max_retry_after => Decision::Defer(after),
             Some(after) if budget_left.is_some_and(|b| after > b) => Decision::Defer(after),
-            Some(after) if elapsed + after > self.max_elapsed => Decision::GiveUp,
+            Some(after) if elapsed.saturating_add(after) > self.max_elapsed => Decision::GiveUp,
             Some(after) => Decision::Wait(after),
             None => {
                 let d = self.jitter(backoff);
-                if elapsed + d > self.max_elapsed {
+                if elapsed.saturating_add(d) > self.max_elapsed {
                     Decision::GiveUp
                 } else {
                     Decision::Wait(d)
@@ -99,7 +101,8 @@ const RESET_HEADERS: &[&str] = &["x-ratelimit-reset", "ratelimit-reset", "x-rate
 /// The wait a rate-limit reset header asks for, when there is one:
 /// `X-RateLimit-Reset` style values are either Unix epoch seconds (GitHub,
 /// Okta) or seconds from now (the IETF `RateLimit-Reset`); a value above
-/// 10^9 is read as a timestamp.
+/// 10^9 is read as a timestamp. Waits are clamped to
+/// [`MAX_SOURCE_WAIT`]; a negative, non-finite or non-numeric value is ignored.
 pub fn parse_rate_limit_reset(
     headers: &reqwest::header::HeaderMap,
     now: SystemTime,
@@ -110,24 +113,40 @@ pub fn parse_rate_limit_reset(
         if !n.is_finite() || n < 0.0 {
             return None;
         }
-        if n > 1e9 {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(n);
-            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        let secs = if n > 1e9 {
+            let now = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            (n - now).max(0.0)
         } else {
-            Some(Duration::from_secs_f64(n))
-        }
+            n
+        };
+        Some(clamp_wait(secs))
     })
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
-/// A date in the past means "now".
+/// Seconds a source asked to wait, as a duration of at most [`MAX_SOURCE_WAIT`].
+fn clamp_wait(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).map_or(MAX_SOURCE_WAIT, |d| d.min(MAX_SOURCE_WAIT))
+}
+
+/// Parses `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3),
+/// clamped to [`MAX_SOURCE_WAIT`]. A date in the past means "now".
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only: delta-seconds, however many there are.
+        return Some(v.parse::<u64>().map_or(MAX_SOURCE_WAIT, |s| {
+            Duration::from_secs(s).min(MAX_SOURCE_WAIT)
+        }));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_SOURCE_WAIT),
+    )
 }
 
 #[cfg(test)]
@@ -150,6 +169,18 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        for huge in [
+            "9000000000000",
+            "99999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(huge, now),
+                Some(MAX_SOURCE_WAIT),
+                "{huge}"
+            );
+        }
     }
 
     #[test]
@@ -220,5 +251,17 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("x-ratelimit-reset", "soon".parse().unwrap());
         assert_eq!(parse_rate_limit_reset(&h, now), None);
+        for (v, want) in [
+            ("1e20", Some(MAX_SOURCE_WAIT)),
+            ("1e308", Some(MAX_SOURCE_WAIT)),
+            ("-3", None),
+            ("NaN", None),
+            ("inf", None),
+            ("1000000000.5", Some(Duration::ZERO)),
+        ] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("x-ratelimit-reset", v.parse().unwrap());
+            assert_eq!(parse_rate_limit_reset(&h, now), want, "{v}");
+        }
     }
 }

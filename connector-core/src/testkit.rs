@@ -317,6 +317,10 @@ macro_rules! ensure {
 struct Walk {
     pages: Vec<(PageToken, bytes::Bytes)>,
     error: Option<Error>,
+    /// Pages handed over as unparseable, with why.
+    unparseable: Vec<(PageToken, String)>,
+    /// Why the pull could not go on past a page.
+    stuck: Option<String>,
     elapsed: Duration,
 }
 
@@ -357,6 +361,7 @@ impl Suite {
             .into_iter()
             .find(|d| d.name == self.stream)
             .ok_or_else(|| format!("the connector has no stream {:?}", self.stream))?;
+        def.validate().map_err(|e| e.to_string())?;
         let mock = MockSource::start(server, &def, connector.base_url(), &self.pages).await?;
         Ok((mock, connector, def))
     }
@@ -399,9 +404,15 @@ impl Suite {
         let mut pager = Pager::new(http, def.clone(), start, None, 2);
         let mut pages = Vec::new();
         let mut error = None;
+        let mut unparseable = Vec::new();
+        let mut stuck = None;
         while let Some(p) = pager.next_page().await {
             match p {
                 Ok(p) => {
+                    if let Some(why) = p.unparseable {
+                        unparseable.push((p.token.clone(), why));
+                    }
+                    stuck = stuck.or(p.stuck);
                     pages.push((p.token, p.response.body));
                     if max_pages.is_some_and(|m| pages.len() >= m) {
                         break;
@@ -416,6 +427,8 @@ impl Suite {
         Walk {
             pages,
             error,
+            unparseable,
+            stuck,
             elapsed: t0.elapsed(),
         }
     }
@@ -463,7 +476,7 @@ impl Suite {
             self.check_breaker().await
         );
         check!(
-            "truncated bodies are fetched again; malformed bodies fail clearly",
+            "truncated bodies are fetched again; malformed bodies are handed over as unparseable, never guessed past",
             self.check_bodies().await
         );
         check!(
@@ -528,6 +541,12 @@ impl Suite {
     async fn check_full_walk(&self) -> Result<(), String> {
         let (mock, def, http) = self.plain().await?;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            w.unparseable.is_empty() && w.stuck.is_none(),
+            "fixture pages were not readable: {:?} {:?}",
+            w.unparseable,
+            w.stuck
+        );
         if let Some(e) = w.error {
             return Err(format!("walk failed: {e}"));
         }
@@ -735,17 +754,21 @@ impl Suite {
         let (mock, def, http) = self.source(|_| {}).await?;
         mock.inject(0, Fault::Malformed).await;
         let w = Self::walk(http, &def, def.pagination.first(), None).await;
-        match w.error {
-            Some(Error::Body { message, .. }) => {
-                ensure!(message.contains("not JSON"), "unclear: {message}")
+        ensure!(
+            w.error.is_none(),
+            "a malformed body must be handed over to be stored, not fail the fetch: {:?}",
+            w.error.map(|e| e.to_string())
+        );
+        match w.unparseable.first() {
+            Some((t, why)) if *t == def.pagination.first() => {
+                ensure!(why.contains("not JSON"), "unclear: {why}")
             }
-            other => {
-                return Err(format!(
-                    "malformed body gave {:?}",
-                    other.map(|e| e.to_string())
-                ));
-            }
+            other => return Err(format!("malformed first page handed over as {other:?}")),
         }
+        ensure!(
+            w.stuck.is_some() || w.pages.len() > 1,
+            "a malformed page without a known total must say the pull cannot go on"
+        );
         ensure!(mock.hits(0).await == 1, "a malformed body was retried");
         Ok(())
     }

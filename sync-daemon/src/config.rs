@@ -86,7 +86,32 @@ pub struct HttpConfig {
     /// How long an open breaker fails fast before one probe.
     #[serde(default = "d_breaker_cool_down")]
     pub breaker_cool_down_secs: u64,
+    /// The largest page body read (bytes); a larger one fails the run with
+    /// an error naming the endpoint, before the excess is read.
+    #[serde(default = "d_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Query parameters of next-page links whose values are masked in the
+    /// ledger, the watermark and `status`, besides the built-in list
+    /// (`api_key`, `signature`, `sig`, `token`, `access_token`, …).
+    #[serde(default)]
+    pub redact_params: Vec<String>,
 }
+
+fn d_max_body_bytes() -> usize {
+    connector_core::transport::DEFAULT_MAX_BODY_BYTES
+}
+
+/// Upper bounds of the duration keys: a typo of a few zeros must be a
+/// config error naming the key, not an overflow at run time.
+const DURATION_BOUNDS: &[(&str, u64)] = &[
+    ("timeout_secs", 86_400),
+    ("call_timeout_secs", 7 * 86_400),
+    ("retry_base_ms", 3_600_000),
+    ("retry_max_delay_secs", 86_400),
+    ("retry_max_elapsed_secs", 7 * 86_400),
+    ("max_retry_after_secs", 7 * 86_400),
+    ("breaker_cool_down_secs", 86_400),
+];
 
 fn d_call_timeout() -> u64 {
     900
@@ -130,6 +155,52 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// Range checks of every key, naming the key that is out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, max) in DURATION_BOUNDS {
+            let v = match *key {
+                "timeout_secs" => self.timeout_secs,
+                "call_timeout_secs" => self.call_timeout_secs,
+                "retry_base_ms" => self.retry_base_ms,
+                "retry_max_delay_secs" => self.retry_max_delay_secs,
+                "retry_max_elapsed_secs" => self.retry_max_elapsed_secs,
+                "max_retry_after_secs" => self.max_retry_after_secs,
+                _ => self.breaker_cool_down_secs,
+            };
+            if v > *max {
+                return Err(format!("{key} = {v} is out of range (at most {max})"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.breaker_failure_rate) {
+            return Err(format!(
+                "breaker_failure_rate = {} must be within 0..1",
+                self.breaker_failure_rate
+            ));
+        }
+        if self.breaker_consecutive_failures == 0 {
+            return Err("breaker_consecutive_failures must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.fetch_concurrency) {
+            return Err(format!(
+                "fetch_concurrency = {} must be between 1 and 64",
+                self.fetch_concurrency
+            ));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(format!(
+                "max_attempts = {} must be between 1 and 100",
+                self.max_attempts
+            ));
+        }
+        if !(1024..=(1 << 30)).contains(&self.max_body_bytes) {
+            return Err(format!(
+                "max_body_bytes = {} must be between 1024 and 1073741824 (1 GiB)",
+                self.max_body_bytes
+            ));
+        }
+        Ok(())
+    }
+
     pub fn settings(&self) -> HttpSettings {
         let mut retry = RetryPolicy::default();
         retry.max_attempts = self.max_attempts;
@@ -149,6 +220,12 @@ impl HttpConfig {
                 cool_down: Duration::from_secs(self.breaker_cool_down_secs),
                 ..BreakerSettings::default()
             },
+            max_body_bytes: self.max_body_bytes,
+            redact_params: connector_core::DEFAULT_REDACT_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(self.redact_params.iter().cloned())
+                .collect(),
             ..HttpSettings::default()
         }
     }
@@ -287,22 +364,16 @@ impl Config {
                     at("limits")
                 )));
             }
-            if !(0.0..=1.0).contains(&http.breaker_failure_rate)
-                || http.breaker_consecutive_failures == 0
-            {
+            http.validate()
+                .map_err(|e| invalid(format!("{}: {e}", at("http"))))?;
+            if limits.run_budget_secs.is_some_and(|b| b > 30 * 86_400) {
                 return Err(invalid(format!(
-                    "{}: breaker_failure_rate must be within 0..1 and breaker_consecutive_failures at least 1",
-                    at("http")
+                    "{}: run_budget_secs must be at most 2592000 (30 days)",
+                    at("run_budget_secs")
                 )));
             }
             auth.validate()
                 .map_err(|e| invalid(format!("{}: {e}", at("auth"))))?;
-            if http.fetch_concurrency == 0 || http.max_attempts == 0 {
-                return Err(invalid(format!(
-                    "{}: fetch_concurrency and max_attempts must be at least 1",
-                    at("http")
-                )));
-            }
             if connections
                 .iter()
                 .any(|c: &ConnectionConfig| c.name == name)
@@ -412,6 +483,48 @@ mod tests {
         let c = Config::parse(EXAMPLE, "workday.toml", &env).unwrap();
         assert_eq!(c.connections[0].name, "workday-acme");
         assert!(!format!("{:?}", c.connections[0].auth).contains("<WORKDAY_CLIENT_SECRET>"));
+    }
+
+    #[test]
+    fn absurd_values_are_config_errors_naming_the_key() {
+        let head = "[database]\nurl='x'\n[raw_store]\nurl='memory:///'\n[[connection]]\nname='a'\nconnector='w'\n";
+        for (extra, key) in [
+            ("run_budget_secs = 9223372036854775807\n", "run_budget_secs"),
+            (
+                "[connection.http]\nbreaker_cool_down_secs = 9223372036854775807\n",
+                "breaker_cool_down_secs",
+            ),
+            (
+                "[connection.http]\ntimeout_secs = 99999999999\n",
+                "timeout_secs",
+            ),
+            (
+                "[connection.http]\nretry_base_ms = 9223372036854775807\n",
+                "retry_base_ms",
+            ),
+            (
+                "[connection.http]\nbreaker_failure_rate = nan\n",
+                "breaker_failure_rate",
+            ),
+            ("[connection.http]\nmax_body_bytes = 10\n", "max_body_bytes"),
+            (
+                "[connection.http]\nfetch_concurrency = 100000\n",
+                "fetch_concurrency",
+            ),
+            ("run_budget_secs = -1\n", "limits"),
+            (
+                "[connection.auth]\nstrategy = 'jwt_bearer'\ntoken_url = 'https://t.test/token'\nissuer = 'i'\nsubject = 's'\nprivate_key = '-----BEGIN -----END X-----'\n",
+                "private_key",
+            ),
+        ] {
+            let e = Config::parse(&format!("{head}{extra}"), "x.toml", &env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(key) && e.contains("connection \"a\""),
+                "{extra}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::lease::Lease;
+
 /// The project's migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -79,22 +81,26 @@ pub async fn ensure_connection(pool: &PgPool, name: &str, connector: &str) -> an
     Ok(())
 }
 
-/// Counts of one run or page. `seen = changed + unchanged + dead` always.
+/// Counts of one run or page: every record seen ends as exactly one of
+/// changed, unchanged, dead-lettered or superseded (another record with the
+/// same source id won: a later one on its page, or a newer version).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub changed: i64,
     pub unchanged: i64,
     pub dead: i64,
+    pub superseded: i64,
 }
 
 impl Counts {
     pub fn seen(&self) -> i64 {
-        self.changed + self.unchanged + self.dead
+        self.changed + self.unchanged + self.dead + self.superseded
     }
     pub fn add(&mut self, o: Counts) {
         self.changed += o.changed;
         self.unchanged += o.unchanged;
         self.dead += o.dead;
+        self.superseded += o.superseded;
     }
 }
 
@@ -116,29 +122,36 @@ pub async fn start_run(
     .await?)
 }
 
-pub async fn finish_run(
-    pool: &PgPool,
-    run: i64,
-    status: &str,
-    pages: i64,
-    c: Counts,
-    error: Option<&str>,
-    resume_at: Option<DateTime<Utc>>,
-) -> anyhow::Result<()> {
+/// How a run ended and what it did, as the ledger records it.
+#[derive(Debug, Clone, Copy)]
+pub struct RunEnd<'a> {
+    pub status: &'a str,
+    pub pages: i64,
+    pub pages_missing: i64,
+    pub counts: Counts,
+    pub error: Option<&'a str>,
+    pub resume_at: Option<DateTime<Utc>>,
+}
+
+pub async fn finish_run(pool: &PgPool, run: i64, end: &RunEnd<'_>) -> anyhow::Result<()> {
+    let c = end.counts;
     sqlx::query(
         "update sync_run set status = $2, finished_at = now(), pages = $3, records_seen = $4,
-         records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8, resume_at = $9
+         records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8, resume_at = $9,
+         records_superseded = $10, pages_missing = $11
          where id = $1",
     )
     .bind(run)
-    .bind(status)
-    .bind(pages as i32)
+    .bind(end.status)
+    .bind(i32::try_from(end.pages).unwrap_or(i32::MAX))
     .bind(c.seen())
     .bind(c.changed)
     .bind(c.unchanged)
     .bind(c.dead)
-    .bind(error)
-    .bind(resume_at)
+    .bind(end.error)
+    .bind(end.resume_at)
+    .bind(c.superseded)
+    .bind(i32::try_from(end.pages_missing).unwrap_or(i32::MAX))
     .execute(pool)
     .await?;
     Ok(())
@@ -175,6 +188,15 @@ pub struct Cursor {
     /// Incremental streams: the latest record cursor seen by the pull in progress.
     #[serde(default)]
     pub pull_max_cursor: Option<DateTime<Utc>>,
+    /// Pages of the pull in progress that could not be read and were
+    /// skipped: a pull with any does not move the high-water mark (their
+    /// records must be asked for again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pull_skipped_pages: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub async fn watermark(
@@ -201,6 +223,7 @@ pub struct NewPage<'a> {
     pub run: i64,
     pub connection: &'a str,
     pub stream: &'a str,
+    /// The token as it may be stored (secrets in links masked).
     pub token: &'a PageToken,
     pub object_key: &'a str,
     pub sha256: &'a str,
@@ -209,16 +232,28 @@ pub struct NewPage<'a> {
     pub meta: &'a RequestMeta,
     pub record_path: &'a str,
     pub record_count: usize,
+    /// Why the body could not be read as a page, when it could not.
+    pub parse_error: Option<&'a str>,
+    /// The incremental lower bound the page was requested with.
+    pub since: Option<&'a str>,
 }
 
-/// Records a stored page and moves the watermark over it, in one transaction
-/// (invariant 2: the cursor never covers a page that is not recorded and stored).
-pub async fn record_page(pool: &PgPool, p: &NewPage<'_>, cursor: &Cursor) -> anyhow::Result<i64> {
+/// Records a stored page and moves the watermark over it (when `cursor` is
+/// given), in one transaction that first checks the run's lease (invariants
+/// 2 and 9: the cursor never covers a page that is not recorded and stored,
+/// and a run that lost its lease writes nothing).
+pub async fn record_page(
+    pool: &PgPool,
+    lease: &Lease,
+    p: &NewPage<'_>,
+    cursor: Option<&Cursor>,
+) -> anyhow::Result<i64> {
     let mut tx = pool.begin().await?;
+    lease.check(&mut tx).await?;
     let id: i64 = sqlx::query_scalar(
         "insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
-                               fetched_at, request, record_path, record_count)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) returning id",
+                               fetched_at, request, record_path, record_count, parse_error, since)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning id",
     )
     .bind(p.run)
     .bind(p.connection)
@@ -226,14 +261,18 @@ pub async fn record_page(pool: &PgPool, p: &NewPage<'_>, cursor: &Cursor) -> any
     .bind(serde_json::to_value(p.token)?)
     .bind(p.object_key)
     .bind(p.sha256)
-    .bind(p.bytes as i32)
+    .bind(i32::try_from(p.bytes)?)
     .bind(p.fetched_at)
     .bind(serde_json::to_value(p.meta)?)
     .bind(p.record_path)
-    .bind(p.record_count as i32)
+    .bind(i32::try_from(p.record_count)?)
+    .bind(p.parse_error)
+    .bind(p.since)
     .fetch_one(&mut *tx)
     .await?;
-    set_watermark(&mut tx, p.connection, p.stream, cursor, Some(p.run), "sync").await?;
+    if let Some(cursor) = cursor {
+        set_watermark(&mut tx, p.connection, p.stream, cursor, Some(p.run), "sync").await?;
+    }
     tx.commit().await?;
     Ok(id)
 }
@@ -283,10 +322,17 @@ pub async fn set_watermark(
 pub struct PageRef {
     pub id: i64,
     pub object_key: String,
+    pub body_sha256: String,
     pub record_path: String,
+    pub record_count: i32,
+    pub parse_error: Option<String>,
+    pub page_token: serde_json::Value,
+    pub since: Option<String>,
 }
 
-/// Pages of a stream, in fetch order: all of them, or only those not loaded yet.
+/// Pages of a stream, in fetch order: all of them, or only those still to
+/// load (not loaded, and not set aside because their object is missing or
+/// corrupt).
 pub async fn pages(
     pool: &PgPool,
     connection: &str,
@@ -294,14 +340,37 @@ pub async fn pages(
     unloaded_only: bool,
 ) -> anyhow::Result<Vec<PageRef>> {
     Ok(sqlx::query_as(
-        "select id, object_key, record_path from raw_page
-         where connection = $1 and stream = $2 and ($3 = false or loaded_at is null) order by id",
+        "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since
+         from raw_page
+         where connection = $1 and stream = $2
+           and ($3 = false or (loaded_at is null and object_state = 'stored')) order by id",
     )
     .bind(connection)
     .bind(stream)
     .bind(unloaded_only)
     .fetch_all(pool)
     .await?)
+}
+
+/// Records what reading a page's object found: `missing` or `corrupt` (a
+/// hash mismatch). Not a write of the run's data: no lease check.
+pub async fn mark_object(pool: &PgPool, page: i64, state: &str) -> anyhow::Result<()> {
+    sqlx::query("update raw_page set object_state = $2 where id = $1")
+        .bind(page)
+        .bind(state)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Links a page set aside to the page that re-fetched it.
+pub async fn mark_replaced(pool: &PgPool, page: i64, by: i64) -> anyhow::Result<()> {
+    sqlx::query("update raw_page set replaced_by = $2 where id = $1")
+        .bind(page)
+        .bind(by)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The daemon's [`CredentialStore`]: rotated refresh tokens in the

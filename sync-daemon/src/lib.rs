@@ -24,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod explain;
 pub mod fixture_server;
+pub mod lease;
 pub mod load;
 pub mod pipeline;
 pub mod registry;
@@ -264,6 +265,7 @@ fn context(
         http,
         fetch_concurrency: conn.http.fetch_concurrency,
         progress,
+        stop_on_signal: true,
     })
 }
 
@@ -284,16 +286,24 @@ fn print_summary(
         return Ok(());
     }
     outln!(
-        "{what} {connection}: run #{}, {} pages fetched, {} pages loaded; records: {} changed, {} unchanged, {} dead-lettered; {:.2}s, {:.0} records/s",
+        "{what} {connection}: run #{}, {} pages fetched, {} pages loaded; records: {} changed, {} unchanged, {} dead-lettered, {} superseded; {:.2}s, {:.0} records/s",
         s.run_id,
         s.pages_fetched,
         s.pages_loaded,
         s.changed,
         s.unchanged,
         s.dead_lettered,
+        s.superseded,
         s.elapsed_secs,
         s.records_per_sec()
     );
+    if s.pages_missing > 0 {
+        outln!(
+            "  {} raw pages had a missing or corrupt object ({} fetched again from the source); see `status`",
+            s.pages_missing,
+            s.pages_refetched
+        );
+    }
     if let Some(at) = s.resume_at {
         outln!(
             "  deferred: the source asked for a wait beyond this run's budget; the next sync resumes from the watermark at or after {}",

@@ -2,26 +2,39 @@
 //!
 //! One batch of pages is one transaction: derivations, crosswalk, entity rows,
 //! dead letters and the pages' "loaded" marks commit together, so a crash
-//! inside a load rolls the whole batch back and it is loaded again.
+//! inside a load rolls the whole batch back and it is loaded again. The
+//! transaction first checks the run's lease ([`crate::lease::Lease::check`]).
+//!
+//! Decide, then do: [`split`] and [`map_records`] are pure (which records a
+//! batch holds, which are superseded by a later one with the same source id,
+//! which fail to parse, map or fit their columns); the rest is SQL.
 //!
 //! Per record: unchanged (same record hash and mapping version as last
-//! written: nothing is mapped or written), or mapped; a mapped entity whose
-//! row hash equals the stored one writes nothing either, and a stored version
-//! newer than the record's (source-modified time, then fetch order) is never
-//! overwritten. Records that cannot be mapped are dead-lettered with the reason.
+//! written: nothing is mapped or written), superseded (a later record on its
+//! page has the same source id, or a newer version of its entity is stored),
+//! dead-lettered (the reason names the field and pointer), or mapped; a
+//! mapped entity whose row hash equals the stored one writes nothing either,
+//! and a stored version newer than the record's (source-modified time, then
+//! fetch order) is never overwritten.
+//!
+//! Concurrency: a canonical row is only ever written under the id its
+//! crosswalk row holds. New links are inserted first (`on conflict do
+//! nothing`) and read back under lock, so two loaders racing on a new
+//! source id both write the winner's id; neither can create a second entity.
 
 use bytes::Bytes;
-use canonical_model::{CanonValue, CanonicalRow, EntityKind, FieldType, Mapper};
+use canonical_model::{CanonValue, CanonicalRow, EntityKind, FieldType, MAX_ID_BYTES, Mapper};
 use chrono::{DateTime, Utc};
 use connector_core::records::split_records;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sqlx::{Postgres, Row, Transaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::db::{Counts, PageRef};
+use crate::lease::Lease;
 
-/// What a load needs to know about the stream.
+/// What a load needs to know about the stream and the run.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadCtx<'a> {
     pub connection: &'a str,
@@ -30,10 +43,17 @@ pub struct LoadCtx<'a> {
     pub entity: EntityKind,
     pub mapper: &'a dyn Mapper,
     pub mapping_id: i32,
+    /// Checked first in every load transaction (none for a dry run).
+    pub lease: Option<&'a Lease>,
 }
 
 impl<'a> LoadCtx<'a> {
-    pub fn new(connection: &'a str, def: &'a connector_core::StreamDef, mapping_id: i32) -> Self {
+    pub fn new(
+        connection: &'a str,
+        def: &'a connector_core::StreamDef,
+        mapping_id: i32,
+        lease: Option<&'a Lease>,
+    ) -> Self {
         Self {
             connection,
             stream: def.name,
@@ -41,6 +61,7 @@ impl<'a> LoadCtx<'a> {
             entity: def.entity,
             mapper: def.mapper.as_ref(),
             mapping_id,
+            lease,
         }
     }
 }
@@ -50,6 +71,22 @@ impl<'a> LoadCtx<'a> {
 pub struct PageBody {
     pub page: PageRef,
     pub body: Bytes,
+}
+
+/// A record of a batch: (raw page id, position on the page).
+pub type RecordKey = (i64, i32);
+
+/// How a batch is loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOpts<'a> {
+    /// Compute the field-level diff against the stored rows.
+    pub diff: bool,
+    /// Records dead-lettered with the given reason instead of loaded: the
+    /// ones Postgres refused when the batch was isolated.
+    pub quarantine: Option<&'a HashMap<RecordKey, String>>,
+    /// A probe: only these records are loaded, no page is marked (the caller
+    /// rolls the transaction back).
+    pub only: Option<&'a HashSet<RecordKey>>,
 }
 
 /// What would change or changed: rows per entity and fields per `entity.field`.
@@ -79,6 +116,7 @@ impl DiffReport {
 
 type Version = (Option<DateTime<Utc>>, i64, i32);
 
+#[derive(Debug)]
 struct Rec<'a> {
     page_id: i64,
     ordinal: i32,
@@ -96,6 +134,9 @@ enum Status {
     Unchanged,
     Changed,
     Dead,
+    Superseded,
+    /// Left out of a probe: neither loaded nor counted.
+    Ignored,
 }
 
 struct Cand {
@@ -105,11 +146,19 @@ struct Cand {
     version: Version,
 }
 
+/// A dead letter about to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Dead {
     page_id: i64,
-    ordinal: i32,
+    /// `None`: the whole page.
+    ordinal: Option<i32>,
     source_id: Option<String>,
+    /// One open dead letter per key: `id:<source id>`, `rec:<record hash>`
+    /// or `page:<body hash>`.
+    key: String,
     class: &'static str,
+    field: Option<String>,
+    pointer: Option<String>,
     message: String,
 }
 
@@ -119,8 +168,6 @@ struct Link {
     record_hash: Option<Vec<u8>>,
     mapping_id: Option<i32>,
     version: Option<Version>,
-    /// Not stored yet: inserted by this batch.
-    is_new: bool,
 }
 
 /// Result of one batch: counts per page (in input order) and the diff.
@@ -133,63 +180,261 @@ pub struct BatchOutcome {
 
 /// The record's primary key (a non-empty string or a number), read without
 /// parsing the rest of the record: unchanged records are never parsed whole.
-fn primary_key(raw: &RawValue, ptr: &str) -> Option<String> {
-    let v = connector_core::records::pointer(raw, ptr).ok()??;
-    match serde_json::from_str::<serde_json::Value>(v.get()).ok()? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// `Err` says why the record has no usable key.
+fn primary_key(raw: &RawValue, ptr: &str) -> Result<String, String> {
+    let missing = || format!("record has no string or number primary key at {ptr}");
+    let v = connector_core::records::pointer(raw, ptr)
+        .ok()
+        .flatten()
+        .ok_or_else(missing)?;
+    let id = match serde_json::from_str::<serde_json::Value>(v.get()) {
+        Ok(serde_json::Value::String(s)) if !s.is_empty() => s,
+        Ok(serde_json::Value::Number(n)) => n.to_string(),
+        Ok(_) => return Err(missing()),
+        Err(e) => return Err(format!("primary key at {ptr} is unreadable: {e}")),
+    };
+    if id.contains('\0') {
+        return Err(format!(
+            "primary key at {ptr} contains a NUL character (U+0000)"
+        ));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "primary key at {ptr} is {} bytes long, over the limit of {MAX_ID_BYTES}",
+            id.len()
+        ));
+    }
+    Ok(id)
+}
+
+/// The records of a batch, split and classified without the database.
+#[derive(Debug, Default)]
+struct Split<'a> {
+    recs: Vec<Rec<'a>>,
+    dead: Vec<Dead>,
+    /// Per page: id, first record, end record, and the records a page-level
+    /// dead letter stands for (an unreadable page).
+    pages: Vec<(i64, usize, usize, i64)>,
+}
+
+/// Splits pages into records; an unreadable page becomes one page-level
+/// dead letter; records without a usable primary key are dead-lettered;
+/// within a page, an earlier record with the same source id as a later one
+/// is superseded (the last occurrence wins, in source order).
+fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> Split<'a> {
+    let mut out = Split::default();
+    for p in pages {
+        let first = out.recs.len();
+        let unreadable = match &p.page.parse_error {
+            Some(e) => Err(e.clone()),
+            None => split_records(&p.body, &p.page.record_path, None).map(|s| s.records),
+        };
+        let records = match unreadable {
+            Ok(r) => r,
+            Err(message) => {
+                let whole_page = opts.only.is_none_or(|o| o.iter().any(|k| k.0 == p.page.id));
+                if whole_page {
+                    out.dead.push(Dead {
+                        page_id: p.page.id,
+                        ordinal: None,
+                        source_id: None,
+                        key: format!("page:{}", p.page.body_sha256),
+                        class: "unreadable_page",
+                        field: None,
+                        pointer: Some(p.page.record_path.clone()),
+                        message: format!(
+                            "raw page {} ({}) could not be read as a page: {message}",
+                            p.page.id, p.page.object_key
+                        ),
+                    });
+                }
+                out.pages
+                    .push((p.page.id, first, first, i64::from(p.page.record_count)));
+                continue;
+            }
+        };
+        for (i, raw) in records.iter().enumerate() {
+            let ordinal = i32::try_from(i).unwrap_or(i32::MAX);
+            let key = (p.page.id, ordinal);
+            let hash: [u8; 32] = Sha256::digest(raw.get().as_bytes()).into();
+            let mut rec = Rec {
+                page_id: p.page.id,
+                ordinal,
+                hash,
+                raw: raw.get(),
+                source_id: String::new(),
+                status: Status::Pending,
+                modified: None,
+            };
+            if opts.only.is_some_and(|o| !o.contains(&key)) {
+                rec.status = Status::Ignored;
+            }
+            match primary_key(raw, ctx.primary_key) {
+                Ok(id) => rec.source_id = id,
+                Err(message) => {
+                    if rec.status != Status::Ignored {
+                        rec.status = Status::Dead;
+                        out.dead.push(Dead {
+                            page_id: p.page.id,
+                            ordinal: Some(ordinal),
+                            source_id: None,
+                            key: format!("rec:{}", hex::encode(hash)),
+                            class: "no_primary_key",
+                            field: Some("source_id".into()),
+                            pointer: Some(ctx.primary_key.to_owned()),
+                            message,
+                        });
+                    }
+                }
+            }
+            out.recs.push(rec);
+        }
+        // The last occurrence of a source id on the page wins.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for i in first..out.recs.len() {
+            if !out.recs[i].source_id.is_empty() {
+                last.insert(out.recs[i].source_id.as_str(), i);
+            }
+        }
+        let winners: HashSet<usize> = last.into_values().collect();
+        for r in (first..out.recs.len()).filter(|i| !winners.contains(i)) {
+            let rec = &mut out.recs[r];
+            if !rec.source_id.is_empty() && rec.status == Status::Pending {
+                rec.status = Status::Superseded;
+            }
+        }
+        out.pages.push((p.page.id, first, out.recs.len(), 0));
+    }
+    if let Some(q) = opts.quarantine {
+        for r in out.recs.iter_mut().filter(|r| r.status == Status::Pending) {
+            if let Some(why) = q.get(&(r.page_id, r.ordinal)) {
+                r.status = Status::Dead;
+                out.dead
+                    .push(dead_record(r, ctx, "database", None, why.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn dead_record(
+    r: &Rec<'_>,
+    ctx: &LoadCtx<'_>,
+    class: &'static str,
+    field_pointer: Option<(String, Option<String>)>,
+    message: String,
+) -> Dead {
+    let (field, pointer) = field_pointer.map_or((None, None), |(f, p)| (Some(f), p));
+    Dead {
+        page_id: r.page_id,
+        ordinal: Some(r.ordinal),
+        source_id: Some(r.source_id.clone()),
+        key: format!("id:{}", r.source_id),
+        class,
+        field,
+        pointer,
+        message: format!(
+            "{}/{} raw page {} record {} ({}): {message}",
+            ctx.connection, ctx.stream, r.page_id, r.ordinal, r.source_id
+        ),
     }
 }
 
-/// Loads a batch of pages inside `tx`; the caller commits (or, for a dry run,
-/// rolls back) so that the batch and its pages' "loaded" marks land together.
+/// A mapped record: its rows, the first being the record's own entity.
+struct Mapped {
+    rec: usize,
+    rows: Vec<CanonicalRow>,
+}
+
+/// Parses and maps every pending record, checking each row against the
+/// canonical domain: a record that fails to parse (a number out of range,
+/// nesting past the parser's limit), to map, or to fit its columns is
+/// dead-lettered with the field and pointer, and nothing of it is written.
+fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) -> Vec<Mapped> {
+    let mut out = Vec::new();
+    for (i, r) in recs.iter_mut().enumerate() {
+        if r.status != Status::Pending {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(r.raw) {
+            Ok(v) => v,
+            Err(e) => {
+                r.status = Status::Dead;
+                dead.push(dead_record(
+                    r,
+                    ctx,
+                    "parse",
+                    None,
+                    format!("the record cannot be parsed: {e}"),
+                ));
+                continue;
+            }
+        };
+        let rows: Vec<CanonicalRow> = match ctx.mapper.map(&value) {
+            Ok(entities) => entities.into_iter().map(|e| e.into_row()).collect(),
+            Err(e) => {
+                r.status = Status::Dead;
+                let fp = e
+                    .field()
+                    .map(|f| (f.to_owned(), e.pointer().map(str::to_owned)));
+                dead.push(dead_record(r, ctx, "mapping", fp, e.to_string()));
+                continue;
+            }
+        };
+        let bad = rows.iter().find_map(|row| {
+            row.check().err().map(|(field, m)| {
+                let pointer = ctx
+                    .mapper
+                    .mapping()
+                    .rule(row.kind, field)
+                    .map(|rule| rule.pointers.join(" | "));
+                (row.kind, field, pointer, m)
+            })
+        });
+        if let Some((kind, field, pointer, m)) = bad {
+            r.status = Status::Dead;
+            let at = pointer
+                .as_deref()
+                .map(|p| format!(" at {p}"))
+                .unwrap_or_default();
+            dead.push(dead_record(
+                r,
+                ctx,
+                "value",
+                Some((field.to_owned(), pointer.clone())),
+                format!("{kind}.{field}{at}: {m}"),
+            ));
+            continue;
+        }
+        r.modified = rows
+            .first()
+            .and_then(|row| match row.get("source_modified_at") {
+                Some(CanonValue::Timestamp(t)) => Some(*t),
+                _ => None,
+            });
+        out.push(Mapped { rec: i, rows });
+    }
+    out
+}
+
+/// Loads a batch of pages inside `tx`; the caller commits (or, for a dry run
+/// or a probe, rolls back) so that the batch and its pages' "loaded" marks
+/// land together.
 pub async fn load_batch(
     tx: &mut Transaction<'_, Postgres>,
     ctx: &LoadCtx<'_>,
     pages: &[PageBody],
-    want_diff: bool,
+    opts: LoadOpts<'_>,
 ) -> anyhow::Result<BatchOutcome> {
-    // 1. Split pages into records; hash each record's verbatim bytes.
-    let mut recs: Vec<Rec> = Vec::new();
-    let mut dead: Vec<Dead> = Vec::new();
-    let mut page_of: Vec<(i64, usize, usize)> = Vec::new(); // page id, first rec, end rec
-    for p in pages {
-        let split = split_records(&p.body, &p.page.record_path, None)
-            .map_err(|e| anyhow::anyhow!("raw page {} ({}): {e}", p.page.id, p.page.object_key))?;
-        let first = recs.len();
-        for (i, raw) in split.records.iter().enumerate() {
-            let hash: [u8; 32] = Sha256::digest(raw.get().as_bytes()).into();
-            let source_id = primary_key(raw, ctx.primary_key);
-            let status = if source_id.is_some() {
-                Status::Pending
-            } else {
-                Status::Dead
-            };
-            if source_id.is_none() {
-                dead.push(Dead {
-                    page_id: p.page.id,
-                    ordinal: i as i32,
-                    source_id: None,
-                    class: "no_primary_key",
-                    message: format!(
-                        "record has no string or number primary key at {}",
-                        ctx.primary_key
-                    ),
-                });
-            }
-            recs.push(Rec {
-                page_id: p.page.id,
-                ordinal: i as i32,
-                hash,
-                raw: raw.get(),
-                source_id: source_id.unwrap_or_default(),
-                status,
-                modified: None,
-            });
-        }
-        page_of.push((p.page.id, first, recs.len()));
+    if let Some(lease) = ctx.lease {
+        lease.check(tx).await?;
     }
+    // 1. Split pages into records; hash each record's verbatim bytes.
+    let Split {
+        mut recs,
+        mut dead,
+        pages: page_of,
+    } = split(ctx, pages, &opts);
 
     // 2. Records identical to what was last loaded under this mapping: skip.
     let ids: Vec<String> = recs
@@ -225,59 +470,41 @@ pub async fn load_batch(
     }
 
     // 3. Map the rest; keep, per entity, the newest version in the batch.
-    let mut mapped: Vec<String> = Vec::new();
+    let mapped = map_records(ctx, &mut recs, &mut dead);
     let mut cands: HashMap<(EntityKind, String), Cand> = HashMap::new();
-    for (i, r) in recs.iter_mut().enumerate() {
-        if r.status != Status::Pending {
-            continue;
-        }
-        // The raw text is valid JSON (it was split out of a parsed page).
-        let value: serde_json::Value = serde_json::from_str(r.raw)?;
-        match ctx.mapper.map(&value) {
-            Err(e) => {
-                r.status = Status::Dead;
-                dead.push(Dead {
-                    page_id: r.page_id,
-                    ordinal: r.ordinal,
-                    source_id: Some(r.source_id.clone()),
-                    class: "mapping",
-                    message: e.to_string(),
-                });
+    let mut own: Vec<(usize, (EntityKind, String))> = Vec::new();
+    for m in mapped {
+        let r = &mut recs[m.rec];
+        let version = (r.modified, r.page_id, r.ordinal);
+        r.status = Status::Unchanged; // until one of its entities is written
+        for (n, row) in m.rows.into_iter().enumerate() {
+            let key = (row.kind, row.source_id().to_owned());
+            if n == 0 {
+                own.push((m.rec, key.clone()));
             }
-            Ok(entities) => {
-                let rows: Vec<CanonicalRow> = entities.into_iter().map(|e| e.into_row()).collect();
-                r.modified = rows
-                    .first()
-                    .and_then(|row| match row.get("source_modified_at") {
-                        Some(CanonValue::Timestamp(t)) => Some(*t),
-                        _ => None,
-                    });
-                let version = (r.modified, r.page_id, r.ordinal);
-                for row in rows {
-                    let key = (row.kind, row.source_id().to_owned());
-                    let row_hash = row.row_hash();
-                    let newer = cands.get(&key).is_none_or(|c| c.version <= version);
-                    if newer {
-                        cands.insert(
-                            key,
-                            Cand {
-                                row,
-                                row_hash,
-                                rec: i,
-                                version,
-                            },
-                        );
-                    }
-                }
-                r.status = Status::Unchanged; // until one of its entities is written
-                mapped.push(r.source_id.clone());
+            let row_hash = row.row_hash();
+            if cands.get(&key).is_none_or(|c| c.version <= version) {
+                cands.insert(
+                    key,
+                    Cand {
+                        row,
+                        row_hash,
+                        rec: m.rec,
+                        version,
+                    },
+                );
             }
         }
     }
+    let mapped_ids: Vec<String> = own
+        .iter()
+        .map(|(i, _)| format!("id:{}", recs[*i].source_id))
+        .collect();
 
-    // 4. Crosswalk: lock the links this batch may update; give every entity and
-    //    reference without one a canonical id (stored with the upsert in step 8,
-    //    so a new link is written once).
+    // 4. Crosswalk: every entity and reference gets its link first. Links
+    //    that do not exist are inserted with fresh ids (`on conflict do
+    //    nothing`: a concurrent loader may have won), then all links are
+    //    read under lock: the ids they hold are the only ones written.
     let mut keys: Vec<(EntityKind, String)> = cands.keys().cloned().collect();
     for c in cands.values() {
         for (def, v) in c.row.kind.fields().iter().zip(&c.row.values) {
@@ -288,67 +515,41 @@ pub async fn load_batch(
     }
     keys.sort();
     keys.dedup();
-    let kinds: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-    let sids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let mut links: HashMap<(EntityKind, String), Link> = HashMap::new();
-    for r in sqlx::query(
-        "select s.entity_type, s.source_id, s.canonical_id, s.row_hash, s.record_hash, s.mapping_version_id,
-                s.source_modified_at, s.raw_page_id, s.record_ordinal
-         from unnest($2::text[], $3::text[]) as u(et, sid)
-         join source_link s on s.connection = $1 and s.entity_type = u.et and s.source_id = u.sid
-         order by s.entity_type, s.source_id for update of s",
-    )
-    .bind(ctx.connection)
-    .bind(&kinds)
-    .bind(&sids)
-    .fetch_all(&mut **tx)
-    .await?
-    {
-        let kind: String = r.get(0);
-        let kind: EntityKind = kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-        let page: Option<i64> = r.get(7);
-        let ord: Option<i32> = r.get(8);
-        links.insert(
-            (kind, r.get(1)),
-            Link {
-                canonical_id: r.get(2),
-                row_hash: r.get(3),
-                record_hash: r.get(4),
-                mapping_id: r.get(5),
-                version: page.map(|p| (r.get(6), p, ord.unwrap_or(0))),
-                is_new: false,
-            },
-        );
-    }
-
+    let mut links = read_links(tx, ctx.connection, &keys).await?;
     let missing: Vec<&(EntityKind, String)> =
         keys.iter().filter(|k| !links.contains_key(*k)).collect();
-    let new_ids: Vec<i64> =
-        sqlx::query_scalar("select nextval('canonical_id_seq') from generate_series(1, $1)")
-            .bind(missing.len() as i32)
-            .fetch_all(&mut **tx)
-            .await?;
-    for (k, id) in missing.into_iter().zip(new_ids) {
-        links.insert(
-            k.clone(),
-            Link {
-                canonical_id: id,
-                row_hash: None,
-                record_hash: None,
-                mapping_id: None,
-                version: None,
-                is_new: true,
-            },
+    if !missing.is_empty() {
+        sqlx::query(
+            "insert into source_link (entity_type, connection, source_id, canonical_id)
+             select u.et, $1, u.sid, nextval('canonical_id_seq')
+             from unnest($2::text[], $3::text[]) with ordinality as u(et, sid, n) order by u.n
+             on conflict (entity_type, connection, source_id) do nothing",
+        )
+        .bind(ctx.connection)
+        .bind(missing.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+        .bind(missing.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        let missing: Vec<(EntityKind, String)> = missing.into_iter().cloned().collect();
+        links.extend(read_links(tx, ctx.connection, &missing).await?);
+    }
+    if let Some(k) = keys.iter().find(|k| !links.contains_key(*k)) {
+        anyhow::bail!(
+            "crosswalk row of {} {:?} vanished during the load",
+            k.0,
+            k.1
         );
     }
 
     // 5. Decide: write, bookkeep (same output, new record hash or mapping), or skip.
     let mut writes: Vec<&Cand> = Vec::new();
     let mut bookkeep: Vec<&Cand> = Vec::new();
+    let mut stale: HashSet<usize> = HashSet::new();
     for (key, c) in &cands {
         let link = &links[key];
         if link.version.is_some_and(|v| v > c.version) {
-            continue; // a newer version of this entity is already stored
+            stale.insert(c.rec); // a newer version of this entity is already stored
+            continue;
         }
         if link.row_hash.as_deref() == Some(&c.row_hash[..]) {
             let rec_hash = recs[c.rec].hash;
@@ -364,6 +565,15 @@ pub async fn load_batch(
     for c in &writes {
         recs[c.rec].status = Status::Changed;
     }
+    // A record whose own entity was won by another record (a newer version
+    // in the batch or in store) is superseded.
+    for (i, key) in &own {
+        let won_elsewhere = cands.get(key).is_some_and(|c| c.rec != *i);
+        let stored_newer = stale.contains(i) && cands.get(key).is_some_and(|c| c.rec == *i);
+        if recs[*i].status == Status::Unchanged && (won_elsewhere || stored_newer) {
+            recs[*i].status = Status::Superseded;
+        }
+    }
 
     // 6. One derivation per changed record.
     let changed: Vec<usize> = (0..recs.len())
@@ -371,7 +581,7 @@ pub async fn load_batch(
         .collect();
     let deriv_ids: Vec<i64> =
         sqlx::query_scalar("select nextval('derivation_id_seq') from generate_series(1, $1)")
-            .bind(changed.len() as i32)
+            .bind(i32::try_from(changed.len())?)
             .fetch_all(&mut **tx)
             .await?;
     let deriv_of: HashMap<usize, i64> = changed
@@ -411,7 +621,7 @@ pub async fn load_batch(
         if of_kind.is_empty() {
             continue;
         }
-        if want_diff {
+        if opts.diff {
             // Rows not stored before are new; only stored rows are compared field by field.
             let (stored, new): (Vec<&Cand>, Vec<&Cand>) = of_kind.iter().partition(|c| {
                 links[&(kind, c.row.source_id().to_owned())]
@@ -430,132 +640,223 @@ pub async fn load_batch(
         upsert_rows(tx, kind, &of_kind, &links, &deriv_of, ctx.mapping_id).await?;
     }
 
-    // 8. Crosswalk state in one upsert: new links (entities and references) are
-    //    inserted with their ids; written entities get their new version and
+    // 8. Crosswalk state: written entities get their new version and
     //    provenance; unchanged ones only their record hash and mapping version.
-    struct LinkWrite<'c> {
-        key: (EntityKind, &'c str),
-        cand: Option<&'c Cand>,
-        full: bool,
-    }
-    let mut upd: Vec<LinkWrite> = writes
+    let upd: Vec<(&Cand, bool)> = writes
         .iter()
-        .map(|c| LinkWrite {
-            key: (c.row.kind, c.row.source_id()),
-            cand: Some(*c),
-            full: true,
-        })
-        .chain(bookkeep.iter().map(|c| LinkWrite {
-            key: (c.row.kind, c.row.source_id()),
-            cand: Some(*c),
-            full: false,
-        }))
+        .map(|c| (*c, true))
+        .chain(bookkeep.iter().map(|c| (*c, false)))
         .collect();
-    let written: std::collections::HashSet<(EntityKind, &str)> =
-        upd.iter().map(|w| w.key).collect();
-    for (k, l) in &links {
-        if l.is_new && !written.contains(&(k.0, k.1.as_str())) {
-            upd.push(LinkWrite {
-                key: (k.0, k.1.as_str()),
-                cand: None,
-                full: false,
-            });
-        }
-    }
     if !upd.is_empty() {
-        let link = |w: &LinkWrite| &links[&(w.key.0, w.key.1.to_owned())];
         sqlx::query(
-            "insert into source_link as s (entity_type, connection, source_id, canonical_id, record_hash, mapping_version_id,
-                                           row_hash, derivation_id, source_modified_at, raw_page_id, record_ordinal)
-             select u.et, $1, u.sid, u.cid, u.rh, u.mv, u.row_hash, u.deriv, u.modified, u.page, u.ord
-             from unnest($2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bytea[], $8::bigint[],
-                         $9::timestamptz[], $10::bigint[], $11::int[])
-                  as u(et, sid, cid, rh, mv, row_hash, deriv, modified, page, ord)
-             on conflict (entity_type, connection, source_id) do update set
-                record_hash = coalesce(excluded.record_hash, s.record_hash),
-                mapping_version_id = coalesce(excluded.mapping_version_id, s.mapping_version_id),
-                row_hash = case when excluded.derivation_id is not null then excluded.row_hash else s.row_hash end,
-                derivation_id = coalesce(excluded.derivation_id, s.derivation_id),
-                source_modified_at = case when excluded.derivation_id is not null then excluded.source_modified_at else s.source_modified_at end,
-                raw_page_id = coalesce(excluded.raw_page_id, s.raw_page_id),
-                record_ordinal = coalesce(excluded.record_ordinal, s.record_ordinal)",
+            "update source_link s set
+                record_hash = u.rh,
+                mapping_version_id = u.mv,
+                row_hash = case when u.deriv is not null then u.row_hash else s.row_hash end,
+                derivation_id = coalesce(u.deriv, s.derivation_id),
+                source_modified_at = case when u.deriv is not null then u.modified else s.source_modified_at end,
+                raw_page_id = coalesce(u.page, s.raw_page_id),
+                record_ordinal = coalesce(u.ord, s.record_ordinal)
+             from unnest($2::text[], $3::text[], $4::bytea[], $5::int[], $6::bytea[], $7::bigint[],
+                         $8::timestamptz[], $9::bigint[], $10::int[])
+                  as u(et, sid, rh, mv, row_hash, deriv, modified, page, ord)
+             where s.entity_type = u.et and s.connection = $1 and s.source_id = u.sid",
         )
         .bind(ctx.connection)
-        .bind(upd.iter().map(|w| w.key.0.as_str()).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.key.1).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| link(w).canonical_id).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.map(|c| recs[c.rec].hash.to_vec())).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.map(|_| ctx.mapping_id)).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| c.row_hash.to_vec())).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| deriv_of[&c.rec])).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).and_then(|c| c.version.0)).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| c.version.1)).collect::<Vec<_>>())
-        .bind(upd.iter().map(|w| w.cand.filter(|_| w.full).map(|c| c.version.2)).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, _)| c.row.kind.as_str()).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, _)| c.row.source_id()).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, _)| recs[c.rec].hash.to_vec()).collect::<Vec<_>>())
+        .bind(upd.iter().map(|_| ctx.mapping_id).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, full)| full.then(|| c.row_hash.to_vec())).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, full)| full.then(|| deriv_of[&c.rec])).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, full)| if *full { c.version.0 } else { None }).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, full)| full.then_some(c.version.1)).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, full)| full.then_some(c.version.2)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
 
     // 9. Dead letters: records that map now close their open dead letters (a fixed
-    //    mapping or source), then this batch's failures are recorded, once per
-    //    record and mapping version.
-    if !mapped.is_empty() {
+    //    mapping or source), then this batch's failures are recorded: one open
+    //    dead letter per record, a record failing again updates it.
+    if !mapped_ids.is_empty() {
         sqlx::query(
-            "update dead_letter set status = 'resolved'
-             where status = 'open' and connection = $1 and stream = $2 and source_id = any($3)",
+            "update dead_letter set status = 'resolved', last_seen_at = now()
+             where status = 'open' and connection = $1 and stream = $2 and dedupe_key = any($3)",
         )
         .bind(ctx.connection)
         .bind(ctx.stream)
-        .bind(&mapped)
+        .bind(&mapped_ids)
         .execute(&mut **tx)
         .await?;
     }
-    if !dead.is_empty() {
-        sqlx::query(
-            "insert into dead_letter (connection, stream, raw_page_id, record_ordinal, source_id, error_class, message, mapping_version_id)
-             select $1, $2, page, ord, sid, class, msg, $8
-             from unnest($3::bigint[], $4::int[], $5::text[], $6::text[], $7::text[]) as u(page, ord, sid, class, msg)
-             on conflict do nothing",
-        )
-        .bind(ctx.connection)
-        .bind(ctx.stream)
-        .bind(dead.iter().map(|d| d.page_id).collect::<Vec<_>>())
-        .bind(dead.iter().map(|d| d.ordinal).collect::<Vec<_>>())
-        .bind(dead.iter().map(|d| d.source_id.clone()).collect::<Vec<_>>())
-        .bind(dead.iter().map(|d| d.class).collect::<Vec<_>>())
-        .bind(dead.iter().map(|d| d.message.clone()).collect::<Vec<_>>())
-        .bind(ctx.mapping_id)
-        .execute(&mut **tx)
-        .await?;
-    }
+    record_dead_letters(tx, ctx, dead).await?;
 
     // 10. Pages are loaded, with counts that add up.
     let mut out = BatchOutcome {
         diff,
         ..Default::default()
     };
-    for (page_id, a, b) in page_of {
-        let mut c = Counts::default();
+    for (page_id, a, b, page_dead) in page_of {
+        let mut c = Counts {
+            dead: page_dead,
+            ..Counts::default()
+        };
         for r in &recs[a..b] {
             match r.status {
                 Status::Changed => c.changed += 1,
                 Status::Dead => c.dead += 1,
+                Status::Superseded => c.superseded += 1,
                 Status::Unchanged | Status::Pending => c.unchanged += 1,
+                Status::Ignored => {}
             }
         }
         out.total.add(c);
         out.per_page.push((page_id, c));
     }
+    if opts.only.is_some() {
+        return Ok(out);
+    }
     sqlx::query(
-        "update raw_page p set loaded_at = now(), records_changed = u.c, records_unchanged = u.u, records_dead = u.d
-         from unnest($1::bigint[], $2::int[], $3::int[], $4::int[]) as u(id, c, u, d) where p.id = u.id",
+        "update raw_page p set loaded_at = now(), records_changed = u.c, records_unchanged = u.u,
+                records_dead = u.d, records_superseded = u.s
+         from unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::int[]) as u(id, c, u, d, s)
+         where p.id = u.id",
     )
     .bind(out.per_page.iter().map(|p| p.0).collect::<Vec<_>>())
-    .bind(out.per_page.iter().map(|p| p.1.changed as i32).collect::<Vec<_>>())
-    .bind(out.per_page.iter().map(|p| p.1.unchanged as i32).collect::<Vec<_>>())
-    .bind(out.per_page.iter().map(|p| p.1.dead as i32).collect::<Vec<_>>())
+    .bind(
+        out.per_page
+            .iter()
+            .map(|p| p.1.changed as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        out.per_page
+            .iter()
+            .map(|p| p.1.unchanged as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        out.per_page
+            .iter()
+            .map(|p| p.1.dead as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        out.per_page
+            .iter()
+            .map(|p| p.1.superseded as i32)
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(out)
+}
+
+/// The crosswalk rows of `keys`, locked until the transaction ends.
+async fn read_links(
+    tx: &mut Transaction<'_, Postgres>,
+    connection: &str,
+    keys: &[(EntityKind, String)],
+) -> anyhow::Result<HashMap<(EntityKind, String), Link>> {
+    let mut links = HashMap::new();
+    if keys.is_empty() {
+        return Ok(links);
+    }
+    for r in sqlx::query(
+        "select s.entity_type, s.source_id, s.canonical_id, s.row_hash, s.record_hash, s.mapping_version_id,
+                s.source_modified_at, s.raw_page_id, s.record_ordinal
+         from unnest($2::text[], $3::text[]) as u(et, sid)
+         join source_link s on s.connection = $1 and s.entity_type = u.et and s.source_id = u.sid
+         order by s.entity_type, s.source_id for update of s",
+    )
+    .bind(connection)
+    .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let kind: String = r.get(0);
+        let kind: EntityKind = kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let page: Option<i64> = r.get(7);
+        let ord: Option<i32> = r.get(8);
+        links.insert(
+            (kind, r.get(1)),
+            Link {
+                canonical_id: r.get(2),
+                row_hash: r.get(3),
+                record_hash: r.get(4),
+                mapping_id: r.get(5),
+                version: page.map(|p| (r.get(6), p, ord.unwrap_or(0))),
+            },
+        );
+    }
+    Ok(links)
+}
+
+/// Records dead letters: one open dead letter per (connection, stream, key);
+/// a record that fails again updates it (newest page, times seen).
+async fn record_dead_letters(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &LoadCtx<'_>,
+    dead: Vec<Dead>,
+) -> anyhow::Result<()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    // One row per key in the statement (the last failure wins, the others count).
+    let mut by_key: BTreeMap<String, (Dead, i32)> = BTreeMap::new();
+    for d in dead {
+        let e = by_key.entry(d.key.clone()).or_insert((d.clone(), 0));
+        e.0 = d;
+        e.1 += 1;
+    }
+    let rows: Vec<(Dead, i32)> = by_key.into_values().collect();
+    sqlx::query(
+        "insert into dead_letter (connection, stream, raw_page_id, record_ordinal, source_id, dedupe_key,
+                                  error_class, field, pointer, message, mapping_version_id, times_seen)
+         select $1, $2, page, ord, sid, key, class, field, ptr, msg, $11, n
+         from unnest($3::bigint[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $12::int[])
+              as u(page, ord, sid, key, class, field, ptr, msg, n)
+         on conflict (connection, stream, dedupe_key) where status = 'open' do update set
+            raw_page_id = excluded.raw_page_id, record_ordinal = excluded.record_ordinal,
+            source_id = excluded.source_id, error_class = excluded.error_class, field = excluded.field,
+            pointer = excluded.pointer, message = excluded.message,
+            mapping_version_id = excluded.mapping_version_id,
+            times_seen = dead_letter.times_seen + excluded.times_seen, last_seen_at = now()",
+    )
+    .bind(ctx.connection)
+    .bind(ctx.stream)
+    .bind(rows.iter().map(|d| d.0.page_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.ordinal).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.source_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.key.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.class).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.field.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.pointer.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|d| d.0.message.clone()).collect::<Vec<_>>())
+    .bind(ctx.mapping_id)
+    .bind(rows.iter().map(|d| d.1).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The keys of every record in `pages` (for isolating the ones Postgres refuses).
+pub fn record_keys(pages: &[PageBody]) -> Vec<RecordKey> {
+    let mut keys = Vec::new();
+    for p in pages {
+        if p.page.parse_error.is_some() {
+            continue;
+        }
+        if let Ok(s) = split_records(&p.body, &p.page.record_path, None) {
+            keys.extend(
+                (0..s.records.len()).map(|i| (p.page.id, i32::try_from(i).unwrap_or(i32::MAX))),
+            );
+        }
+    }
+    keys
 }
 
 /// The SQL type of a field's column.

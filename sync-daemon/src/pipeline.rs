@@ -1,25 +1,40 @@
 //! Sync (fetch → raw store → ledger → load) and replay (ledger → load).
 //!
 //! Fetch and load run concurrently with a bounded queue between them: a slow
-//! Postgres slows the fetcher, and memory stays flat whatever the data size.
+//! Postgres slows the fetcher, and memory stays flat whatever the data size
+//! (at most `fetch_concurrency` bodies in flight, [`QUEUE_PAGES`] queued and
+//! [`BATCH_PAGES`] in a batch, each at most `max_body_bytes`).
+//!
+//! Every run is ledgered and always ends in a terminal state (`succeeded`,
+//! `failed`, `deferred`, `needs_reauth`, `interrupted`), whatever path it
+//! leaves by, a panic included. Every write of the run first checks its lease
+//! ([`crate::lease`]). A batch Postgres refuses on a data error is isolated
+//! record by record: the records it refuses are dead-lettered and the rest
+//! loads, so no record can stall a stream.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use connector_core::events::{Emit, PageStored, RecordsDeadLettered, WatermarkAdvanced};
-use connector_core::{DynConnector, ErrorClass, HttpClient, Pager, RawStore, StreamDef, SyncMode};
+use connector_core::{
+    DynConnector, ErrorClass, HttpClient, ObjectProblem, PageToken, Pager, RawStore, StreamDef,
+    SyncMode,
+};
+use futures::FutureExt;
 use futures::stream::StreamExt;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-use crate::db::{self, Counts, NewPage, PageRef};
-use crate::load::{DiffReport, LoadCtx, PageBody, load_batch};
+use crate::db::{self, Counts, NewPage, PageRef, RunEnd};
+use crate::lease::{self, Lease};
+use crate::load::{DiffReport, LoadCtx, LoadOpts, PageBody, RecordKey, load_batch, record_keys};
 
 /// Pages queued between fetch and load.
-const QUEUE_PAGES: usize = 16;
+pub const QUEUE_PAGES: usize = 16;
 /// Pages loaded per transaction, at most.
-const BATCH_PAGES: usize = 10;
+pub const BATCH_PAGES: usize = 10;
 
 /// Everything one connection's sync or replay needs.
 #[derive(Clone)]
@@ -33,6 +48,8 @@ pub struct Ctx {
     pub fetch_concurrency: usize,
     /// Called after each loaded batch with (pages, records) so far.
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+    /// SIGINT / SIGTERM end the run as `interrupted` (the command line sets it).
+    pub stop_on_signal: bool,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -50,9 +67,15 @@ pub struct Summary {
     pub run_id: i64,
     pub pages_fetched: u64,
     pub pages_loaded: u64,
+    /// Pages whose raw object was missing or corrupt: set aside (a replay
+    /// skips them; a sync fetches an unloaded one again when it can).
+    pub pages_missing: u64,
+    pub pages_refetched: u64,
     pub changed: i64,
     pub unchanged: i64,
     pub dead_lettered: i64,
+    /// Records another record with the same source id won over.
+    pub superseded: i64,
     pub elapsed_secs: f64,
     pub diff: Option<DiffReport>,
     /// `succeeded` or `deferred` (failures are errors).
@@ -67,10 +90,11 @@ impl Summary {
             changed: self.changed,
             unchanged: self.unchanged,
             dead: self.dead_lettered,
+            superseded: self.superseded,
         }
     }
     pub fn records(&self) -> i64 {
-        self.changed + self.unchanged + self.dead_lettered
+        self.counts().seen()
     }
     pub fn records_per_sec(&self) -> f64 {
         if self.elapsed_secs > 0.0 {
@@ -81,31 +105,11 @@ impl Summary {
     }
 }
 
-/// Holds the connection's sync lock (a session-level advisory lock on its own
-/// connection): one sync or replay per connection at a time, released when
-/// the process dies.
-struct SyncLock(sqlx::pool::PoolConnection<sqlx::Postgres>);
-
-async fn lock(pool: &PgPool, connection: &str) -> anyhow::Result<SyncLock> {
-    let mut conn = pool.acquire().await?;
-    let got: bool =
-        sqlx::query_scalar("select pg_try_advisory_lock(hashtextextended('sync:' || $1, 0))")
-            .bind(connection)
-            .fetch_one(&mut *conn)
-            .await?;
-    if !got {
-        anyhow::bail!("connection {connection:?} is being synced or replayed by another process");
-    }
-    Ok(SyncLock(conn))
-}
-
-impl SyncLock {
-    async fn release(mut self, connection: &str) {
-        let _ = sqlx::query("select pg_advisory_unlock(hashtextextended('sync:' || $1, 0))")
-            .bind(connection)
-            .execute(&mut *self.0)
-            .await;
-    }
+/// The run being executed: its ledger id and its leases.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub id: i64,
+    pub lease: &'a Lease,
 }
 
 fn streams(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
@@ -127,72 +131,175 @@ fn streams(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
     }
 }
 
+/// Waits for SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How a run's body ended.
+enum Ended {
+    Done(anyhow::Result<()>),
+    Panicked(String),
+    Interrupted,
+}
+
 /// Runs `body` as one ledgered run of the connection: takes the connection's
-/// lock, closes runs a dead process left open, records the run, and finishes
-/// it with its counts and outcome whatever `body` returns.
+/// lock and the streams' leases, closes runs a dead process left open,
+/// records the run, and finishes it with its counts and a terminal status
+/// whatever `body` does (returns, fails, panics, or is stopped by a signal).
 async fn ledgered_run(
     ctx: &Ctx,
     only_stream: Option<&str>,
     mode: &str,
     dry_run: bool,
-    body: impl AsyncFnOnce(i64, &mut Summary) -> anyhow::Result<()>,
+    body: impl AsyncFnOnce(&Run<'_>, &[StreamDef], &mut Summary) -> anyhow::Result<()>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let defs = streams(ctx, only_stream)?;
     db::ensure_connection(&ctx.pool, &ctx.connection, ctx.connector.name()).await?;
-    let guard = lock(&ctx.pool, &ctx.connection).await?;
+    let session = lease::lock(&ctx.pool, &ctx.connection).await?;
     db::close_abandoned_runs(&ctx.pool, &ctx.connection).await?;
     let run = db::start_run(&ctx.pool, &ctx.connection, only_stream, mode, dry_run).await?;
     let mut summary = Summary {
         run_id: run,
         ..Default::default()
     };
-    let mut result = body(run, &mut summary).await;
+    // From here on, the run is finished in the ledger whatever happens.
+    let names: Vec<&str> = defs.iter().map(|d| d.name).collect();
+    let ended = match Lease::take(&ctx.pool, session, &ctx.connection, &names, run).await {
+        Err(e) => (Ended::Done(Err(e)), None),
+        Ok(lease) => {
+            let r = Run {
+                id: run,
+                lease: &lease,
+            };
+            let work = std::panic::AssertUnwindSafe(body(&r, &defs, &mut summary)).catch_unwind();
+            let ended = if ctx.stop_on_signal {
+                tokio::select! {
+                    r = work => r.map_or_else(|p| Ended::Panicked(panic_text(p)), Ended::Done),
+                    _ = stop_signal() => Ended::Interrupted,
+                }
+            } else {
+                work.await
+                    .map_or_else(|p| Ended::Panicked(panic_text(p)), Ended::Done)
+            };
+            (ended, Some(lease))
+        }
+    };
+    let (ended, lease) = ended;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
-    let err = result.as_ref().err().map(|e| format!("{e:#}"));
-    let status = match &result {
-        Ok(()) => "succeeded",
-        Err(e) if is_needs_reauth(e) => "needs_reauth",
-        Err(e) => match deferred_wait(e) {
-            // Deferred is not a failure: the watermark holds the place to resume.
-            Some(wait) => {
-                summary.resume_at = Some(Utc::now() + chrono::Duration::from_std(wait)?);
-                result = Ok(());
-                "deferred"
+    let (status, error, result) = match ended {
+        Ended::Done(Ok(())) => ("succeeded", None, Ok(())),
+        Ended::Done(Err(e)) => {
+            let text = format!("{e:#}");
+            if is_needs_reauth(&e) {
+                ("needs_reauth", Some(text), Err(e))
+            } else if let Some(wait) = deferred_wait(&e) {
+                // Deferred is not a failure: the watermark holds the place to resume.
+                let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::days(7));
+                summary.resume_at = Some(
+                    Utc::now()
+                        .checked_add_signed(wait)
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                );
+                ("deferred", Some(text), Ok(()))
+            } else {
+                ("failed", Some(text), Err(e))
             }
-            None => "failed",
-        },
+        }
+        Ended::Panicked(msg) => {
+            let text = format!("internal error (a bug): {msg}");
+            ("failed", Some(text.clone()), Err(anyhow::anyhow!(text)))
+        }
+        Ended::Interrupted => {
+            let text = "interrupted by a signal; the next run resumes from the watermark";
+            (
+                "interrupted",
+                Some(text.to_owned()),
+                Err(anyhow::anyhow!(text)),
+            )
+        }
     };
     summary.outcome = status;
-    if let Some(http) = &ctx.http {
-        db::save_breaker(&ctx.pool, &ctx.connection, &http.breaker()).await?;
+    if let Some(http) = &ctx.http
+        && let Err(e) = db::save_breaker(&ctx.pool, &ctx.connection, &http.breaker()).await
+    {
+        tracing::warn!(event = "breaker_not_saved", connection = %ctx.connection, "{e:#}");
     }
     let pages = if mode == "replay" {
         summary.pages_loaded
     } else {
         summary.pages_fetched
     } as i64;
-    db::finish_run(
-        &ctx.pool,
-        run,
+    let end = RunEnd {
         status,
         pages,
-        summary.counts(),
-        err.as_deref(),
-        summary.resume_at,
-    )
-    .await?;
-    guard.release(&ctx.connection).await;
+        pages_missing: summary.pages_missing as i64,
+        counts: summary.counts(),
+        error: error.as_deref(),
+        resume_at: summary.resume_at,
+    };
+    // The ledger row is the run's last word: try hard, then leave it to the
+    // next run (which marks a run left `running` as `interrupted`).
+    let mut finished = db::finish_run(&ctx.pool, run, &end).await;
+    for attempt in 1..4 {
+        if finished.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        finished = db::finish_run(&ctx.pool, run, &end).await;
+    }
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    finished?;
     result.map(|()| summary)
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// Fetches every page of the connection's streams into the raw store and loads them.
 pub async fn sync(ctx: &Ctx, only_stream: Option<&str>) -> anyhow::Result<Summary> {
-    ledgered_run(ctx, only_stream, "full", false, async |run, summary| {
-        for def in streams(ctx, only_stream)? {
-            sync_stream(ctx, run, &def, summary).await?;
-        }
-        Ok(())
-    })
+    ledgered_run(
+        ctx,
+        only_stream,
+        "full",
+        false,
+        async |run, defs, summary| {
+            for def in defs {
+                sync_stream(ctx, run, def, summary).await.map_err(|e| {
+                    e.context(format!(
+                        "connection {:?}, stream {}",
+                        ctx.connection, def.name
+                    ))
+                })?;
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -228,6 +335,22 @@ fn is_transient_db(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The Postgres error of a value it refused (data exception, integrity,
+/// program limit, cardinality): the batch holds a bad record to isolate.
+fn data_error(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(d)) => {
+                let code = d.code()?;
+                ["22", "23", "54", "21"]
+                    .iter()
+                    .any(|p| code.starts_with(p))
+                    .then(|| format!("Postgres refused it: {} (SQLSTATE {code})", d.message()))
+            }
+            _ => None,
+        })
+}
+
 fn is_needs_reauth(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
@@ -244,7 +367,7 @@ struct Fetched {
 
 async fn sync_stream(
     ctx: &Ctx,
-    run: i64,
+    run: &Run<'_>,
     def: &StreamDef,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -253,28 +376,210 @@ async fn sync_stream(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("sync needs an HTTP client"))?;
     let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
-    // Pages fetched by an earlier, interrupted run are loaded first, in fetch order.
-    let leftovers = db::pages(&ctx.pool, &ctx.connection, def.name, true).await?;
+    let lctx = LoadCtx::new(&ctx.connection, def, mapping_id, Some(run.lease));
+    // Pages fetched by an earlier, interrupted run are loaded first, in fetch
+    // order; one whose object is gone or corrupt is fetched again.
+    recover_leftovers(ctx, &http, run, def, &lctx, summary).await?;
     let (tx, rx) = mpsc::channel::<Fetched>(QUEUE_PAGES);
-    let fetch = fetch_stream(ctx, &http, run, def, tx);
-    let load = load_stream(ctx, def, mapping_id, leftovers, rx, summary);
+    let mut fetched = 0u64;
+    let fetch = fetch_stream(ctx, &http, run, def, tx, &mut fetched);
+    let load = load_stream(ctx, &lctx, rx, summary);
     // The loader drains whatever the fetcher stored even when the fetcher fails.
-    let (fetched, loaded) = tokio::join!(fetch, load);
+    let (fetch_result, loaded) = tokio::join!(fetch, load);
+    summary.pages_fetched += fetched;
     loaded?;
-    summary.pages_fetched += fetched?;
+    fetch_result
+}
+
+/// Loads the pages an earlier run stored but did not load. A page whose
+/// object is missing or corrupt is set aside (marked in the ledger) and
+/// fetched again from its recorded position; when the source cannot serve
+/// it, the stream's pull is marked incomplete and an incremental stream's
+/// lower bound is moved back to the page's, so its records are asked for
+/// again by the next pull.
+async fn recover_leftovers(
+    ctx: &Ctx,
+    http: &HttpClient,
+    run: &Run<'_>,
+    def: &StreamDef,
+    lctx: &LoadCtx<'_>,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let leftovers = db::pages(&ctx.pool, &ctx.connection, def.name, true).await?;
+    for chunk in leftovers.chunks(BATCH_PAGES) {
+        let (mut bodies, bad) = read_bodies(ctx, chunk).await?;
+        summary.pages_missing += bad.len() as u64;
+        for page in &bad {
+            match refetch(ctx, http, run, def, page).await {
+                Ok(body) => {
+                    summary.pages_refetched += 1;
+                    summary.pages_fetched += 1;
+                    bodies.push(body);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        event = "refetch_failed", connection = %ctx.connection, stream = def.name,
+                        raw_page = page.id, "{e:#}"
+                    );
+                    give_up_page(ctx, run, def, page).await?;
+                }
+            }
+        }
+        if !bodies.is_empty() {
+            load_and_count(ctx, lctx, &bodies, summary, false, None).await?;
+        }
+    }
     Ok(())
+}
+
+/// Fetches one recorded page again, from its stored token and bound, and
+/// records it as a new page that replaces the lost one.
+async fn refetch(
+    ctx: &Ctx,
+    http: &HttpClient,
+    run: &Run<'_>,
+    def: &StreamDef,
+    page: &PageRef,
+) -> anyhow::Result<PageBody> {
+    let token: PageToken = serde_json::from_value(page.page_token.clone())?;
+    if token.is_redacted() {
+        anyhow::bail!("its stored link has masked parameters and cannot be requested again");
+    }
+    let mut pager = Pager::new(http.clone(), def.clone(), token, page.since.clone(), 1);
+    let fetched = pager
+        .next_page()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the source returned no page"))??;
+    let stored = store_page(ctx, http, run, def, &fetched, page.since.as_deref(), None).await?;
+    db::mark_replaced(&ctx.pool, page.id, stored.page.id).await?;
+    tracing::info!(
+        event = "page_refetched", connection = %ctx.connection, stream = def.name,
+        raw_page = page.id, new_raw_page = stored.page.id
+    );
+    Ok(stored)
+}
+
+/// A lost page that could not be fetched again: the pull that holds it is
+/// incomplete, and an incremental stream asks for its records again.
+async fn give_up_page(
+    ctx: &Ctx,
+    run: &Run<'_>,
+    def: &StreamDef,
+    page: &PageRef,
+) -> anyhow::Result<()> {
+    let mut tx = ctx.pool.begin().await?;
+    run.lease.check(&mut tx).await?;
+    let mut cursor = db::watermark(&ctx.pool, &ctx.connection, def.name)
+        .await?
+        .unwrap_or_default();
+    cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
+    if let (SyncMode::Incremental { .. }, Some(since)) = (def.mode, page.since.as_deref())
+        && let Ok(since) = DateTime::parse_from_rfc3339(since)
+    {
+        let since = since.with_timezone(&Utc);
+        cursor.high_water = Some(cursor.high_water.map_or(since, |h| h.min(since)));
+    }
+    db::set_watermark(
+        &mut tx,
+        &ctx.connection,
+        def.name,
+        &cursor,
+        Some(run.id),
+        "recovery",
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stores a fetched body (raw first), then records it in the ledger, moving
+/// the watermark when `cursor` is given. Returns the recorded page.
+async fn store_page(
+    ctx: &Ctx,
+    http: &HttpClient,
+    run: &Run<'_>,
+    def: &StreamDef,
+    page: &connector_core::FetchedPage,
+    since: Option<&str>,
+    cursor: Option<&db::Cursor>,
+) -> anyhow::Result<PageBody> {
+    let fetched_at = Utc::now();
+    let body = page.response.body.clone();
+    let obj = ctx
+        .store
+        .put(
+            &ctx.tenant,
+            &ctx.connection,
+            def.name,
+            fetched_at,
+            body.clone(),
+        )
+        .await?;
+    let token = http.storable_token(&page.token);
+    let shown = token.to_string();
+    PageStored {
+        connection: &ctx.connection,
+        stream: def.name,
+        page: &shown,
+        records: page.facts.records,
+        bytes: obj.bytes as u64,
+    }
+    .emit();
+    let id = db::record_page(
+        &ctx.pool,
+        run.lease,
+        &NewPage {
+            run: run.id,
+            connection: &ctx.connection,
+            stream: def.name,
+            token: &token,
+            object_key: &obj.key,
+            sha256: &obj.sha256,
+            bytes: obj.bytes,
+            fetched_at,
+            meta: &page.response.meta,
+            record_path: def.records_at,
+            record_count: page.facts.records,
+            parse_error: page.unparseable.as_deref(),
+            since,
+        },
+        cursor,
+    )
+    .await?;
+    Ok(PageBody {
+        page: PageRef {
+            id,
+            object_key: obj.key,
+            body_sha256: obj.sha256,
+            record_path: def.records_at.to_owned(),
+            record_count: i32::try_from(page.facts.records).unwrap_or(i32::MAX),
+            parse_error: page.unparseable.clone(),
+            page_token: serde_json::to_value(&token)?,
+            since: since.map(str::to_owned),
+        },
+        body,
+    })
 }
 
 async fn fetch_stream(
     ctx: &Ctx,
     http: &HttpClient,
-    run: i64,
+    run: &Run<'_>,
     def: &StreamDef,
     tx: mpsc::Sender<Fetched>,
-) -> anyhow::Result<u64> {
+    pages: &mut u64,
+) -> anyhow::Result<()> {
     let mut cursor = db::watermark(&ctx.pool, &ctx.connection, def.name)
         .await?
         .unwrap_or_default();
+    if cursor.next.as_ref().is_some_and(PageToken::is_redacted) {
+        // The stored link was masked (it carried a secret): start the pull over.
+        tracing::info!(
+            event = "pull_restarted", connection = %ctx.connection, stream = def.name,
+            "the stored next link has masked parameters; the pull starts over"
+        );
+        cursor.next = None;
+    }
     let start = cursor
         .next
         .clone()
@@ -282,6 +587,7 @@ async fn fetch_stream(
     if cursor.next.is_none() {
         cursor.pull_started_at = None;
         cursor.pull_max_cursor = None;
+        cursor.pull_skipped_pages = 0;
     }
     let since = match def.mode {
         SyncMode::Incremental { .. } => cursor
@@ -293,120 +599,91 @@ async fn fetch_stream(
         http.clone(),
         def.clone(),
         start,
-        since,
+        since.clone(),
         ctx.fetch_concurrency,
     );
-    let mut pages = 0u64;
-    while let Some(page) = pager.next_page().await {
+    loop {
+        if let Some(why) = run.lease.lost() {
+            anyhow::bail!(connector_core::Error::LeaseLost {
+                scope: format!("{}/{}", ctx.connection, def.name),
+                detail: why,
+            });
+        }
+        let Some(page) = pager.next_page().await else {
+            break;
+        };
         // Keep the typed error in the chain: the run's outcome is decided from it.
         let page = page.map_err(|e| {
             let at = pager
                 .failed_page()
-                .map(|t| format!(", {t}"))
+                .map(|t| format!(" at {t}"))
                 .unwrap_or_default();
-            anyhow::Error::new(e).context(format!(
-                "connection {:?}, stream {}{at}",
-                ctx.connection, def.name
-            ))
+            anyhow::Error::new(e).context(format!("fetching{at}"))
         })?;
-        let fetched_at = Utc::now();
         let server_now: DateTime<Utc> = page
             .response
             .meta
             .server_date()
             .map(DateTime::<Utc>::from)
-            .unwrap_or(fetched_at);
-        // Raw first: the object is durably put before the ledger row and the watermark.
-        let body = page.response.body;
-        let obj = ctx
-            .store
-            .put(
-                &ctx.tenant,
-                &ctx.connection,
-                def.name,
-                fetched_at,
-                body.clone(),
-            )
-            .await?;
-        let token = page.token.to_string();
-        PageStored {
-            connection: &ctx.connection,
-            stream: def.name,
-            page: &token,
-            records: page.facts.records,
-            bytes: obj.bytes as u64,
-        }
-        .emit();
+            .unwrap_or_else(Utc::now);
         cursor.pull_started_at.get_or_insert(server_now);
         cursor.pull_max_cursor = cursor.pull_max_cursor.max(page.max_cursor);
-        if page.next.is_none() {
+        if page.unparseable.is_some() && page.next.is_some() {
+            // Skipped by position: its records must be asked for again.
+            cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
+        }
+        if page.stuck.is_some() {
+            // The page after this one is unknown: the next run asks for this one again.
+            cursor.next = Some(http.storable_token(&page.token));
+        } else if page.next.is_none() {
             let pull_started = cursor.pull_started_at.take();
             cursor.completed_at = pull_started;
             if let (SyncMode::Incremental { lag, .. }, Some(started)) = (def.mode, pull_started) {
                 // High water = min(max seen, server now − lag); a pull that saw
-                // nothing keeps the old mark.
-                let cap = started - chrono::Duration::from_std(lag)?;
-                if let Some(seen) = cursor.pull_max_cursor.take() {
+                // nothing keeps the old mark, and so does a pull that skipped
+                // pages it could not read.
+                let cap = started - chrono::Duration::from_std(lag).unwrap_or_default();
+                if let Some(seen) = cursor.pull_max_cursor.take()
+                    && cursor.pull_skipped_pages == 0
+                {
                     cursor.high_water = Some(seen.min(cap));
                 }
             }
+            cursor.pull_skipped_pages = 0;
+            cursor.next = None;
+        } else {
+            cursor.next = page.next.as_ref().map(|n| http.storable_token(n));
         }
-        cursor.next = page.next.clone();
-        let page_id = db::record_page(
-            &ctx.pool,
-            &NewPage {
-                run,
-                connection: &ctx.connection,
-                stream: def.name,
-                token: &page.token,
-                object_key: &obj.key,
-                sha256: &obj.sha256,
-                bytes: obj.bytes,
-                fetched_at,
-                meta: &page.response.meta,
-                record_path: def.records_at,
-                record_count: page.facts.records,
-            },
-            &cursor,
-        )
-        .await?;
-        let next = page.next.as_ref().map(|n| n.to_string());
+        let stored =
+            store_page(ctx, http, run, def, &page, since.as_deref(), Some(&cursor)).await?;
+        let page_id = stored.page.id;
+        let next = cursor.next.as_ref().map(|n| n.to_string());
         WatermarkAdvanced {
             connection: &ctx.connection,
             stream: def.name,
             next: next.as_deref(),
         }
         .emit();
-        pages += 1;
-        let page = PageBody {
-            page: PageRef {
-                id: page_id,
-                object_key: obj.key,
-                record_path: def.records_at.to_owned(),
-            },
-            body,
-        };
-        if tx.send(Fetched { page }).await.is_err() {
+        *pages += 1;
+        if tx.send(Fetched { page: stored }).await.is_err() {
             anyhow::bail!("the loader stopped");
         }
+        if let Some(why) = page.stuck {
+            anyhow::bail!(
+                "{why}; the page is stored and dead-lettered (raw page {page_id}) and the next sync asks for it again"
+            );
+        }
     }
-    Ok(pages)
+    Ok(())
 }
 
 async fn load_stream(
     ctx: &Ctx,
-    def: &StreamDef,
-    mapping_id: i32,
-    leftovers: Vec<PageRef>,
+    lctx: &LoadCtx<'_>,
     mut rx: mpsc::Receiver<Fetched>,
     summary: &mut Summary,
 ) -> anyhow::Result<u64> {
-    let lctx = LoadCtx::new(&ctx.connection, def, mapping_id);
     let mut pages = 0u64;
-    for chunk in leftovers.chunks(BATCH_PAGES) {
-        let bodies = read_bodies(&ctx.store, chunk).await?;
-        pages += load_and_count(ctx, &lctx, &bodies, summary, false).await?;
-    }
     loop {
         let Some(first) = rx.recv().await else { break };
         let mut batch = vec![first.page];
@@ -416,7 +693,7 @@ async fn load_stream(
                 Err(_) => break,
             }
         }
-        pages += load_and_count(ctx, &lctx, &batch, summary, false).await?;
+        pages += load_and_count(ctx, lctx, &batch, summary, false, None).await?;
     }
     Ok(pages)
 }
@@ -424,106 +701,212 @@ async fn load_stream(
 /// Attempts of one batch's transaction when Postgres fails transiently.
 const LOAD_ATTEMPTS: u32 = 4;
 
-/// Loads one batch in its own transaction. A transient Postgres error
-/// (serialization failure, deadlock, lost connection) retries the whole
-/// transaction: nothing of a failed attempt was committed or counted.
+/// Names the batch in an error: connection, stream and raw page ids.
+fn batch_context(lctx: &LoadCtx<'_>, batch: &[PageBody]) -> String {
+    let ids: Vec<String> = batch.iter().map(|p| p.page.id.to_string()).collect();
+    format!(
+        "loading connection {:?}, stream {}, raw pages {}",
+        lctx.connection,
+        lctx.stream,
+        ids.join(", ")
+    )
+}
+
+/// The outer transaction again, for one more use.
+fn reborrow<'a>(
+    outer: &'a mut Option<&mut Transaction<'static, Postgres>>,
+) -> Option<&'a mut Transaction<'static, Postgres>> {
+    outer.as_mut().map(|t| &mut **t)
+}
+
+/// One load of `batch`: in its own transaction, or, for a dry run, in a
+/// savepoint of `outer`. With `probe`, the transaction is always rolled back.
+async fn load_once(
+    ctx: &Ctx,
+    lctx: &LoadCtx<'_>,
+    batch: &[PageBody],
+    opts: LoadOpts<'_>,
+    outer: Option<&mut Transaction<'static, Postgres>>,
+    probe: bool,
+) -> anyhow::Result<crate::load::BatchOutcome> {
+    let mut tx = match outer {
+        Some(t) => t.begin().await?,
+        None => ctx.pool.begin().await?,
+    };
+    let out = load_batch(&mut tx, lctx, batch, opts).await;
+    match (&out, probe) {
+        (Ok(_), false) => tx.commit().await?,
+        _ => tx.rollback().await?,
+    }
+    out
+}
+
+/// Loads one batch, adding its counts to `summary` once committed. A
+/// transient Postgres error (serialization failure, deadlock, lost
+/// connection) retries the whole transaction: nothing of a failed attempt
+/// was committed or counted. A data error Postgres raises despite the
+/// checks before it (a value a column refuses) isolates the records it
+/// refuses by bisection; they are dead-lettered and the rest loads.
 async fn load_and_count(
     ctx: &Ctx,
     lctx: &LoadCtx<'_>,
     batch: &[PageBody],
     summary: &mut Summary,
     diff: bool,
+    mut outer: Option<&mut Transaction<'static, Postgres>>,
 ) -> anyhow::Result<u64> {
     let mut attempt = 1;
+    let mut quarantine: Option<HashMap<RecordKey, String>> = None;
     loop {
-        let mut scratch = Summary::default();
-        let result = async {
-            let mut tx = ctx.pool.begin().await?;
-            let pages = load_in(&mut tx, lctx, batch, &mut scratch, diff).await?;
-            tx.commit().await?;
-            anyhow::Ok(pages)
-        }
-        .await;
+        let opts = LoadOpts {
+            diff,
+            quarantine: quarantine.as_ref(),
+            only: None,
+        };
+        let result = load_once(ctx, lctx, batch, opts, reborrow(&mut outer), false).await;
         match result {
-            Ok(pages) => {
+            Ok(out) => {
                 // Counted once committed: a retried or rolled-back attempt
                 // dead-lettered nothing.
-                RecordsDeadLettered {
-                    connection: &ctx.connection,
-                    stream: lctx.stream,
-                    count: scratch.dead_lettered as u64,
+                if outer.is_none() {
+                    RecordsDeadLettered {
+                        connection: &ctx.connection,
+                        stream: lctx.stream,
+                        count: out.total.dead as u64,
+                    }
+                    .emit();
                 }
-                .emit();
-                summary.absorb(&scratch, Some(ctx));
+                let pages = batch.len() as u64;
+                summary.absorb(out, pages, diff, ctx);
                 return Ok(pages);
             }
-            Err(e) if attempt < LOAD_ATTEMPTS && is_transient_db(&e) => {
+            Err(e) if outer.is_none() && attempt < LOAD_ATTEMPTS && is_transient_db(&e) => {
                 tracing::warn!(event = "load_retry", connection = %ctx.connection, attempt, "{e:#}");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) if quarantine.is_none() && data_error(&e).is_some() => {
+                tracing::warn!(
+                    event = "batch_refused", connection = %ctx.connection, stream = lctx.stream,
+                    "{}: {e:#}; isolating the records it refuses", batch_context(lctx, batch)
+                );
+                let bad = isolate(ctx, lctx, batch, reborrow(&mut outer)).await?;
+                if bad.is_empty() {
+                    return Err(e.context(format!(
+                        "{}: Postgres refused the batch but no single record of it",
+                        batch_context(lctx, batch)
+                    )));
+                }
+                quarantine = Some(bad);
+            }
+            Err(e) => return Err(e.context(batch_context(lctx, batch))),
         }
     }
 }
 
-/// Loads a batch in `tx`, adding what it did to `summary`.
-async fn load_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+/// The records of `batch` that Postgres refuses, with why: found by loading
+/// halves of the batch in transactions that are rolled back, down to single
+/// records. Empty when the batch fails without any of its records (the
+/// failure is not a record's).
+async fn isolate(
+    ctx: &Ctx,
     lctx: &LoadCtx<'_>,
     batch: &[PageBody],
-    summary: &mut Summary,
-    diff: bool,
-) -> anyhow::Result<u64> {
-    let out = load_batch(tx, lctx, batch, diff).await?;
-    let pages = batch.len() as u64;
-    let add = Summary {
-        pages_loaded: pages,
-        changed: out.total.changed,
-        unchanged: out.total.unchanged,
-        dead_lettered: out.total.dead,
-        diff: diff.then_some(out.diff),
-        ..Summary::default()
+    mut outer: Option<&mut Transaction<'static, Postgres>>,
+) -> anyhow::Result<HashMap<RecordKey, String>> {
+    let mut bad = HashMap::new();
+    let none = HashSet::new();
+    let probe = LoadOpts {
+        only: Some(&none),
+        ..LoadOpts::default()
     };
-    summary.absorb(&add, None);
-    Ok(pages)
+    if let Err(e) = load_once(ctx, lctx, batch, probe, reborrow(&mut outer), true).await {
+        return match data_error(&e) {
+            Some(_) => Ok(bad),
+            None => Err(e),
+        };
+    }
+    let mut stack = vec![record_keys(batch)];
+    while let Some(set) = stack.pop() {
+        if set.is_empty() {
+            continue;
+        }
+        let only: HashSet<RecordKey> = set.iter().copied().collect();
+        let opts = LoadOpts {
+            only: Some(&only),
+            ..LoadOpts::default()
+        };
+        match load_once(ctx, lctx, batch, opts, reborrow(&mut outer), true).await {
+            Ok(_) => {}
+            Err(e) => match data_error(&e) {
+                Some(why) if set.len() == 1 => {
+                    bad.insert(set[0], why);
+                }
+                Some(_) => {
+                    let (a, b) = set.split_at(set.len() / 2);
+                    stack.push(b.to_vec());
+                    stack.push(a.to_vec());
+                }
+                None => return Err(e),
+            },
+        }
+    }
+    Ok(bad)
 }
 
 impl Summary {
-    /// Adds a batch's counts (and reports progress).
-    fn absorb(&mut self, b: &Summary, ctx: Option<&Ctx>) {
-        self.changed += b.changed;
-        self.unchanged += b.unchanged;
-        self.dead_lettered += b.dead_lettered;
-        self.pages_loaded += b.pages_loaded;
-        if let Some(d) = &b.diff {
-            self.diff.get_or_insert_with(DiffReport::default).add(d);
+    /// Adds a committed batch's counts (and reports progress).
+    fn absorb(&mut self, out: crate::load::BatchOutcome, pages: u64, diff: bool, ctx: &Ctx) {
+        self.changed += out.total.changed;
+        self.unchanged += out.total.unchanged;
+        self.dead_lettered += out.total.dead;
+        self.superseded += out.total.superseded;
+        self.pages_loaded += pages;
+        if diff {
+            self.diff
+                .get_or_insert_with(DiffReport::default)
+                .add(&out.diff);
         }
-        if let Some(p) = ctx.and_then(|c| c.progress.as_ref()) {
+        if let Some(p) = &ctx.progress {
             p(self.pages_loaded, self.records() as u64);
         }
     }
 }
 
-async fn read_bodies(store: &RawStore, pages: &[PageRef]) -> anyhow::Result<Vec<PageBody>> {
+/// Reads the bodies of `pages`. A page whose object is missing or corrupt is
+/// marked in the ledger and returned apart; a failing store is an error.
+async fn read_bodies(
+    ctx: &Ctx,
+    pages: &[PageRef],
+) -> anyhow::Result<(Vec<PageBody>, Vec<PageRef>)> {
     let reads = pages.iter().map(|p| async move {
-        let body: Bytes = store.get(&p.object_key).await?;
-        anyhow::Ok(PageBody {
-            page: p.clone(),
-            body,
-        })
+        let got = ctx.store.get_verified(&p.object_key).await?;
+        anyhow::Ok((p.clone(), got))
     });
-    futures::stream::iter(reads)
-        .buffered(4)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let results: Vec<anyhow::Result<(PageRef, Result<Bytes, ObjectProblem>)>> =
+        futures::stream::iter(reads).buffered(4).collect().await;
+    for r in results {
+        match r? {
+            (page, Ok(body)) => ok.push(PageBody { page, body }),
+            (page, Err(problem)) => {
+                tracing::warn!(
+                    event = "raw_object_lost", connection = %ctx.connection, raw_page = page.id,
+                    object = %page.object_key, "the raw object {problem}"
+                );
+                db::mark_object(&ctx.pool, page.id, problem.as_str()).await?;
+                bad.push(page);
+            }
+        }
+    }
+    Ok((ok, bad))
 }
 
 /// Reloads every stored page of the connection through the current mappers,
-/// without any source call. With `dry_run`, reports what would change and
-/// writes nothing (all batches share one transaction that is rolled back).
+/// without any source call. Pages whose object is missing or corrupt are
+/// skipped and counted. With `dry_run`, reports what would change and writes
+/// nothing (all batches share one transaction that is rolled back).
 pub async fn replay(
     ctx: &Ctx,
     only_stream: Option<&str>,
@@ -534,11 +917,16 @@ pub async fn replay(
         only_stream,
         "replay",
         dry_run,
-        async |_run, summary| {
+        async |run, defs, summary| {
             summary.diff = Some(DiffReport::default());
-            for def in streams(ctx, only_stream)? {
+            for def in defs {
                 let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
-                let lctx = LoadCtx::new(&ctx.connection, &def, mapping_id);
+                let lctx = LoadCtx::new(
+                    &ctx.connection,
+                    def,
+                    mapping_id,
+                    (!dry_run).then_some(run.lease),
+                );
                 let all = db::pages(&ctx.pool, &ctx.connection, def.name, false).await?;
                 // A dry run loads every batch in one transaction and rolls it back, so
                 // later batches see what earlier ones would have written.
@@ -548,11 +936,12 @@ pub async fn replay(
                     None
                 };
                 for chunk in all.chunks(BATCH_PAGES) {
-                    let bodies = read_bodies(&ctx.store, chunk).await?;
-                    match dry.as_mut() {
-                        Some(tx) => load_in(tx, &lctx, &bodies, summary, true).await?,
-                        None => load_and_count(ctx, &lctx, &bodies, summary, true).await?,
-                    };
+                    let (bodies, bad) = read_bodies(ctx, chunk).await?;
+                    summary.pages_missing += bad.len() as u64;
+                    if bodies.is_empty() {
+                        continue;
+                    }
+                    load_and_count(ctx, &lctx, &bodies, summary, true, dry.as_mut()).await?;
                 }
                 if let Some(tx) = dry {
                     tx.rollback().await?;

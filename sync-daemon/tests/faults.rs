@@ -89,7 +89,7 @@ async fn a_sync_failing_mid_way_then_rerun_loses_and_duplicates_nothing(pool: sq
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn malformed_pages_fail_clearly_and_bad_records_are_dead_lettered(pool: sqlx::PgPool) {
+async fn malformed_pages_are_dead_lettered_and_bad_records_too(pool: sqlx::PgPool) {
     let srv = MockServer::start().await;
     let mut body: serde_json::Value = serde_json::from_str(&page(0)).unwrap();
     body["total"] = serde_json::json!(100);
@@ -105,12 +105,23 @@ async fn malformed_pages_fail_clearly_and_bad_records_are_dead_lettered(pool: sq
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(
-        msgs[0],
-        "worker.hire_date at /hireDate: expected a number, found a number"
-            .replace("expected a number", "expected a string")
+    assert!(
+        msgs[0].starts_with("wd/workers raw page ")
+            && msgs[0].contains(" record 5 (")
+            && msgs[0]
+                .ends_with("worker.hire_date at /hireDate: expected a string, found a number"),
+        "{msgs:?}"
     );
     assert!(msgs[1].contains("is_manager"), "{msgs:?}");
+    let (field, pointer): (String, String) =
+        sqlx::query_as("select field, pointer from dead_letter order by record_ordinal limit 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (field.as_str(), pointer.as_str()),
+        ("hire_date", "/hireDate")
+    );
 
     let srv2 = MockServer::start().await;
     serve_page(
@@ -147,10 +158,25 @@ async fn malformed_pages_fail_clearly_and_bad_records_are_dead_lettered(pool: sq
     };
     let e = format!("{:#}", pipeline::sync(&c3, None).await.unwrap_err());
     assert!(
-        e.contains("malformed response body") && e.contains("offset 0"),
+        e.contains("could not be read") && e.contains("offset 0") && e.contains("not JSON"),
         "{e}"
     );
     assert_eq!(srv3.received_requests().await.unwrap().len(), 1);
+    // The body is stored verbatim and dead-lettered as a page; the stream
+    // asks for that page again next time instead of guessing past it.
+    let (ordinal, class): (Option<i32>, String) = sqlx::query_as(
+        "select record_ordinal, error_class from dead_letter where connection = 'wd3'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((ordinal, class.as_str()), (None, "unreadable_page"));
+    let next: serde_json::Value =
+        sqlx::query_scalar("select cursor -> 'next' from watermark where connection = 'wd3'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(next, serde_json::json!({"kind": "offset", "offset": 0}));
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

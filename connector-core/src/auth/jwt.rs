@@ -40,17 +40,17 @@ pub(crate) fn parse_private_key(pem: &SecretString) -> Result<PrivateKey, Error>
     Ok(PrivateKey(pair))
 }
 
+/// The label and base64 body of the first PEM block; `None` when the text
+/// has no well-formed `-----BEGIN L-----` … `-----END L-----` block.
 fn pem_body(text: &str) -> Option<(&str, String)> {
-    let start = text.find("-----BEGIN ")?;
-    let rest = &text[start + 11..];
-    let label_end = rest.find("-----")?;
-    let label = &rest[..label_end];
-    let body_start = label_end + 5;
-    let end = rest.find("-----END ")?;
-    let body: String = rest[body_start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
+    let (_, rest) = text.split_once("-----BEGIN ")?;
+    let (label, rest) = rest.split_once("-----")?;
+    let (body, rest) = rest.split_once("-----END ")?;
+    let (end_label, _) = rest.split_once("-----")?;
+    if label.is_empty() || label != end_label {
+        return None;
+    }
+    let body: String = body.chars().filter(|c| !c.is_whitespace()).collect();
     Some((label, body))
 }
 
@@ -174,6 +174,13 @@ pub(crate) mod tests {
             "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+            // Malformed framing that once sliced out of bounds.
+            "-----BEGIN -----END X-----",
+            "-----BEGIN PRIVATE KEY-----",
+            "-----BEGIN PRIVATE KEY-----AAAA-----END RSA PRIVATE KEY-----",
+            "-----END PRIVATE KEY----- -----BEGIN PRIVATE KEY-----",
+            "-----BEGIN ",
+            "-----BEGIN é-----\u{0}-----END é-----",
         ] {
             let e = parse_private_key(&pem.to_owned().into())
                 .unwrap_err()

@@ -251,6 +251,16 @@ pub trait Auth: Send + Sync + fmt::Debug {
     async fn credentials(&self, method: &str, url: &Url) -> Result<Credentials, Error>;
     /// Drops the cached credential after the source refused it.
     async fn invalidate(&self);
+    /// Every secret value this provider holds or has handed out (config
+    /// secrets, header values, current tokens): the HTTP stack scrubs them
+    /// from any text a source sends back.
+    fn secrets(&self) -> Vec<SecretString>;
+    /// Names of the query parameters this provider adds to requests: they
+    /// are stripped from next links a source echoes back (the provider adds
+    /// them again) and never stored.
+    fn query_params(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a provider needs besides its config.
@@ -270,29 +280,32 @@ pub struct AuthContext {
 pub fn provider(config: &AuthConfig, ctx: AuthContext) -> Result<Box<dyn Auth>, Error> {
     config.validate()?;
     Ok(match config {
-        AuthConfig::None => Box::new(Static(None)),
+        AuthConfig::None => Box::new(Static::new(None, Vec::new())),
         AuthConfig::ApiKey {
             key,
             header,
             query_param,
-        } => Box::new(Static(Some(match query_param {
-            Some(p) => Credentials {
-                headers: Vec::new(),
-                query: vec![(p.clone(), key.clone())],
-            },
-            None => {
-                let name = header.as_deref().unwrap_or("X-API-Key");
-                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    Error::Config(format!(
-                        "auth: api_key header {name:?} is not a valid header name"
-                    ))
-                })?;
-                Credentials {
-                    headers: vec![(name, key.clone())],
-                    query: Vec::new(),
+        } => Box::new(Static::new(
+            Some(match query_param {
+                Some(p) => Credentials {
+                    headers: Vec::new(),
+                    query: vec![(p.clone(), key.clone())],
+                },
+                None => {
+                    let name = header.as_deref().unwrap_or("X-API-Key");
+                    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        Error::Config(format!(
+                            "auth: api_key header {name:?} is not a valid header name"
+                        ))
+                    })?;
+                    Credentials {
+                        headers: vec![(name, key.clone())],
+                        query: Vec::new(),
+                    }
                 }
-            }
-        }))),
+            }),
+            vec![key.clone()],
+        )),
         AuthConfig::Basic { username, password } => {
             let raw = format!(
                 "{}:{}",
@@ -300,15 +313,20 @@ pub fn provider(config: &AuthConfig, ctx: AuthContext) -> Result<Box<dyn Auth>, 
                 password.as_ref().map(|p| p.expose_secret()).unwrap_or("")
             );
             let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-            Box::new(Static(Some(Credentials::header(
-                AUTHORIZATION,
-                format!("Basic {b64}"),
-            ))))
+            let mut secrets = vec![username.clone(), b64.clone().into()];
+            secrets.extend(password.clone());
+            Box::new(Static::new(
+                Some(Credentials::header(AUTHORIZATION, format!("Basic {b64}"))),
+                secrets,
+            ))
         }
-        AuthConfig::Bearer { token } => Box::new(Static(Some(Credentials::header(
-            AUTHORIZATION,
-            format!("Bearer {}", token.expose_secret()),
-        )))),
+        AuthConfig::Bearer { token } => Box::new(Static::new(
+            Some(Credentials::header(
+                AUTHORIZATION,
+                format!("Bearer {}", token.expose_secret()),
+            )),
+            vec![token.clone()],
+        )),
         AuthConfig::Oauth2ClientCredentials { .. }
         | AuthConfig::Oauth2RefreshToken { .. }
         | AuthConfig::JwtBearer { .. } => Box::new(oauth2::TokenAuth::new(config, ctx)?),
@@ -328,19 +346,32 @@ pub fn provider(config: &AuthConfig, ctx: AuthContext) -> Result<Box<dyn Auth>, 
     })
 }
 
-/// A credential that never changes (none, API key, basic, static bearer).
-struct Static(Option<Credentials>);
+/// A credential that never changes (none, API key, basic, static bearer),
+/// and the secret values it is made of.
+struct Static {
+    creds: Option<Credentials>,
+    secrets: Vec<SecretString>,
+}
+
+impl Static {
+    fn new(creds: Option<Credentials>, mut secrets: Vec<SecretString>) -> Self {
+        if let Some(c) = &creds {
+            secrets.extend(c.headers.iter().map(|(_, v)| v.clone()));
+        }
+        Self { creds, secrets }
+    }
+}
 
 impl fmt::Debug for Static {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Static({:?})", self.0)
+        write!(f, "Static({:?})", self.creds)
     }
 }
 
 #[async_trait]
 impl Auth for Static {
     async fn credentials(&self, _method: &str, _url: &Url) -> Result<Credentials, Error> {
-        Ok(match &self.0 {
+        Ok(match &self.creds {
             None => Credentials::default(),
             Some(c) => Credentials {
                 headers: c.headers.clone(),
@@ -349,6 +380,17 @@ impl Auth for Static {
         })
     }
     async fn invalidate(&self) {}
+
+    fn secrets(&self) -> Vec<SecretString> {
+        self.secrets.clone()
+    }
+
+    fn query_params(&self) -> Vec<String> {
+        self.creds
+            .iter()
+            .flat_map(|c| c.query.iter().map(|(k, _)| k.clone()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

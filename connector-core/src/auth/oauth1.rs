@@ -143,6 +143,15 @@ impl super::Auth for Tba {
     }
     // Each request is signed afresh: there is nothing cached to drop.
     async fn invalidate(&self) {}
+
+    fn secrets(&self) -> Vec<SecretString> {
+        vec![
+            self.consumer_key.clone(),
+            self.consumer_secret.clone(),
+            self.token_id.clone(),
+            self.token_secret.clone(),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub(crate) struct TokenAuth {
     scope: Option<String>,
     grant: Grant,
     cached: Mutex<Option<CachedToken>>,
+    /// Tokens handed out or received lately (access and rotated refresh
+    /// tokens), for [`super::Auth::secrets`].
+    seen: std::sync::Mutex<std::collections::VecDeque<SecretString>>,
 }
 
 impl fmt::Debug for TokenAuth {
@@ -62,15 +65,46 @@ impl fmt::Debug for TokenAuth {
     }
 }
 
+/// The largest token response read.
+const TOKEN_BODY_LIMIT: usize = 1 << 20;
+
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: SecretString,
     #[serde(default)]
     token_type: Option<String>,
+    /// Seconds; a number or a numeric string (some servers quote it).
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
     #[serde(default)]
     refresh_token: Option<SecretString>,
+}
+
+/// The token's lifetime from `expires_in`, clamped to
+/// `0..=`[`MAX_TOKEN_LIFETIME`](crate::transport::MAX_TOKEN_LIFETIME): a
+/// number or a numeric string; absent means [`DEFAULT_LIFETIME`]; anything
+/// else (negative, not a number) is a malformed token response.
+pub(crate) fn token_lifetime(expires_in: Option<&serde_json::Value>) -> Result<Duration, String> {
+    use serde_json::Value;
+    let secs: f64 = match expires_in {
+        None | Some(Value::Null) => return Ok(DEFAULT_LIFETIME),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(f64::NAN),
+        Some(_) => f64::NAN,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "expires_in is not a non-negative number of seconds: {}",
+            crate::snippet(
+                expires_in
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+                    .as_bytes()
+            )
+        ));
+    }
+    let max = crate::transport::MAX_TOKEN_LIFETIME;
+    Ok(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
 }
 
 impl TokenAuth {
@@ -145,7 +179,18 @@ impl TokenAuth {
             scope: scope.clone(),
             grant,
             cached: Mutex::new(None),
+            seen: Default::default(),
         })
+    }
+
+    /// Keeps the last few tokens so they can be scrubbed from error texts.
+    fn remember(&self, token: SecretString) {
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= 8 {
+                seen.pop_front();
+            }
+            seen.push_back(token);
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -222,25 +267,14 @@ impl TokenAuth {
         }
         let req = req.form(&form);
         drop(form);
-        let transport = |e: reqwest::Error| {
-            crate::http::transport_error(&endpoint, e, self.ctx.timeout, idempotent)
-        };
-        let exchange = async {
-            let resp = req.send().await.map_err(transport)?;
-            let status = resp.status().as_u16();
-            let body = resp.bytes().await.map_err(transport)?;
-            Ok::<_, Error>((status, body))
-        };
-        let (status, body) = match self.ctx.timeout {
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| Error::Timeout {
-                    endpoint: endpoint.clone(),
-                    after: t,
-                    idempotent,
-                })??,
-            None => exchange.await?,
-        };
+        let crate::transport::Exchange { status, body, .. } = crate::transport::exchange(
+            req,
+            &endpoint,
+            self.ctx.timeout,
+            idempotent,
+            TOKEN_BODY_LIMIT,
+        )
+        .await?;
         if matches!(status, 400 | 401 | 403) {
             // invalid_grant / invalid_client: only a person can fix this. The body
             // is an OAuth error object; only its `error` code is kept.
@@ -277,14 +311,17 @@ impl TokenAuth {
                 // Durable before use: if this process dies after this line, the
                 // next one starts from the rotated token, never the spent one.
                 self.ctx.store.save(key, &new).await?;
+                self.remember(new.clone());
                 *cur = Some(new);
                 rotated = true;
             }
         }
-        let lifetime = token
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_LIFETIME);
+        let lifetime =
+            token_lifetime(token.expires_in.as_ref()).map_err(|message| Error::Body {
+                endpoint: endpoint.clone(),
+                message,
+            })?;
+        self.remember(token.access_token.clone());
         TokenRefreshed {
             connection: &self.ctx.connection,
             strategy: self.strategy,
@@ -294,7 +331,10 @@ impl TokenAuth {
         .emit();
         Ok(CachedToken {
             header: format!("Bearer {}", token.access_token.expose_secret()).into(),
-            refresh_at: Instant::now() + lifetime - refresh_margin(lifetime),
+            refresh_at: crate::transport::instant_after(
+                Instant::now(),
+                lifetime - refresh_margin(lifetime),
+            ),
         })
     }
 }
@@ -323,6 +363,21 @@ impl super::Auth for TokenAuth {
     async fn invalidate(&self) {
         *self.cached.lock().await = None;
     }
+
+    fn secrets(&self) -> Vec<SecretString> {
+        let mut out: Vec<SecretString> = self
+            .seen
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Some((_, secret, _)) = &self.client {
+            out.push(secret.clone());
+        }
+        if let Grant::RefreshToken { seed, .. } = &self.grant {
+            out.push(seed.clone());
+        }
+        out
+    }
 }
 
 /// `application/x-www-form-urlencoded` encoding of a client id or secret, as
@@ -334,6 +389,30 @@ fn form_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_or_refused() {
+        use serde_json::json;
+        let max = crate::transport::MAX_TOKEN_LIFETIME;
+        assert_eq!(token_lifetime(None).unwrap(), DEFAULT_LIFETIME);
+        assert_eq!(
+            token_lifetime(Some(&json!(3599))).unwrap(),
+            Duration::from_secs(3599)
+        );
+        assert_eq!(
+            token_lifetime(Some(&json!("3599"))).unwrap(),
+            Duration::from_secs(3599)
+        );
+        assert_eq!(
+            token_lifetime(Some(&json!(18446744073709551615u64))).unwrap(),
+            max
+        );
+        assert_eq!(token_lifetime(Some(&json!(1e300))).unwrap(), max);
+        assert_eq!(token_lifetime(Some(&json!(0))).unwrap(), Duration::ZERO);
+        for bad in [json!(-1), json!("soon"), json!([1]), json!(true)] {
+            assert!(token_lifetime(Some(&bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn margin_is_bounded() {

@@ -93,6 +93,7 @@ pub fn ctx(
         http: Some(http),
         fetch_concurrency: 3,
         progress: None,
+        stop_on_signal: false,
     }
 }
 
