@@ -360,6 +360,37 @@ mod tests {
     }
 
     #[test]
+    fn rows_outside_the_canonical_domain_name_the_field() {
+        let bad = |w: Worker| Entity::Worker(w).into_row().check().unwrap_err();
+        let base = || Worker {
+            source_id: "w".into(),
+            ..Default::default()
+        };
+        let e = bad(Worker {
+            work_email: Some("a\u{0}@b".into()),
+            ..base()
+        });
+        assert_eq!(e.0, "work_email");
+        assert!(e.1.contains("NUL"), "{e:?}");
+        let e = bad(Worker {
+            hire_date: NaiveDate::from_ymd_opt(0, 1, 1),
+            ..base()
+        });
+        assert_eq!(e.0, "hire_date");
+        let e = bad(Worker {
+            source_id: "x".repeat(513),
+            ..base()
+        });
+        assert_eq!(e.0, "source_id");
+        let e = bad(Worker {
+            manager: Some("m\u{0}".into()),
+            ..base()
+        });
+        assert_eq!(e.0, "manager");
+        Entity::Worker(base()).into_row().check().unwrap();
+    }
+
+    #[test]
     fn unknown_entity_lists_the_valid_ones() {
         let e = "wrker".parse::<EntityKind>().unwrap_err();
         assert!(e.contains("worker, org_unit, location"), "{e}");

@@ -207,7 +207,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status { json } => {
-            let rows = status::status(&pool).await?;
+            let configured: Vec<status::Configured> = cfg
+                .connections
+                .iter()
+                .map(|c| status::Configured {
+                    connection: c.name.clone(),
+                    streams: registry::build(c)
+                        .map(|k| k.streams().iter().map(|d| d.name.to_owned()).collect())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let rows = status::status(&pool, &configured).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -165,13 +165,11 @@ enum Ended {
 /// lock and the streams' leases, closes runs a dead process left open,
 /// records the run, and finishes it with its counts and a terminal status
 /// whatever `body` does (returns, fails, panics, or is stopped by a signal).
-async fn ledgered_run(
-    ctx: &Ctx,
-    only_stream: Option<&str>,
-    mode: &str,
-    dry_run: bool,
-    body: impl AsyncFnOnce(&Run<'_>, &[StreamDef], &mut Summary) -> anyhow::Result<()>,
-) -> anyhow::Result<Summary> {
+async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyhow::Result<Summary> {
+    let (mode, dry_run) = match work {
+        Work::Sync => ("full", false),
+        Work::Replay { dry_run } => ("replay", dry_run),
+    };
     let started = Instant::now();
     let defs = streams(ctx, only_stream)?;
     db::ensure_connection(&ctx.pool, &ctx.connection, ctx.connector.name()).await?;
@@ -191,7 +189,15 @@ async fn ledgered_run(
                 id: run,
                 lease: &lease,
             };
-            let work = std::panic::AssertUnwindSafe(body(&r, &defs, &mut summary)).catch_unwind();
+            let body = async {
+                match work {
+                    Work::Sync => sync_streams(ctx, &r, &defs, &mut summary).await,
+                    Work::Replay { dry_run } => {
+                        replay_streams(ctx, &r, &defs, dry_run, &mut summary).await
+                    }
+                }
+            };
+            let work = std::panic::AssertUnwindSafe(body).catch_unwind();
             let ended = if ctx.stop_on_signal {
                 tokio::select! {
                     r = work => r.map_or_else(|p| Ended::Panicked(panic_text(p)), Ended::Done),
@@ -281,26 +287,33 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// What a ledgered run does.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Sync,
+    Replay { dry_run: bool },
+}
+
 /// Fetches every page of the connection's streams into the raw store and loads them.
 pub async fn sync(ctx: &Ctx, only_stream: Option<&str>) -> anyhow::Result<Summary> {
-    ledgered_run(
-        ctx,
-        only_stream,
-        "full",
-        false,
-        async |run, defs, summary| {
-            for def in defs {
-                sync_stream(ctx, run, def, summary).await.map_err(|e| {
-                    e.context(format!(
-                        "connection {:?}, stream {}",
-                        ctx.connection, def.name
-                    ))
-                })?;
-            }
-            Ok(())
-        },
-    )
-    .await
+    ledgered_run(ctx, only_stream, Work::Sync).await
+}
+
+async fn sync_streams(
+    ctx: &Ctx,
+    run: &Run<'_>,
+    defs: &[StreamDef],
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    for def in defs {
+        sync_stream(ctx, run, def, summary).await.map_err(|e| {
+            e.context(format!(
+                "connection {:?}, stream {}",
+                ctx.connection, def.name
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// The wait of a deferred call in an error chain.
@@ -879,10 +892,19 @@ async fn read_bodies(
     ctx: &Ctx,
     pages: &[PageRef],
 ) -> anyhow::Result<(Vec<PageBody>, Vec<PageRef>)> {
-    let reads = pages.iter().map(|p| async move {
-        let got = ctx.store.get_verified(&p.object_key).await?;
-        anyhow::Ok((p.clone(), got))
-    });
+    async fn read_one(
+        store: RawStore,
+        page: PageRef,
+    ) -> anyhow::Result<(PageRef, Result<Bytes, ObjectProblem>)> {
+        let got = store.get_verified(&page.object_key).await?;
+        Ok((page, got))
+    }
+    // Owned futures (a named async fn over owned values): the whole run's
+    // future stays `Send` for any lifetime, so it can be spawned.
+    let reads: Vec<_> = pages
+        .iter()
+        .map(|p| read_one(ctx.store.clone(), p.clone()))
+        .collect();
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     let results: Vec<anyhow::Result<(PageRef, Result<Bytes, ObjectProblem>)>> =
@@ -912,43 +934,44 @@ pub async fn replay(
     only_stream: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<Summary> {
-    ledgered_run(
-        ctx,
-        only_stream,
-        "replay",
-        dry_run,
-        async |run, defs, summary| {
-            summary.diff = Some(DiffReport::default());
-            for def in defs {
-                let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
-                let lctx = LoadCtx::new(
-                    &ctx.connection,
-                    def,
-                    mapping_id,
-                    (!dry_run).then_some(run.lease),
-                );
-                let all = db::pages(&ctx.pool, &ctx.connection, def.name, false).await?;
-                // A dry run loads every batch in one transaction and rolls it back, so
-                // later batches see what earlier ones would have written.
-                let mut dry = if dry_run {
-                    Some(ctx.pool.begin().await?)
-                } else {
-                    None
-                };
-                for chunk in all.chunks(BATCH_PAGES) {
-                    let (bodies, bad) = read_bodies(ctx, chunk).await?;
-                    summary.pages_missing += bad.len() as u64;
-                    if bodies.is_empty() {
-                        continue;
-                    }
-                    load_and_count(ctx, &lctx, &bodies, summary, true, dry.as_mut()).await?;
-                }
-                if let Some(tx) = dry {
-                    tx.rollback().await?;
-                }
+    ledgered_run(ctx, only_stream, Work::Replay { dry_run }).await
+}
+
+async fn replay_streams(
+    ctx: &Ctx,
+    run: &Run<'_>,
+    defs: &[StreamDef],
+    dry_run: bool,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    summary.diff = Some(DiffReport::default());
+    for def in defs {
+        let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
+        let lctx = LoadCtx::new(
+            &ctx.connection,
+            def,
+            mapping_id,
+            (!dry_run).then_some(run.lease),
+        );
+        let all = db::pages(&ctx.pool, &ctx.connection, def.name, false).await?;
+        // A dry run loads every batch in one transaction and rolls it back, so
+        // later batches see what earlier ones would have written.
+        let mut dry = if dry_run {
+            Some(ctx.pool.begin().await?)
+        } else {
+            None
+        };
+        for chunk in all.chunks(BATCH_PAGES) {
+            let (bodies, bad) = read_bodies(ctx, chunk).await?;
+            summary.pages_missing += bad.len() as u64;
+            if bodies.is_empty() {
+                continue;
             }
-            Ok(())
-        },
-    )
-    .await
+            load_and_count(ctx, &lctx, &bodies, summary, true, dry.as_mut()).await?;
+        }
+        if let Some(tx) = dry {
+            tx.rollback().await?;
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,11 @@ pub struct StreamStatus {
     pub last_run_error: Option<String>,
     pub pages: i64,
     pub pages_unloaded: i64,
+    /// Pages whose raw object was found missing or corrupt.
+    pub pages_missing: i64,
+    pub pages_corrupt: i64,
+    /// Pages whose body could not be read as a page (dead-lettered).
+    pub pages_unreadable: i64,
     pub records: i64,
     pub watermark: Option<serde_json::Value>,
     pub dead_letters_open: i64,
@@ -40,8 +45,18 @@ pub struct Status {
     pub circuit_breakers: Vec<BreakerStatus>,
 }
 
-pub async fn status(pool: &PgPool) -> anyhow::Result<Status> {
-    let streams = streams(pool).await?;
+/// A connection of the config and its streams (empty when its connector
+/// cannot be built: it is still listed).
+#[derive(Debug, Clone)]
+pub struct Configured {
+    pub connection: String,
+    pub streams: Vec<String>,
+}
+
+/// Every stream of the ledger and of `configured`: a configured connection
+/// that never stored a page still shows, with its last run and its error.
+pub async fn status(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Status> {
+    let streams = streams(pool, configured).await?;
     let circuit_breakers = sqlx::query(
         "select connection, host, state, consecutive_failures, times_opened, retry_at, updated_at
          from circuit_breaker order by 1, 2",
@@ -65,23 +80,54 @@ pub async fn status(pool: &PgPool) -> anyhow::Result<Status> {
     })
 }
 
-async fn streams(pool: &PgPool) -> anyhow::Result<Vec<StreamStatus>> {
+/// The stream name shown for a connection whose streams are unknown.
+pub const ANY_STREAM: &str = "-";
+
+async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec<StreamStatus>> {
+    let mut conns = Vec::new();
+    let mut names = Vec::new();
+    for c in configured {
+        if c.streams.is_empty() {
+            conns.push(c.connection.clone());
+            names.push(ANY_STREAM.to_owned());
+        }
+        for s in &c.streams {
+            conns.push(c.connection.clone());
+            names.push(s.clone());
+        }
+    }
     let rows = sqlx::query(
-        "with streams as (
+        "with known as (
             select distinct connection, stream from raw_page
-            union select connection, stream from watermark)
+            union select connection, stream from watermark
+            union select connection, stream from sync_run where stream is not null
+            union select * from unnest($1::text[], $2::text[])),
+         streams as (
+            select * from known where stream <> $3 or not exists (
+                select 1 from known k where k.connection = known.connection and k.stream <> $3)
+            union select distinct r.connection, $3 from sync_run r
+                  where not exists (select 1 from known k where k.connection = r.connection))
          select s.connection, s.stream, r.id, r.mode, r.status, r.started_at, r.error, r.resume_at,
-                (select count(*) from raw_page p where p.connection = s.connection and p.stream = s.stream),
-                (select count(*) from raw_page p where p.connection = s.connection and p.stream = s.stream and p.loaded_at is null),
+                p.pages, p.unloaded,
                 (select count(distinct d.source_id) from derivation d where d.connection = s.connection and d.stream = s.stream),
                 w.cursor,
-                (select count(*) from dead_letter x where x.connection = s.connection and x.stream = s.stream and x.status = 'open')
+                (select count(*) from dead_letter x where x.connection = s.connection and x.stream = s.stream and x.status = 'open'),
+                p.missing, p.corrupt, p.unreadable
          from streams s
          left join watermark w on w.connection = s.connection and w.stream = s.stream
+         left join lateral (select count(*) as pages,
+                                   count(*) filter (where loaded_at is null and object_state = 'stored') as unloaded,
+                                   count(*) filter (where object_state = 'missing') as missing,
+                                   count(*) filter (where object_state = 'corrupt') as corrupt,
+                                   count(*) filter (where parse_error is not null) as unreadable
+                            from raw_page p where p.connection = s.connection and p.stream = s.stream) p on true
          left join lateral (select * from sync_run r where r.connection = s.connection
                             and (r.stream is null or r.stream = s.stream) order by r.id desc limit 1) r on true
          order by 1, 2",
     )
+    .bind(&conns)
+    .bind(&names)
+    .bind(ANY_STREAM)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -100,6 +146,9 @@ async fn streams(pool: &PgPool) -> anyhow::Result<Vec<StreamStatus>> {
             records: r.get(10),
             watermark: r.get(11),
             dead_letters_open: r.get(12),
+            pages_missing: r.get(13),
+            pages_corrupt: r.get(14),
+            pages_unreadable: r.get(15),
         })
         .collect())
 }
@@ -111,16 +160,27 @@ pub fn render(status: &Status) -> String {
     }
     let mut out = String::new();
     for s in rows {
+        let mut lost = Vec::new();
+        for (n, what) in [
+            (s.pages_unloaded, "unloaded"),
+            (s.pages_missing, "object missing"),
+            (s.pages_corrupt, "object corrupt"),
+            (s.pages_unreadable, "unreadable"),
+        ] {
+            if n > 0 || what == "unloaded" {
+                lost.push(format!("{n} {what}"));
+            }
+        }
         out.push_str(&format!(
-            "{}/{}: last run {} ({} {}{}), pages {} ({} unloaded), records {}, dead letters {}, watermark {}\n",
+            "{}/{}: last run {} ({} {}{}), pages {} ({}), records {}, dead letters {}, watermark {}\n",
             s.connection,
             s.stream,
             s.last_run_id.map(|i| format!("#{i}")).unwrap_or_else(|| "-".into()),
-            s.last_run_mode.as_deref().unwrap_or("-"),
+            s.last_run_mode.as_deref().unwrap_or("never run"),
             s.last_run_status.as_deref().unwrap_or("-"),
             s.last_run_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default(),
             s.pages,
-            s.pages_unloaded,
+            lost.join(", "),
             s.records,
             s.dead_letters_open,
             s.watermark.as_ref().map(|w| w.to_string()).unwrap_or_else(|| "-".into()),

@@ -67,6 +67,15 @@ async fn a_sync_failing_mid_way_then_rerun_loses_and_duplicates_nothing(pool: sq
         .await,
         1
     );
+    assert_eq!(
+        count(
+            &pool,
+            "select pages::bigint from sync_run where status = 'failed'"
+        )
+        .await,
+        2,
+        "a failed run records the pages it stored"
+    );
 
     serve_page(
         &srv,

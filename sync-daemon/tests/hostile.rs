@@ -1,0 +1,511 @@
+//! Hostile and unlucky input through the whole pipeline: poison records,
+//! unreadable pages, values Postgres refuses, duplicates, repeated failures,
+//! absurd answers and panics. No stalled stream, no lost or duplicated
+//! record, every run ends in a terminal state, and the counts add up.
+
+mod common;
+
+use common::*;
+use connector_core::{AuthConfig, RawStore};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use sync_daemon::{db::MIGRATOR, pipeline};
+use wiremock::matchers::{path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn bearer() -> AuthConfig {
+    AuthConfig::Bearer {
+        token: "tok-5ecret-9d2f".to_owned().into(),
+    }
+}
+
+/// The recorded workers, as JSON values.
+fn workers() -> Vec<Value> {
+    let mut all = Vec::new();
+    for offset in [0, 100, 200] {
+        let page: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture_dir().join(format!("{offset}.json"))).unwrap(),
+        )
+        .unwrap();
+        all.extend(page["data"].as_array().unwrap().iter().cloned());
+    }
+    all
+}
+
+/// Serves `pages` (verbatim bodies) at offsets `limit` apart.
+async fn serve(srv: &MockServer, limit: usize, pages: &[String]) {
+    for (i, body) in pages.iter().enumerate() {
+        Mock::given(path("/ccx/api/common/v1/acme/workers"))
+            .and(query_param("offset", (i * limit).to_string()))
+            .respond_with(ResponseTemplate::new(200).set_body_string(body.clone()))
+            .mount(srv)
+            .await;
+    }
+}
+
+/// A page body with a total, its records given as JSON text.
+fn page_text(total: usize, records: &[String]) -> String {
+    format!("{{\"total\": {total}, \"data\": [{}]}}", records.join(", "))
+}
+
+fn workday_sized(base: &str, page_size: u32) -> workday::Workday {
+    use connector_core::Connector;
+    workday::Workday::new(
+        serde_json::from_value(json!({"base_url": base, "tenant": "acme", "page_size": page_size}))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn ctx_for(pool: &sqlx::PgPool, srv: &MockServer, page_size: u32) -> pipeline::Ctx {
+    let store = RawStore::in_memory();
+    pipeline::Ctx {
+        fetch_concurrency: 2,
+        ..ctx(
+            pool,
+            &store,
+            Arc::new(workday_sized(&srv.uri(), page_size)),
+            &bearer(),
+        )
+    }
+}
+
+/// Every run ended, and the ledger's counts add up per page and per run.
+async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
+    assert_eq!(
+        count(
+            pool,
+            "select count(*) from sync_run where status = 'running'"
+        )
+        .await,
+        0,
+        "a run was left running"
+    );
+    assert_eq!(
+        count(
+            pool,
+            "select count(*) from raw_page where loaded_at is null and object_state = 'stored'"
+        )
+        .await,
+        0,
+        "pages stuck unloaded"
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn poison_records_are_dead_lettered_and_the_rest_of_the_page_loads(pool: sqlx::PgPool) {
+    let base = workers();
+    let rec = |i: usize, f: &dyn Fn(&mut Value)| {
+        let mut r = base[i].clone();
+        f(&mut r);
+        serde_json::to_string(&r).unwrap()
+    };
+    let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+    let records = vec![
+        rec(0, &|_| {}),
+        rec(1, &|r| r["descriptor"] = json!("Ann\u{0}e")),
+        rec(2, &|r| r["hireDate"] = json!("0000-01-01")),
+        rec(3, &|r| r["unused"] = json!("@@BIG@@")).replace("\"@@BIG@@\"", "1e400"),
+        rec(4, &|r| r["unused"] = json!("@@DEEP@@")).replace("\"@@DEEP@@\"", &deep),
+        rec(5, &|r| r["descriptor"] = json!("@@SURROGATE@@")).replace("@@SURROGATE@@", "\\ud800"),
+        rec(6, &|r| r["id"] = json!("a\u{0}b")),
+        rec(7, &|r| r["id"] = json!("x".repeat(600))),
+        rec(8, &|r| r["location"]["id"] = json!("loc\u{0}")),
+        rec(9, &|r| r["lastModified"] = json!("/Date(253402300800000)/")),
+        rec(10, &|r| r["id"] = json!("@@ID@@")).replace("\"@@ID@@\"", "5e400"),
+        rec(11, &|r| r["businessTitle"] = json!("t".repeat(1_100_000))),
+        rec(12, &|_| {}),
+    ];
+    let srv = MockServer::start().await;
+    serve(&srv, 100, &[page_text(13, &records)]).await;
+    let c = ctx_for(&pool, &srv, 100);
+    let s = pipeline::sync(&c, None).await.expect("the run succeeds");
+    assert_eq!((s.changed, s.dead_lettered, s.superseded), (2, 11, 0));
+    assert_ledger_consistent(&pool).await;
+    let dead: Vec<(i32, String, Option<String>, String)> = sqlx::query_as(
+        "select record_ordinal, error_class, field, message from dead_letter order by record_ordinal",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let by_ord = |o: i32| dead.iter().find(|d| d.0 == o).unwrap();
+    for (ord, class, field, says) in [
+        (1, "mapping", Some("display_name"), "NUL"),
+        (2, "mapping", Some("hire_date"), "year 0"),
+        (3, "parse", None, "number out of range"),
+        (4, "parse", None, "recursion limit"),
+        (5, "parse", None, "escape"),
+        (6, "no_primary_key", Some("source_id"), "NUL"),
+        (7, "no_primary_key", Some("source_id"), "600 bytes"),
+        (8, "mapping", Some("location"), "NUL"),
+        (9, "mapping", Some("source_modified_at"), "year 10000"),
+        (10, "no_primary_key", Some("source_id"), "/id"),
+        (11, "mapping", Some("business_title"), "over the limit"),
+    ] {
+        let d = by_ord(ord);
+        assert_eq!(d.1, class, "record {ord}: {d:?}");
+        assert_eq!(d.2.as_deref(), field, "record {ord}: {d:?}");
+        assert!(d.3.contains(says), "record {ord}: {d:?}");
+    }
+    // Messages name the connection, stream, raw page and record position.
+    assert!(
+        by_ord(1).3.starts_with("wd/workers raw page ") && by_ord(1).3.contains(" record 1 ("),
+        "{}",
+        by_ord(1).3
+    );
+
+    // The same bad records again: one open dead letter each, seen twice.
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.changed, s.unchanged, s.dead_lettered), (0, 2, 11));
+    assert_eq!(count(&pool, "select count(*) from dead_letter").await, 11);
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from dead_letter where status = 'open' and times_seen = 2"
+        )
+        .await,
+        11
+    );
+    assert_ledger_consistent(&pool).await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_value_postgres_still_refuses_is_isolated_and_the_rest_loads(pool: sqlx::PgPool) {
+    // A rule the loader cannot know about (a DBA's check constraint).
+    sqlx::query(
+        "alter table worker add constraint no_poison check (display_name <> 'Poison Pill')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut all = workers();
+    all[137]["descriptor"] = json!("Poison Pill");
+    all[203]["descriptor"] = json!("Poison Pill");
+    let pages: Vec<String> = all
+        .chunks(100)
+        .map(|c| {
+            let recs: Vec<String> = c.iter().map(|r| r.to_string()).collect();
+            page_text(260, &recs)
+        })
+        .collect();
+    let srv = MockServer::start().await;
+    serve(&srv, 100, &pages).await;
+    let c = ctx_for(&pool, &srv, 100);
+    let s = pipeline::sync(&c, None).await.expect("the run succeeds");
+    assert_eq!((s.changed, s.dead_lettered), (258, 2));
+    let msgs: Vec<String> = sqlx::query_scalar(
+        "select message from dead_letter where error_class = 'database' order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(msgs.len(), 2);
+    assert!(
+        msgs[0].contains("23514") && msgs[0].contains("no_poison"),
+        "{msgs:?}"
+    );
+    assert_eq!(count(&pool, "select count(*) from worker").await, 258);
+    assert_ledger_consistent(&pool).await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_unreadable_page_is_dead_lettered_and_the_stream_moves_on(pool: sqlx::PgPool) {
+    let all = workers();
+    let page = |from: usize| {
+        let recs: Vec<String> = all[from..from + 100]
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        page_text(300, &recs)
+    };
+    // The middle page is not JSON; the total says more follow.
+    let pages = vec![
+        page(0),
+        "<html>Service temporarily unavailable</html>".to_owned(),
+        page(100),
+    ];
+    let srv = MockServer::start().await;
+    serve(&srv, 100, &pages).await;
+    let c = ctx_for(&pool, &srv, 100);
+    let s = pipeline::sync(&c, None).await.expect("the run succeeds");
+    assert_eq!((s.pages_fetched, s.changed), (3, 200));
+    let (ord, class, msg): (Option<i32>, String, String) =
+        sqlx::query_as("select record_ordinal, error_class, message from dead_letter")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((ord, class.as_str()), (None, "unreadable_page"));
+    assert!(msg.contains("not JSON"), "{msg}");
+    assert_ledger_consistent(&pool).await;
+    // Again: the page dead letter is the same one, seen twice.
+    pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "select sum(times_seen) from dead_letter where status = 'open'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(count(&pool, "select count(*) from dead_letter").await, 1);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_source_id_repeated_on_a_page_ends_as_its_last_occurrence(pool: sqlx::PgPool) {
+    let all = workers();
+    let mut first = all[0].clone();
+    first["businessTitle"] = json!("Old Title");
+    let mut last = all[0].clone();
+    last["businessTitle"] = json!("New Title");
+    let recs: Vec<String> = [first, all[1].clone(), last, all[2].clone()]
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let srv = MockServer::start().await;
+    serve(&srv, 100, &[page_text(4, &recs)]).await;
+    let c = ctx_for(&pool, &srv, 100);
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.changed, s.superseded), (3, 1));
+    let title =
+        "select business_title from worker where source_id = 'c3dd75f6808578e6ec925f09a227f039'";
+    let t: String = sqlx::query_scalar(title).fetch_one(&pool).await.unwrap();
+    assert_eq!(t, "New Title");
+    let derivations = count(&pool, "select count(*) from derivation").await;
+    // Re-syncs neither flip the row nor write anything.
+    for _ in 0..2 {
+        let s = pipeline::sync(&c, None).await.unwrap();
+        assert_eq!((s.changed, s.unchanged, s.superseded), (0, 3, 1));
+        let t: String = sqlx::query_scalar(title).fetch_one(&pool).await.unwrap();
+        assert_eq!(t, "New Title");
+    }
+    assert_eq!(
+        count(&pool, "select count(*) from derivation").await,
+        derivations
+    );
+    let (seen, sup): (i64, i64) = sqlx::query_as(
+        "select sum(records_seen)::bigint, sum(records_superseded)::bigint from sync_run",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((seen, sup), (12, 3));
+    // A replay into an empty model agrees with the live state.
+    let live = state(&pool).await;
+    sqlx::query(
+        "truncate worker, org_unit, location, source_link, derivation, dead_letter cascade",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("update raw_page set loaded_at = null")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = pipeline::replay(&c, None, false).await.unwrap();
+    // Three stored copies of the page: the last copy's records win; the two
+    // older copies' records and each copy's first occurrence are superseded.
+    assert_eq!((r.changed, r.superseded), (3, 9));
+    assert_eq!(state(&pool).await, live);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_panicking_mapper_fails_the_run_instead_of_leaving_it_running(pool: sqlx::PgPool) {
+    #[derive(Debug)]
+    struct Panics(workday::WorkersMapper);
+    impl canonical_model::Mapper for Panics {
+        fn mapping(&self) -> &canonical_model::MappingVersion {
+            self.0.mapping()
+        }
+        fn map(
+            &self,
+            _: &Value,
+        ) -> Result<Vec<canonical_model::Entity>, canonical_model::MapError> {
+            panic!("mapper bug")
+        }
+    }
+    let srv = MockServer::start().await;
+    let recs: Vec<String> = workers()[..3].iter().map(|r| r.to_string()).collect();
+    serve(&srv, 100, &[page_text(3, &recs)]).await;
+    let connector = workday_sized(&srv.uri(), 100)
+        .with_workers_mapper(Arc::new(Panics(workday::WorkersMapper::new())));
+    let store = RawStore::in_memory();
+    let c = ctx(&pool, &store, Arc::new(connector), &bearer());
+    let e = pipeline::sync(&c, None).await.unwrap_err().to_string();
+    assert!(
+        e.contains("internal error") && e.contains("mapper bug"),
+        "{e}"
+    );
+    let (status, error): (String, String) = sqlx::query_as("select status, error from sync_run")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("mapper bug"), "{error}");
+    // The lock and the leases were released: the next run can start.
+    let good = ctx_for(&pool, &srv, 100);
+    pipeline::sync(&good, None).await.unwrap();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn absurd_answers_end_runs_in_a_terminal_state(pool: sqlx::PgPool) {
+    let cases: Vec<(&str, ResponseTemplate, &str)> = vec![
+        (
+            "reset",
+            ResponseTemplate::new(429).insert_header("X-RateLimit-Reset", "1e20"),
+            "deferred",
+        ),
+        (
+            "retry_after",
+            ResponseTemplate::new(503).insert_header("Retry-After", "9000000000000"),
+            "deferred",
+        ),
+        (
+            "huge",
+            ResponseTemplate::new(200).set_body_string(format!(
+                "{{\"total\": 1, \"data\": [\"{}\"]}}",
+                "x".repeat(2 << 20)
+            )),
+            "failed",
+        ),
+        (
+            "total",
+            ResponseTemplate::new(200)
+                .set_body_string("{\"total\": 10000000000000, \"data\": []}".to_owned()),
+            "succeeded",
+        ),
+    ];
+    for (name, resp, want) in cases {
+        let srv = MockServer::start().await;
+        Mock::given(path("/ccx/api/common/v1/acme/workers"))
+            .respond_with(resp)
+            .mount(&srv)
+            .await;
+        let mut c = ctx_for(&pool, &srv, 100);
+        c.connection = format!("wd-{name}");
+        let mut settings = connector_core::HttpSettings {
+            max_body_bytes: 1 << 20,
+            ..Default::default()
+        };
+        settings.retry.base_delay = std::time::Duration::from_millis(1);
+        c.http = Some(
+            connector_core::HttpClient::connect(
+                &c.connection,
+                c.connector.as_ref(),
+                &bearer(),
+                settings,
+                Arc::new(connector_core::auth::MemoryCredentialStore::default()),
+            )
+            .unwrap(),
+        );
+        let r = pipeline::sync(&c, None).await;
+        let (status, error, resume): (
+            String,
+            Option<String>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ) = sqlx::query_as("select status, error, resume_at from sync_run where connection = $1")
+            .bind(&c.connection)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(status, want, "{name}: {r:?} {error:?}");
+        if want == "deferred" {
+            assert!(resume.is_some_and(|t| t > chrono::Utc::now() + chrono::Duration::days(6)));
+        }
+        if name == "huge" {
+            let e = error.unwrap();
+            assert!(
+                e.contains("max_body_bytes") && e.contains("/workers"),
+                "{e}"
+            );
+        }
+    }
+    assert_ledger_consistent(&pool).await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_echoed_token_never_reaches_the_ledger(pool: sqlx::PgPool) {
+    let srv = MockServer::start().await;
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .respond_with(|req: &wiremock::Request| {
+            let auth = req.headers.get("authorization").unwrap().to_str().unwrap();
+            ResponseTemplate::new(403).set_body_string(format!(
+                "{{\"error\": \"forbidden\", \"request\": {{\"headers\": {{\"Authorization\": \"{auth}\"}}}}, \"hint\": \"token tok-5ecret-9d2f is not allowed\"}}"
+            ))
+        })
+        .mount(&srv)
+        .await;
+    let c = ctx_for(&pool, &srv, 100);
+    let e = format!("{:#}", pipeline::sync(&c, None).await.unwrap_err());
+    let stored: String = sqlx::query_scalar("select error from sync_run")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for text in [&e, &stored] {
+        assert!(
+            text.contains("HTTP 403") && text.contains("forbidden"),
+            "{text}"
+        );
+        assert!(!text.contains("5ecret"), "the token leaked: {text}");
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn status_lists_every_configured_connection_even_one_that_never_stored_a_page(
+    pool: sqlx::PgPool,
+) {
+    use sync_daemon::status::{Configured, status};
+    let srv = MockServer::start().await;
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("no such tenant"))
+        .mount(&srv)
+        .await;
+    let c = ctx_for(&pool, &srv, 100);
+    pipeline::sync(&c, None).await.unwrap_err();
+    let configured = vec![
+        Configured {
+            connection: "wd".into(),
+            streams: vec!["workers".into()],
+        },
+        Configured {
+            connection: "never-synced".into(),
+            streams: vec!["workers".into()],
+        },
+        Configured {
+            connection: "broken-config".into(),
+            streams: vec![],
+        },
+    ];
+    let st = status(&pool, &configured).await.unwrap();
+    let rows: Vec<(&str, &str, Option<&str>)> = st
+        .streams
+        .iter()
+        .map(|s| {
+            (
+                s.connection.as_str(),
+                s.stream.as_str(),
+                s.last_run_status.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("broken-config", "-", None),
+            ("never-synced", "workers", None),
+            ("wd", "workers", Some("failed")),
+        ]
+    );
+    let wd = &st.streams[2];
+    assert!(
+        wd.last_run_error
+            .as_deref()
+            .is_some_and(|e| e.contains("HTTP 404")),
+        "{wd:?}"
+    );
+    let text = sync_daemon::status::render(&st);
+    assert!(
+        text.contains("never-synced/workers: last run - (never run"),
+        "{text}"
+    );
+    assert!(text.contains("HTTP 404"), "{text}");
+}
