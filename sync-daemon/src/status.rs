@@ -24,6 +24,20 @@ pub struct StreamStatus {
     pub dead_letters_open: i64,
     /// A deferred last run: when the next sync may resume.
     pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the last run did with the records it saw.
+    pub last_run_counts: Option<RunCounts>,
+}
+
+/// A run's records: `seen = changed + unchanged + dead + superseded`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RunCounts {
+    pub seen: i64,
+    pub changed: i64,
+    pub unchanged: i64,
+    pub dead: i64,
+    /// Records another record with the same source id won over (a later
+    /// occurrence on the same page, or a newer version).
+    pub superseded: i64,
 }
 
 /// The last known circuit breaker state of a connection's host.
@@ -112,7 +126,8 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                 (select count(distinct d.source_id) from derivation d where d.connection = s.connection and d.stream = s.stream),
                 w.cursor,
                 (select count(*) from dead_letter x where x.connection = s.connection and x.stream = s.stream and x.status = 'open'),
-                p.missing, p.corrupt, p.unreadable
+                p.missing, p.corrupt, p.unreadable,
+                r.records_seen, r.records_changed, r.records_unchanged, r.records_dead, r.records_superseded
          from streams s
          left join watermark w on w.connection = s.connection and w.stream = s.stream
          left join lateral (select count(*) as pages,
@@ -149,6 +164,13 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
             pages_missing: r.get(13),
             pages_corrupt: r.get(14),
             pages_unreadable: r.get(15),
+            last_run_counts: r.get::<Option<i64>, _>(16).map(|seen| RunCounts {
+                seen,
+                changed: r.get(17),
+                unchanged: r.get(18),
+                dead: r.get(19),
+                superseded: r.get(20),
+            }),
         })
         .collect())
 }
@@ -171,13 +193,24 @@ pub fn render(status: &Status) -> String {
                 lost.push(format!("{n} {what}"));
             }
         }
+        let counts = s
+            .last_run_counts
+            .filter(|c| c.seen > 0)
+            .map(|c| {
+                format!(
+                    "; {} seen = {} changed + {} unchanged + {} dead-lettered + {} superseded",
+                    c.seen, c.changed, c.unchanged, c.dead, c.superseded
+                )
+            })
+            .unwrap_or_default();
         out.push_str(&format!(
-            "{}/{}: last run {} ({} {}{}), pages {} ({}), records {}, dead letters {}, watermark {}\n",
+            "{}/{}: last run {} ({} {}{}{}), pages {} ({}), records {}, dead letters {}, watermark {}\n",
             s.connection,
             s.stream,
             s.last_run_id.map(|i| format!("#{i}")).unwrap_or_else(|| "-".into()),
             s.last_run_mode.as_deref().unwrap_or("never run"),
             s.last_run_status.as_deref().unwrap_or("-"),
+            counts,
             s.last_run_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default(),
             s.pages,
             lost.join(", "),

@@ -6,64 +6,16 @@ mod common;
 
 use common::*;
 use connector_core::{AuthConfig, RawStore};
-use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use sync_daemon::db::{self, MIGRATOR};
 use sync_daemon::load::{LoadCtx, LoadOpts, PageBody, load_batch};
 use sync_daemon::pipeline;
-use wiremock::matchers::path;
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
-
-fn workers() -> Vec<Value> {
-    let mut all = Vec::new();
-    for offset in [0, 100, 200] {
-        let page: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture_dir().join(format!("{offset}.json"))).unwrap(),
-        )
-        .unwrap();
-        all.extend(page["data"].as_array().unwrap().iter().cloned());
-    }
-    all
-}
-
-/// The recorded workers, served `limit` at a time, each page after `delay`.
-async fn slow_source(delay: Duration) -> MockServer {
-    let srv = MockServer::start().await;
-    let all = Arc::new(workers());
-    Mock::given(path("/ccx/api/common/v1/acme/workers"))
-        .respond_with(move |req: &Request| {
-            let q = |k: &str| -> usize {
-                req.url
-                    .query_pairs()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.parse().unwrap())
-                    .unwrap()
-            };
-            let (offset, limit) = (q("offset"), q("limit"));
-            let data: Vec<&Value> = all.iter().skip(offset).take(limit).collect();
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"total": all.len(), "data": data}))
-                .set_delay(delay)
-        })
-        .mount(&srv)
-        .await;
-    srv
-}
 
 fn bearer() -> AuthConfig {
     AuthConfig::Bearer {
         token: "t".to_owned().into(),
     }
-}
-
-fn workday_sized(base: &str, page_size: u32) -> workday::Workday {
-    use connector_core::Connector;
-    workday::Workday::new(
-        serde_json::from_value(json!({"base_url": base, "tenant": "acme", "page_size": page_size}))
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 async fn no_duplicates(pool: &sqlx::PgPool) {

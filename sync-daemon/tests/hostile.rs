@@ -19,19 +19,6 @@ fn bearer() -> AuthConfig {
     }
 }
 
-/// The recorded workers, as JSON values.
-fn workers() -> Vec<Value> {
-    let mut all = Vec::new();
-    for offset in [0, 100, 200] {
-        let page: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture_dir().join(format!("{offset}.json"))).unwrap(),
-        )
-        .unwrap();
-        all.extend(page["data"].as_array().unwrap().iter().cloned());
-    }
-    all
-}
-
 /// Serves `pages` (verbatim bodies) at offsets `limit` apart.
 async fn serve(srv: &MockServer, limit: usize, pages: &[String]) {
     for (i, body) in pages.iter().enumerate() {
@@ -46,15 +33,6 @@ async fn serve(srv: &MockServer, limit: usize, pages: &[String]) {
 /// A page body with a total, its records given as JSON text.
 fn page_text(total: usize, records: &[String]) -> String {
     format!("{{\"total\": {total}, \"data\": [{}]}}", records.join(", "))
-}
-
-fn workday_sized(base: &str, page_size: u32) -> workday::Workday {
-    use connector_core::Connector;
-    workday::Workday::new(
-        serde_json::from_value(json!({"base_url": base, "tenant": "acme", "page_size": page_size}))
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 fn ctx_for(pool: &sqlx::PgPool, srv: &MockServer, page_size: u32) -> pipeline::Ctx {
@@ -271,6 +249,12 @@ async fn a_source_id_repeated_on_a_page_ends_as_its_last_occurrence(pool: sqlx::
     let t: String = sqlx::query_scalar(title).fetch_one(&pool).await.unwrap();
     assert_eq!(t, "New Title");
     let derivations = count(&pool, "select count(*) from derivation").await;
+    let st = sync_daemon::status::status(&pool, &[]).await.unwrap();
+    let text = sync_daemon::status::render(&st);
+    assert!(
+        text.contains("4 seen = 3 changed + 0 unchanged + 0 dead-lettered + 1 superseded"),
+        "{text}"
+    );
     // Re-syncs neither flip the row nor write anything.
     for _ in 0..2 {
         let s = pipeline::sync(&c, None).await.unwrap();

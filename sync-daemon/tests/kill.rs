@@ -129,3 +129,46 @@ async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync(pool: sql
     assert!(wait(sync(&cfg)).await.success());
     assert_eq!(state(&pool).await, interrupted);
 }
+
+/// SIGTERM ends a run as `interrupted` (not `running`, not `failed`), and
+/// the next run resumes and completes.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn sigterm_ends_the_run_as_interrupted(pool: sqlx::PgPool) {
+    let srv = slow_source(Duration::from_millis(150)).await;
+    let db: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = url::Url::from_directory_path(dir.path().join("raw")).unwrap();
+    let cfg = dir.path().join("sync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"{}\"\n[raw_store]\nurl = \"{raw}\"\n[[connection]]\nname = \"wd\"\nconnector = \"workday\"\nbase_url = \"{}\"\ntenant = \"acme\"\npage_size = 20\n[connection.http]\nfetch_concurrency = 1\n",
+            database_url(&db),
+            srv.uri()
+        ),
+    )
+    .unwrap();
+    let child = sync(&cfg);
+    while count(&pool, "select count(*) from raw_page").await < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = wait(child).await;
+    assert!(!status.success(), "an interrupted run is not a success");
+    let (run_status, error): (String, String) =
+        sqlx::query_as("select status, error from sync_run")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(run_status, "interrupted");
+    assert!(error.contains("signal"), "{error}");
+    assert!(wait(sync(&cfg)).await.success(), "the next run completes");
+    assert_eq!(count(&pool, "select count(*) from worker").await, 260);
+}

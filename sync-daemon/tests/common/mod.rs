@@ -120,3 +120,54 @@ pub async fn state(pool: &sqlx::PgPool) -> Vec<String> {
     .await
     .unwrap()
 }
+
+/// The 260 recorded workers, as JSON values.
+pub fn workers() -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    for offset in [0, 100, 200] {
+        let page: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture_dir().join(format!("{offset}.json"))).unwrap(),
+        )
+        .unwrap();
+        all.extend(page["data"].as_array().unwrap().iter().cloned());
+    }
+    all
+}
+
+/// The recorded workers as Workday serves them (`limit`/`offset`, with a
+/// total), each page answered after `delay`; no auth.
+pub async fn slow_source(delay: std::time::Duration) -> wiremock::MockServer {
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate, matchers::path};
+    let srv = MockServer::start().await;
+    let all = Arc::new(workers());
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .respond_with(move |req: &Request| {
+            let q = |k: &str| -> usize {
+                req.url
+                    .query_pairs()
+                    .find(|(n, _)| n == k)
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let (offset, limit) = (q("offset"), q("limit"));
+            let data: Vec<&serde_json::Value> = all.iter().skip(offset).take(limit).collect();
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"total": all.len(), "data": data}))
+                .set_delay(delay)
+        })
+        .mount(&srv)
+        .await;
+    srv
+}
+
+/// A Workday connector with `page_size` records per page.
+pub fn workday_sized(base: &str, page_size: u32) -> workday::Workday {
+    use connector_core::Connector;
+    workday::Workday::new(
+        serde_json::from_value(
+            serde_json::json!({"base_url": base, "tenant": "acme", "page_size": page_size}),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
