@@ -66,8 +66,10 @@ pub struct Pager {
     queue: VecDeque<PageToken>,
     /// Predicted pages not requested yet (lazy: never materialized whole).
     ahead: Box<dyn Iterator<Item = PageToken> + Send>,
-    /// The last total a page announced (for pages that cannot be read).
+    /// The last total a page announced, and the record count of the last
+    /// non-empty page (for stepping past pages that cannot be read).
     total: Option<u64>,
+    page_size: Option<u64>,
     inflight: FuturesOrdered<Inflight>,
     inflight_tokens: VecDeque<PageToken>,
     seen: HashSet<PageToken>,
@@ -104,6 +106,7 @@ impl Pager {
             queue: VecDeque::from([start]),
             ahead: Box::new(std::iter::empty()),
             total: None,
+            page_size: None,
             inflight: FuturesOrdered::new(),
             inflight_tokens: VecDeque::new(),
             seen: HashSet::new(),
@@ -179,8 +182,15 @@ impl Pager {
         if checked.facts.total.is_some() {
             self.total = checked.facts.total;
         }
+        if checked.facts.records > 0 {
+            self.page_size = Some(checked.facts.records as u64);
+        }
         let (next, stuck) = if let Some(why) = &checked.unparseable {
-            match self.def.pagination.next_blind(&token, self.total) {
+            match self
+                .def
+                .pagination
+                .next_blind(&token, self.total, self.page_size)
+            {
                 Some(n) => (Some(n), None),
                 None if self.total.is_some() => (None, None),
                 None => (

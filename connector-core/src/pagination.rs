@@ -321,13 +321,20 @@ impl Pagination {
     }
 
     /// The page after one that could not be read, when the strategy can tell
-    /// it without the body: the next offset (a full page ahead) or page
-    /// number, while `total` (from an earlier page) says more remain.
-    pub fn next_blind(&self, token: &PageToken, total: Option<u64>) -> Option<PageToken> {
+    /// it without the body: the next offset (`step` ahead: the page size the
+    /// server used so far, else the limit) or page number, while `total`
+    /// (from an earlier page) says more remain.
+    pub fn next_blind(
+        &self,
+        token: &PageToken,
+        total: Option<u64>,
+        step: Option<u64>,
+    ) -> Option<PageToken> {
         let total = total?;
         match (self, token) {
             (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }) => {
-                let next = offset.checked_add(u64::from(*limit).max(1))?;
+                let step = step.filter(|s| *s > 0).unwrap_or(u64::from(*limit)).max(1);
+                let next = offset.checked_add(step)?;
                 (next < total).then_some(PageToken::Offset { offset: next })
             }
             (Pagination::PageNumber { first_page, .. }, PageToken::Page { page }) => {
@@ -520,15 +527,23 @@ mod tests {
             None
         );
         assert_eq!(
-            p.next_blind(&PageToken::Offset { offset: 200 }, Some(250)),
+            p.next_blind(&PageToken::Offset { offset: 200 }, Some(250), None),
             None,
             "a full page ahead is past the total"
         );
         assert_eq!(
-            p.next_blind(&PageToken::Offset { offset: 100 }, Some(250)),
+            p.next_blind(&PageToken::Offset { offset: 100 }, Some(250), None),
             Some(PageToken::Offset { offset: 200 })
         );
-        assert_eq!(p.next_blind(&PageToken::Offset { offset: 100 }, None), None);
+        assert_eq!(
+            p.next_blind(&PageToken::Offset { offset: 100 }, Some(250), Some(40)),
+            Some(PageToken::Offset { offset: 140 }),
+            "a server capping pages at 40 is followed 40 at a time"
+        );
+        assert_eq!(
+            p.next_blind(&PageToken::Offset { offset: 100 }, None, None),
+            None
+        );
     }
 
     #[test]

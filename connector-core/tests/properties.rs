@@ -80,14 +80,14 @@ proptest! {
         let o = Pagination::offset_limit(limit);
         let t = PageToken::Offset { offset };
         let _ = o.next(&t, &facts);
-        let _ = o.next_blind(&t, total);
+        let _ = o.next_blind(&t, total, Some(records as u64));
         prop_assert!(o.ahead(&t, &facts).take(64).count() <= 64);
         let p = Pagination::PageNumber {
             size: limit, page_param: "page", size_param: "size", first_page: first, total_pages_at: None,
         };
         let t = PageToken::Page { page: offset };
         let _ = p.next(&t, &facts);
-        let _ = p.next_blind(&t, total);
+        let _ = p.next_blind(&t, total, None);
         let _ = p.ahead(&t, &facts).take(64).count();
     }
 

@@ -63,7 +63,7 @@ step() { # name, then the daemon's arguments
   t1=$(date +%s.%N)
   rss=$(cat /tmp/bench-rss)
   local s rps records
-  records=$(python3 -c 'import json,sys; d=json.load(open("/tmp/bench-out")); print(d["changed"]+d["unchanged"]+d["dead_lettered"])')
+  records=$(python3 -c 'import json,sys; d=json.load(open("/tmp/bench-out")); print(d["changed"]+d["unchanged"]+d["dead_lettered"]+d.get("superseded",0))')
   s=$(echo "$t1 - $t0" | bc -l)
   rps=$(echo "$records / $s" | bc -l)
   printf '| %-38s | %7s | %8.2f s | %9.0f | %5.2f | %6.0f MB |\n' "$name" "$records" "$s" "$rps" "$(echo "$rps / $copy_rps" | bc -l)" "$(echo "$rss / 1024" | bc -l)"

@@ -19,6 +19,10 @@ pub struct FieldExplain {
     /// The same pointer from the root of the raw object.
     pub object_pointer: Option<String>,
     pub source_value: Option<serde_json::Value>,
+    /// Set when the raw object can no longer be read (`missing`, `corrupt`):
+    /// the provenance stands, the source value cannot be shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_object_problem: Option<String>,
     pub transform: Option<String>,
     pub mapping: String,
     pub mapping_version: String,
@@ -73,7 +77,8 @@ pub async fn explain(
     let field_src: Option<Vec<Option<i16>>> =
         serde_json::from_value(row["prov_field_src"].clone()).ok();
     let mut fields = Vec::new();
-    let mut record_cache: std::collections::HashMap<i64, serde_json::Value> = Default::default();
+    let mut record_cache: std::collections::HashMap<i64, Result<serde_json::Value, String>> =
+        Default::default();
     for (i, def) in kind.fields().iter().enumerate() {
         if field.is_some_and(|f| f != def.name) {
             continue;
@@ -111,10 +116,15 @@ pub async fn explain(
         let record_path: String = d.get(4);
         let pointers: Option<Vec<String>> = d.get(8);
         if let std::collections::hash_map::Entry::Vacant(slot) = record_cache.entry(page_id) {
-            let body = store.get(&key).await?;
-            slot.insert(serde_json::from_slice(&body)?);
+            slot.insert(match store.get_verified(&key).await? {
+                Ok(body) => Ok(serde_json::from_slice(&body)?),
+                Err(problem) => Err(problem.as_str().to_owned()),
+            });
         }
-        let record = record_cache[&page_id].pointer(&format!("{record_path}/{ordinal}"));
+        let (record, raw_object_problem) = match &record_cache[&page_id] {
+            Ok(v) => (v.pointer(&format!("{record_path}/{ordinal}")), None),
+            Err(p) => (None, Some(p.clone())),
+        };
         let located = pointers.as_ref().and_then(|ps| {
             ps.iter().find_map(|p| {
                 record?
@@ -144,6 +154,7 @@ pub async fn explain(
                 .map(|(p, _)| p.clone())
                 .or_else(|| pointers.as_ref().map(|p| p.join(" | "))),
             source_value: located.map(|(_, v)| v),
+            raw_object_problem,
             transform: d.get(9),
             mapping: d.get(6),
             mapping_version: d.get(7),
@@ -205,8 +216,9 @@ impl std::fmt::Display for Explanation {
                 x.json_pointer.as_deref().unwrap_or("?"),
                 x.transform.as_deref().unwrap_or("?"),
             )?;
-            match &x.source_value {
-                Some(v) if *v != x.value => writeln!(f, ", source value {v}")?,
+            match (&x.source_value, &x.raw_object_problem) {
+                (_, Some(p)) => writeln!(f, ", source value unavailable (raw object {p})")?,
+                (Some(v), None) if *v != x.value => writeln!(f, ", source value {v}")?,
                 _ => writeln!(f)?,
             }
         }

@@ -74,6 +74,17 @@ async fn lost_objects_are_marked_skipped_by_replay_and_reported(pool: sqlx::PgPo
     let status = sync_daemon::status::status(&pool, &[]).await.unwrap();
     let s = &status.streams[0];
     assert_eq!((s.pages_missing, s.pages_corrupt), (1, 1));
+    // `explain` still shows the provenance of a value whose raw object is gone.
+    let id: String =
+        sqlx::query_scalar("select d.source_id from derivation d where d.raw_page_id = 2 limit 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let x = sync_daemon::explain::explain(&pool, &store, "worker", &id, Some("display_name"))
+        .await
+        .unwrap();
+    assert_eq!(x.fields[0].raw_object_problem.as_deref(), Some("missing"));
+    assert!(x.to_string().contains("raw object missing"), "{x}");
     // A dry run skips them too, and the next sync is not held back.
     let d = pipeline::replay(&c, None, true).await.unwrap();
     assert_eq!(d.pages_missing, 2);
