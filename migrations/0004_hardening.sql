@@ -73,3 +73,9 @@ create table sync_lease (
     expires_at   timestamptz not null,
     primary key (connection, stream)
 );
+
+-- The loader claims a new crosswalk row, complete with its derivation id, in
+-- one insert before it writes the derivation; the reference is checked at
+-- commit.
+alter table source_link alter constraint source_link_derivation_id_fkey
+    deferrable initially deferred;

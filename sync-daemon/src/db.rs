@@ -248,12 +248,18 @@ pub async fn record_page(
     p: &NewPage<'_>,
     cursor: Option<&Cursor>,
 ) -> anyhow::Result<i64> {
+    let (holder, fence) = lease
+        .fence(p.stream)
+        .ok_or_else(|| anyhow::anyhow!("the run holds no lease on stream {}", p.stream))?;
     let mut tx = pool.begin().await?;
-    lease.check(&mut tx).await?;
-    let id: i64 = sqlx::query_scalar(
-        "insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
+    lease.hold_fence(&mut tx).await?;
+    // The fence check is part of the insert: no row when the fence moved.
+    let id: Option<i64> = sqlx::query_scalar(
+        "with lease as (select 1 from sync_lease where connection = $2 and stream = $3
+                          and holder = $14 and fence = $15)
+         insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
                                fetched_at, request, record_path, record_count, parse_error, since)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning id",
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 from lease returning id",
     )
     .bind(p.run)
     .bind(p.connection)
@@ -268,8 +274,13 @@ pub async fn record_page(
     .bind(i32::try_from(p.record_count)?)
     .bind(p.parse_error)
     .bind(p.since)
-    .fetch_one(&mut *tx)
+    .bind(holder)
+    .bind(fence)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some(id) = id else {
+        return Err(lease.lost_on_write(p.stream).into());
+    };
     if let Some(cursor) = cursor {
         set_watermark(&mut tx, p.connection, p.stream, cursor, Some(p.run), "sync").await?;
     }
@@ -360,6 +371,28 @@ pub async fn mark_object(pool: &PgPool, page: i64, state: &str) -> anyhow::Resul
         .bind(state)
         .execute(pool)
         .await?;
+    Ok(())
+}
+
+/// Resolves the stream's open page-level dead letters (unreadable pages)
+/// once a pull has read every page.
+pub async fn resolve_page_dead_letters(
+    pool: &PgPool,
+    lease: &Lease,
+    connection: &str,
+    stream: &str,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    lease.check(&mut tx).await?;
+    sqlx::query(
+        "update dead_letter set status = 'resolved', last_seen_at = now()
+         where connection = $1 and stream = $2 and record_ordinal is null and status = 'open'",
+    )
+    .bind(connection)
+    .bind(stream)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -5,11 +5,14 @@
 //!   who may *take* the run's leases. Postgres releases it when that session
 //!   ends, so a killed process never blocks the next run;
 //! - the **lease rows** (`sync_lease`, one per stream) carry a fencing token
-//!   that grows with every taking. Every write transaction of the run checks
-//!   its tokens with `FOR SHARE` ([`Lease::check`]): a process whose lock
-//!   session died (idle timeout, server restart, network blip) and whose
-//!   leases were taken over fails its next write instead of writing beside
-//!   the new holder, and a taker waits for an in-flight write to commit.
+//!   that grows with every taking. Every write transaction of the run first
+//!   takes the connection's fence lock in shared mode (a transaction-scoped
+//!   advisory lock), then checks its tokens ([`Lease::check`]); a taking
+//!   takes the fence lock exclusively. So a taker waits for in-flight writes
+//!   to commit, and a process whose lock session died (idle timeout, server
+//!   restart, network blip) and whose leases were taken over fails its next
+//!   write instead of writing beside the new holder. (Row locks `FOR SHARE`
+//!   would do the same, but each one writes WAL: a fifth of a sync's time.)
 //!
 //! A heartbeat renews the rows and pings the lock session; when the session
 //! is gone it tries to take the lock again, and marks the lease lost if
@@ -59,6 +62,12 @@ fn holder_name() -> String {
 }
 
 const LOCK_SQL: &str = "select pg_try_advisory_lock(hashtextextended('sync:' || $1, 0))";
+/// The fence lock of a connection, per transaction: shared by every write,
+/// exclusive for a taking.
+const FENCE_SHARED_SQL: &str =
+    "select pg_advisory_xact_lock_shared(hashtextextended('fence:' || $1, 0))";
+const FENCE_EXCLUSIVE_SQL: &str =
+    "select pg_advisory_xact_lock(hashtextextended('fence:' || $1, 0))";
 
 async fn try_lock(conn: &mut PgConnection, connection: &str) -> sqlx::Result<bool> {
     sqlx::query_scalar(LOCK_SQL)
@@ -102,6 +111,11 @@ impl Lease {
     ) -> anyhow::Result<Self> {
         let holder = holder_name();
         let mut tx = pool.begin().await?;
+        // Waits for the previous holder's in-flight writes to commit.
+        sqlx::query(FENCE_EXCLUSIVE_SQL)
+            .bind(connection)
+            .execute(&mut *tx)
+            .await?;
         let mut fences = Vec::new();
         for stream in streams {
             let fence: i64 = sqlx::query_scalar(
@@ -161,6 +175,37 @@ impl Lease {
         }
     }
 
+    /// Takes the connection's fence lock in shared mode until `tx` ends: a
+    /// taker ([`Lease::take`]) takes it exclusively, so it waits for this
+    /// write to commit, and a fence read *after* this statement sees any
+    /// taking that committed before it. No row is locked: nothing is
+    /// written to WAL for it, and writers never contend with each other.
+    pub async fn hold_fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), CoreError> {
+        if let Some(why) = self.lost() {
+            return Err(self.lost_error(why));
+        }
+        sqlx::query(FENCE_SHARED_SQL)
+            .bind(&self.inner.connection)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| crate::pipeline::db_error(&e))?;
+        Ok(())
+    }
+
+    /// This run's holder name and fence on `stream`, for writes that check
+    /// the lease in their own statement.
+    pub fn fence(&self, stream: &str) -> Option<(&str, i64)> {
+        let i = self.inner.streams.iter().position(|s| s == stream)?;
+        Some((&self.inner.holder, self.inner.fences[i]))
+    }
+
+    /// The error of a write that found its lease gone (see [`Lease::check`]).
+    pub fn lost_on_write(&self, stream: &str) -> CoreError {
+        let why = format!("stream {stream} was taken over by another process");
+        self.mark_lost(why.clone());
+        self.lost_error(why)
+    }
+
     /// Why the lease is lost, if it is (a run stops at its next checkpoint).
     pub fn lost(&self) -> Option<String> {
         self.inner.lost.lock().ok().and_then(|l| l.clone())
@@ -174,15 +219,14 @@ impl Lease {
     }
 
     /// Fails with [`CoreError::LeaseLost`] unless this run still holds every
-    /// lease, with its fence, and keeps a share lock on the rows until `tx`
-    /// ends: call it first in every write transaction of the run.
+    /// lease, with its fence, holding the fence lock until `tx` ends
+    /// ([`Lease::hold_fence`]): call it first in every write transaction of
+    /// the run.
     pub async fn check(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), CoreError> {
-        if let Some(why) = self.lost() {
-            return Err(self.lost_error(why));
-        }
+        self.hold_fence(tx).await?;
         let rows = sqlx::query(
             "select stream, fence, holder from sync_lease
-             where connection = $1 and stream = any($2) order by stream for share",
+             where connection = $1 and stream = any($2) order by stream",
         )
         .bind(&self.inner.connection)
         .bind(&self.inner.streams)

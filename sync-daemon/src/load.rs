@@ -18,9 +18,11 @@
 //! fetch order) is never overwritten.
 //!
 //! Concurrency: a canonical row is only ever written under the id its
-//! crosswalk row holds. New links are inserted first (`on conflict do
-//! nothing`) and read back under lock, so two loaders racing on a new
-//! source id both write the winner's id; neither can create a second entity.
+//! crosswalk row holds. New links are claimed in one insert (`on conflict do
+//! nothing … returning`) before any entity row; a key a concurrent loader
+//! inserted first is read back under lock and decided again, so two loaders
+//! racing on a new source id both write the winner's id and neither can
+//! create a second entity.
 
 use bytes::Bytes;
 use canonical_model::{CanonValue, CanonicalRow, EntityKind, FieldType, MAX_ID_BYTES, Mapper};
@@ -168,6 +170,62 @@ struct Link {
     record_hash: Option<Vec<u8>>,
     mapping_id: Option<i32>,
     version: Option<Version>,
+}
+
+impl Link {
+    /// A link this batch is about to create, under a freshly allocated id.
+    fn fresh(canonical_id: i64) -> Self {
+        Self {
+            canonical_id,
+            row_hash: None,
+            record_hash: None,
+            mapping_id: None,
+            version: None,
+        }
+    }
+}
+
+/// What a batch does with its candidate entities.
+struct Plan<'c> {
+    /// Entities whose row is written.
+    writes: Vec<&'c Cand>,
+    /// Same output, new record hash or mapping version: only the link is updated.
+    bookkeep: Vec<&'c Cand>,
+    /// Records whose entity has a newer version stored.
+    stale: HashSet<usize>,
+}
+
+/// Decides, per candidate entity, against its link: skip when a newer
+/// version is stored, bookkeep when its row is the same, write otherwise.
+fn decide<'c>(
+    cands: &'c HashMap<(EntityKind, String), Cand>,
+    links: &HashMap<(EntityKind, String), Link>,
+    recs: &[Rec<'_>],
+    mapping_id: i32,
+) -> Plan<'c> {
+    let mut plan = Plan {
+        writes: Vec::new(),
+        bookkeep: Vec::new(),
+        stale: HashSet::new(),
+    };
+    for (key, c) in cands {
+        let link = &links[key];
+        if link.version.is_some_and(|v| v > c.version) {
+            plan.stale.insert(c.rec);
+            continue;
+        }
+        if link.row_hash.as_deref() == Some(&c.row_hash[..]) {
+            let rec_hash = recs[c.rec].hash;
+            if link.mapping_id != Some(mapping_id)
+                || link.record_hash.as_deref() != Some(&rec_hash[..])
+            {
+                plan.bookkeep.push(c);
+            }
+        } else {
+            plan.writes.push(c);
+        }
+    }
+    plan
 }
 
 /// Result of one batch: counts per page (in input order) and the diff.
@@ -501,10 +559,9 @@ pub async fn load_batch(
         .map(|(i, _)| format!("id:{}", recs[*i].source_id))
         .collect();
 
-    // 4. Crosswalk: every entity and reference gets its link first. Links
-    //    that do not exist are inserted with fresh ids (`on conflict do
-    //    nothing`: a concurrent loader may have won), then all links are
-    //    read under lock: the ids they hold are the only ones written.
+    // 4. Crosswalk: read (and lock) the links of every entity and reference
+    //    of the batch; the ones that do not exist yet get fresh ids, claimed
+    //    in step 6.
     let mut keys: Vec<(EntityKind, String)> = cands.keys().cloned().collect();
     for c in cands.values() {
         for (def, v) in c.row.kind.fields().iter().zip(&c.row.values) {
@@ -516,52 +573,103 @@ pub async fn load_batch(
     keys.sort();
     keys.dedup();
     let mut links = read_links(tx, ctx.connection, &keys).await?;
-    let missing: Vec<&(EntityKind, String)> =
-        keys.iter().filter(|k| !links.contains_key(*k)).collect();
-    if !missing.is_empty() {
-        sqlx::query(
-            "insert into source_link (entity_type, connection, source_id, canonical_id)
-             select u.et, $1, u.sid, nextval('canonical_id_seq')
-             from unnest($2::text[], $3::text[]) with ordinality as u(et, sid, n) order by u.n
-             on conflict (entity_type, connection, source_id) do nothing",
-        )
-        .bind(ctx.connection)
-        .bind(missing.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
-        .bind(missing.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-        let missing: Vec<(EntityKind, String)> = missing.into_iter().cloned().collect();
-        links.extend(read_links(tx, ctx.connection, &missing).await?);
-    }
-    if let Some(k) = keys.iter().find(|k| !links.contains_key(*k)) {
-        anyhow::bail!(
-            "crosswalk row of {} {:?} vanished during the load",
-            k.0,
-            k.1
-        );
+    let mut new_keys: Vec<(EntityKind, String)> = keys
+        .iter()
+        .filter(|k| !links.contains_key(*k))
+        .cloned()
+        .collect();
+    let new_ids: Vec<i64> =
+        sqlx::query_scalar("select nextval('canonical_id_seq') from generate_series(1, $1)")
+            .bind(i32::try_from(new_keys.len())?)
+            .fetch_all(&mut **tx)
+            .await?;
+    for (k, id) in new_keys.iter().zip(new_ids) {
+        links.insert(k.clone(), Link::fresh(id));
     }
 
     // 5. Decide: write, bookkeep (same output, new record hash or mapping), or skip.
-    let mut writes: Vec<&Cand> = Vec::new();
-    let mut bookkeep: Vec<&Cand> = Vec::new();
-    let mut stale: HashSet<usize> = HashSet::new();
-    for (key, c) in &cands {
-        let link = &links[key];
-        if link.version.is_some_and(|v| v > c.version) {
-            stale.insert(c.rec); // a newer version of this entity is already stored
-            continue;
-        }
-        if link.row_hash.as_deref() == Some(&c.row_hash[..]) {
-            let rec_hash = recs[c.rec].hash;
-            if link.mapping_id != Some(ctx.mapping_id)
-                || link.record_hash.as_deref() != Some(&rec_hash[..])
-            {
-                bookkeep.push(c);
+    let mut plan = decide(&cands, &links, &recs, ctx.mapping_id);
+    // Derivation ids of the records that write, allocated up front (deciding
+    // again after a lost race can only take writes away).
+    let mut writing: Vec<usize> = plan.writes.iter().map(|c| c.rec).collect();
+    writing.sort_unstable();
+    writing.dedup();
+    let ids: Vec<i64> =
+        sqlx::query_scalar("select nextval('derivation_id_seq') from generate_series(1, $1)")
+            .bind(i32::try_from(writing.len())?)
+            .fetch_all(&mut **tx)
+            .await?;
+    let deriv_ids: HashMap<usize, i64> = writing.into_iter().zip(ids).collect();
+    let deriv_of = |rec: usize| deriv_ids[&rec];
+
+    // 6. Claim the new links in one insert, complete for the entities this
+    //    batch writes. A key another loader inserted since step 4 is not
+    //    claimed (`on conflict do nothing`): its link is read under lock and
+    //    its entity decided again against it, so an entity is only ever
+    //    written under the id its crosswalk row holds (invariant 9). The
+    //    derivation foreign key is checked at commit, when step 7 has
+    //    written the derivations.
+    if !new_keys.is_empty() {
+        let write_of: HashMap<(EntityKind, &str), &Cand> = plan
+            .writes
+            .iter()
+            .map(|c| ((c.row.kind, c.row.source_id()), *c))
+            .collect();
+        let of = |k: &(EntityKind, String)| write_of.get(&(k.0, k.1.as_str())).copied();
+        let claimed: HashSet<(String, String)> = sqlx::query(
+            "insert into source_link as s (entity_type, connection, source_id, canonical_id, record_hash,
+                                           mapping_version_id, row_hash, derivation_id, source_modified_at,
+                                           raw_page_id, record_ordinal)
+             select u.et, $1, u.sid, u.cid, u.rh, u.mv, u.row_hash, u.deriv, u.modified, u.page, u.ord
+             from unnest($2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bytea[], $8::bigint[],
+                         $9::timestamptz[], $10::bigint[], $11::int[])
+                  with ordinality as u(et, sid, cid, rh, mv, row_hash, deriv, modified, page, ord, n)
+             order by u.n
+             on conflict (entity_type, connection, source_id) do nothing
+             returning s.entity_type, s.source_id",
+        )
+        .bind(ctx.connection)
+        .bind(new_keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| links[k].canonical_id).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).map(|c| recs[c.rec].hash.to_vec())).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).map(|_| ctx.mapping_id)).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).map(|c| c.row_hash.to_vec())).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).map(|c| deriv_of(c.rec))).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).and_then(|c| c.version.0)).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).map(|c| c.version.1)).collect::<Vec<_>>())
+        .bind(new_keys.iter().map(|k| of(k).map(|c| c.version.2)).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        let lost: Vec<(EntityKind, String)> = new_keys
+            .iter()
+            .filter(|k| !claimed.contains(&(k.0.as_str().to_owned(), k.1.clone())))
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            let winners = read_links(tx, ctx.connection, &lost).await?;
+            if let Some(k) = lost.iter().find(|k| !winners.contains_key(*k)) {
+                anyhow::bail!(
+                    "crosswalk row of {} {:?} vanished during the load",
+                    k.0,
+                    k.1
+                );
             }
-        } else {
-            writes.push(c);
+            links.extend(winners);
+            new_keys.retain(|k| !lost.contains(k));
+            plan = decide(&cands, &links, &recs, ctx.mapping_id);
         }
     }
+    let claimed: HashSet<(EntityKind, &str)> =
+        new_keys.iter().map(|k| (k.0, k.1.as_str())).collect();
+    let Plan {
+        writes,
+        bookkeep,
+        stale,
+    } = plan;
     for c in &writes {
         recs[c.rec].status = Status::Changed;
     }
@@ -575,19 +683,9 @@ pub async fn load_batch(
         }
     }
 
-    // 6. One derivation per changed record.
+    // 7. One derivation per changed record.
     let changed: Vec<usize> = (0..recs.len())
         .filter(|&i| recs[i].status == Status::Changed)
-        .collect();
-    let deriv_ids: Vec<i64> =
-        sqlx::query_scalar("select nextval('derivation_id_seq') from generate_series(1, $1)")
-            .bind(i32::try_from(changed.len())?)
-            .fetch_all(&mut **tx)
-            .await?;
-    let deriv_of: HashMap<usize, i64> = changed
-        .iter()
-        .copied()
-        .zip(deriv_ids.iter().copied())
         .collect();
     if !changed.is_empty() {
         sqlx::query(
@@ -599,7 +697,7 @@ pub async fn load_batch(
         )
         .bind(ctx.connection)
         .bind(ctx.stream)
-        .bind(&deriv_ids)
+        .bind(changed.iter().map(|&i| deriv_of(i)).collect::<Vec<_>>())
         .bind(changed.iter().map(|&i| recs[i].page_id).collect::<Vec<_>>())
         .bind(changed.iter().map(|&i| recs[i].ordinal).collect::<Vec<_>>())
         .bind(changed.iter().map(|&i| recs[i].hash.to_vec()).collect::<Vec<_>>())
@@ -610,7 +708,7 @@ pub async fn load_batch(
         .await?;
     }
 
-    // 7. Entity rows, set-based per kind; the diff is computed against the stored rows first.
+    // 8. Entity rows, set-based per kind; the diff is computed against the stored rows first.
     let mut diff = DiffReport::default();
     for kind in EntityKind::ALL {
         let of_kind: Vec<&Cand> = writes
@@ -637,15 +735,17 @@ pub async fn load_batch(
                 entity_diff(tx, kind, &serde_json::Value::Array(rows), &mut diff).await?;
             }
         }
-        upsert_rows(tx, kind, &of_kind, &links, &deriv_of, ctx.mapping_id).await?;
+        upsert_rows(tx, kind, &of_kind, &links, &deriv_ids, ctx.mapping_id).await?;
     }
 
-    // 8. Crosswalk state: written entities get their new version and
-    //    provenance; unchanged ones only their record hash and mapping version.
+    // 9. Crosswalk state of links that existed before this batch: written
+    //    entities get their new version and provenance; unchanged ones only
+    //    their record hash and mapping version.
     let upd: Vec<(&Cand, bool)> = writes
         .iter()
         .map(|c| (*c, true))
         .chain(bookkeep.iter().map(|c| (*c, false)))
+        .filter(|(c, _)| !claimed.contains(&(c.row.kind, c.row.source_id())))
         .collect();
     if !upd.is_empty() {
         sqlx::query(
@@ -668,7 +768,7 @@ pub async fn load_batch(
         .bind(upd.iter().map(|(c, _)| recs[c.rec].hash.to_vec()).collect::<Vec<_>>())
         .bind(upd.iter().map(|_| ctx.mapping_id).collect::<Vec<_>>())
         .bind(upd.iter().map(|(c, full)| full.then(|| c.row_hash.to_vec())).collect::<Vec<_>>())
-        .bind(upd.iter().map(|(c, full)| full.then(|| deriv_of[&c.rec])).collect::<Vec<_>>())
+        .bind(upd.iter().map(|(c, full)| full.then(|| deriv_of(c.rec))).collect::<Vec<_>>())
         .bind(upd.iter().map(|(c, full)| if *full { c.version.0 } else { None }).collect::<Vec<_>>())
         .bind(upd.iter().map(|(c, full)| full.then_some(c.version.1)).collect::<Vec<_>>())
         .bind(upd.iter().map(|(c, full)| full.then_some(c.version.2)).collect::<Vec<_>>())
@@ -676,7 +776,7 @@ pub async fn load_batch(
         .await?;
     }
 
-    // 9. Dead letters: records that map now close their open dead letters (a fixed
+    // 10. Dead letters: records that map now close their open dead letters (a fixed
     //    mapping or source), then this batch's failures are recorded: one open
     //    dead letter per record, a record failing again updates it.
     if !mapped_ids.is_empty() {
@@ -692,7 +792,7 @@ pub async fn load_batch(
     }
     record_dead_letters(tx, ctx, dead).await?;
 
-    // 10. Pages are loaded, with counts that add up.
+    // 11. Pages are loaded, with counts that add up.
     let mut out = BatchOutcome {
         diff,
         ..Default::default()
@@ -889,12 +989,13 @@ fn column_text(
 
 /// Writes entity rows of one kind in one statement: one text array per column,
 /// cast to the column's type (cheaper for Postgres than a JSON document).
+/// `deriv_ids` holds each writing record's derivation id, by record index.
 async fn upsert_rows(
     tx: &mut Transaction<'_, Postgres>,
     kind: EntityKind,
     rows: &[&Cand],
     links: &HashMap<(EntityKind, String), Link>,
-    deriv_of: &HashMap<usize, i64>,
+    deriv_ids: &HashMap<usize, i64>,
     mapping_id: i32,
 ) -> anyhow::Result<()> {
     let fields = kind.fields();
@@ -930,7 +1031,7 @@ async fn upsert_rows(
                 .collect::<Vec<_>>(),
         );
     }
-    q.bind(rows.iter().map(|c| deriv_of[&c.rec]).collect::<Vec<_>>())
+    q.bind(rows.iter().map(|c| deriv_ids[&c.rec]).collect::<Vec<_>>())
         .bind(rows.iter().map(|c| c.row_hash.to_vec()).collect::<Vec<_>>())
         .bind(mapping_id)
         .execute(&mut **tx)

@@ -641,10 +641,11 @@ async fn fetch_stream(
             .unwrap_or_else(Utc::now);
         cursor.pull_started_at.get_or_insert(server_now);
         cursor.pull_max_cursor = cursor.pull_max_cursor.max(page.max_cursor);
-        if page.unparseable.is_some() && page.next.is_some() {
-            // Skipped by position: its records must be asked for again.
+        if page.unparseable.is_some() {
+            // Its records were not read: the pull is incomplete.
             cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
         }
+        let mut complete = false;
         if page.stuck.is_some() {
             // The page after this one is unknown: the next run asks for this one again.
             cursor.next = Some(http.storable_token(&page.token));
@@ -662,6 +663,7 @@ async fn fetch_stream(
                     cursor.high_water = Some(seen.min(cap));
                 }
             }
+            complete = cursor.pull_skipped_pages == 0;
             cursor.pull_skipped_pages = 0;
             cursor.next = None;
         } else {
@@ -670,6 +672,11 @@ async fn fetch_stream(
         let stored =
             store_page(ctx, http, run, def, &page, since.as_deref(), Some(&cursor)).await?;
         let page_id = stored.page.id;
+        if complete {
+            // Every page of this pull was read: what unreadable pages of
+            // earlier pulls held has been read since.
+            db::resolve_page_dead_letters(&ctx.pool, run.lease, &ctx.connection, def.name).await?;
+        }
         let next = cursor.next.as_ref().map(|n| n.to_string());
         WatermarkAdvanced {
             connection: &ctx.connection,

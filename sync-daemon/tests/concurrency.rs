@@ -107,9 +107,13 @@ async fn a_run_whose_lock_session_dies_stops_before_writing_beside_its_successor
     }
     let killed = count(
         &pool,
-        "select count(pg_terminate_backend(l.pid)) from pg_locks l
-         where l.locktype = 'advisory' and l.granted
-           and l.database = (select oid from pg_database where datname = current_database())",
+        // The session holding the connection's lock (key `sync:wd`).
+        "select count(pg_terminate_backend(l.pid))
+         from pg_locks l, (select hashtextextended('sync:wd', 0) as k) h
+         where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock'
+           and l.database = (select oid from pg_database where datname = current_database())
+           and l.classid::text::bigint = (h.k >> 32) & 4294967295
+           and l.objid::text::bigint = h.k & 4294967295",
     )
     .await;
     assert_eq!(killed, 1);

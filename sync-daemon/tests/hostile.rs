@@ -226,6 +226,25 @@ async fn an_unreadable_page_is_dead_lettered_and_the_stream_moves_on(pool: sqlx:
         2
     );
     assert_eq!(count(&pool, "select count(*) from dead_letter").await, 1);
+    // The source recovers: a pull that reads every page resolves it.
+    let srv2 = MockServer::start().await;
+    let last = page(100).replace("\"total\": 300", "\"total\": 200");
+    serve(
+        &srv2,
+        100,
+        &[page(0).replace("\"total\": 300", "\"total\": 200"), last],
+    )
+    .await;
+    let c2 = ctx_for(&pool, &srv2, 100);
+    pipeline::sync(&c2, None).await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from dead_letter where status = 'open'"
+        )
+        .await,
+        0
+    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
