@@ -12,7 +12,8 @@
 //!   to commit, and a process whose lock session died (idle timeout, server
 //!   restart, network blip) and whose leases were taken over fails its next
 //!   write instead of writing beside the new holder. (Row locks `FOR SHARE`
-//!   would do the same, but each one writes WAL: a fifth of a sync's time.)
+//!   would do the same, but each one writes WAL, and the fetcher's and the
+//!   loader's concurrent ones create multixacts.)
 //!
 //! A heartbeat renews the rows and pings the lock session; when the session
 //! is gone it tries to take the lock again, and marks the lease lost if
