@@ -20,6 +20,8 @@
 //! failed (with why) or **off**: switched off by a [`Capabilities`] flag the
 //! connector sets explicitly, and printed as such, never skipped silently.
 
+pub mod hostile;
+
 use canonical_model::Entity;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};

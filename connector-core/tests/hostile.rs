@@ -4,83 +4,23 @@
 //! exhaust memory or leak a secret.
 #![allow(clippy::field_reassign_with_default)]
 
-use canonical_model::{Entity, EntityKind, FieldRule, MapError, Mapper, MappingVersion, Transform};
+mod common;
+
+use common::{client_with, quick_settings, stream};
 use connector_core::transport::MAX_SOURCE_WAIT;
-use connector_core::{
-    AuthConfig, ClientParts, Error, HttpClient, HttpSettings, PageToken, Pager, Pagination,
-    StreamDef, SyncMode, auth, http,
-};
-use std::sync::Arc;
+use connector_core::{AuthConfig, Error, HttpClient, PageToken, Pager, Pagination, SyncMode};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-fn client_with(base: &str, auth_cfg: AuthConfig, mut s: HttpSettings) -> HttpClient {
-    s.attempt_timeout = Some(Duration::from_secs(10));
-    s.call_timeout = None;
-    s.retry = s.retry.with_seed(3);
-    s.retry.base_delay = Duration::from_millis(1);
-    s.retry.max_delay = Duration::from_millis(2);
-    let c = http::base_client("test").unwrap();
-    let ctx = auth::AuthContext {
-        connection: "test".into(),
-        http: c.clone(),
-        store: Arc::new(auth::MemoryCredentialStore::default()),
-        timeout: Some(Duration::from_secs(10)),
-    };
-    HttpClient::new(ClientParts {
-        connection: "test".into(),
-        connector: "test".into(),
-        base: Url::parse(base).unwrap(),
-        auth: auth::provider(&auth_cfg, ctx).unwrap(),
-        credential: auth_cfg.identity(),
-        http: c,
-        settings: s,
-        breaker: None,
-    })
-}
-
 fn client(base: &str, auth_cfg: AuthConfig) -> HttpClient {
-    client_with(base, auth_cfg, HttpSettings::default())
+    client_with(base, auth_cfg, quick_settings(3))
 }
 
 fn url(srv: &MockServer, p: &str) -> Url {
     Url::parse(&format!("{}{p}", srv.uri())).unwrap()
-}
-
-#[derive(Debug)]
-struct Ids(MappingVersion);
-
-impl Mapper for Ids {
-    fn mapping(&self) -> &MappingVersion {
-        &self.0
-    }
-    fn map(&self, _: &serde_json::Value) -> Result<Vec<Entity>, MapError> {
-        Ok(Vec::new())
-    }
-}
-
-fn stream(pagination: Pagination) -> StreamDef {
-    let rules = vec![FieldRule::new(
-        EntityKind::Worker,
-        "source_id",
-        &["/id"],
-        Transform::Text,
-    )];
-    StreamDef {
-        name: "items",
-        path: "items".into(),
-        query: Vec::new(),
-        records_at: "/data",
-        pagination,
-        primary_key: "/id",
-        cursor: None,
-        mode: SyncMode::FullRefresh,
-        entity: EntityKind::Worker,
-        mapper: Arc::new(Ids(MappingVersion::new("t", "1", rules).unwrap())),
-    }
 }
 
 fn records(from: usize, n: usize) -> Vec<serde_json::Value> {
@@ -177,7 +117,7 @@ async fn endless_source() -> String {
 #[tokio::test]
 async fn bodies_over_the_limit_are_refused_without_reading_them_whole() {
     let base = endless_source().await;
-    let mut s = HttpSettings::default();
+    let mut s = quick_settings(3);
     s.max_body_bytes = 1 << 20;
     let c = client_with(&base, AuthConfig::None, s.clone());
     let e = c

@@ -1,7 +1,9 @@
 //! The HTTP stack against a mock source: retries under paused time, 401 handling, origin check.
 #![allow(clippy::field_reassign_with_default)]
 
-use connector_core::{AuthConfig, ClientParts, Error, HttpClient, HttpSettings, auth, http};
+mod common;
+
+use connector_core::{AuthConfig, Error, HttpClient, HttpSettings};
 use std::time::Duration;
 use url::Url;
 use wiremock::matchers::{header, method, path};
@@ -23,23 +25,7 @@ fn client_with(base: &str, auth_cfg: AuthConfig, mut s: HttpSettings) -> HttpCli
     // idle-pool timer) while a request waits on loopback I/O, so elapsed time
     // is inflated: these tests bound retries by attempts only.
     s.retry.max_elapsed = Duration::from_secs(86_400);
-    let c = http::base_client("test").unwrap();
-    let ctx = auth::AuthContext {
-        connection: "test".into(),
-        http: c.clone(),
-        store: std::sync::Arc::new(auth::MemoryCredentialStore::default()),
-        timeout: None,
-    };
-    HttpClient::new(ClientParts {
-        connection: "test".into(),
-        connector: "test".into(),
-        base: Url::parse(base).unwrap(),
-        auth: auth::provider(&auth_cfg, ctx).unwrap(),
-        credential: auth_cfg.identity(),
-        http: c,
-        settings: s,
-        breaker: None,
-    })
+    common::client_with(base, auth_cfg, s)
 }
 
 fn refresh(base: &str) -> AuthConfig {

@@ -2,32 +2,17 @@
 //! responses and page envelopes, the core never panics, never waits beyond
 //! its bounds, and every call ends in a result or a classified error.
 
+mod common;
+
+use common::{client_with, quick_settings, stream};
 use connector_core::records::split_page;
 use connector_core::retry::{parse_rate_limit_reset, parse_retry_after};
 use connector_core::secret::Scrubber;
+use connector_core::testkit::hostile::{Answer, answer, header_value, junk_body, play};
 use connector_core::transport::MAX_SOURCE_WAIT;
-use connector_core::{
-    AuthConfig, ClientParts, HttpClient, HttpSettings, PageFacts, PageToken, Pagination, auth, http,
-};
+use connector_core::{AuthConfig, PageFacts, PageToken, Pagination};
 use proptest::prelude::*;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use url::Url;
-
-/// Header values as hostile sources write them: numbers of every size and
-/// sign, dates, words, nothing.
-fn header_value() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<u64>().prop_map(|n| n.to_string()),
-        any::<i64>().prop_map(|n| n.to_string()),
-        any::<f64>().prop_map(|n| n.to_string()),
-        "[0-9]{1,40}",
-        "[0-9]{1,5}\\.[0-9]{1,5}[eE][+-]?[0-9]{1,4}",
-        Just("Fri, 31 Dec 9999 23:59:59 GMT".to_owned()),
-        Just("Thu, 01 Jan 1970 00:00:00 GMT".to_owned()),
-        "[ -~]{0,30}",
-    ]
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
@@ -101,8 +86,8 @@ proptest! {
     }
 }
 
-/// JSON-ish page bodies: valid envelopes with odd totals and records, cut,
-/// deeply nested, or not JSON at all.
+/// JSON-ish page bodies: valid envelopes with odd totals and records, or
+/// the test kit's junk (cut, deeply nested, not JSON at all).
 fn page_body() -> impl Strategy<Value = String> {
     let scalar = prop_oneof![
         Just("null".to_owned()),
@@ -121,49 +106,8 @@ fn page_body() -> impl Strategy<Value = String> {
                 let recs: Vec<String> = rs.iter().map(|r| format!("{{\"id\": {r}}}")).collect();
                 format!("{{\"total\": {t}, \"data\": [{}]}}", recs.join(","))
             }),
-        (1usize..3000).prop_map(|d| format!("{{\"data\": [{}{}]}}", "[".repeat(d), "]".repeat(d))),
-        (1usize..3000).prop_map(|d| "{\"a\":".repeat(d)),
-        "\\PC{0,80}",
+        junk_body(),
     ]
-}
-
-/// One scripted answer of the source.
-#[derive(Clone, Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-}
-
-fn answer() -> impl Strategy<Value = Answer> {
-    let status = prop_oneof![
-        Just(200u16),
-        Just(200),
-        Just(429),
-        Just(503),
-        Just(500),
-        Just(400),
-        Just(401),
-        Just(404),
-        100u16..600,
-    ];
-    let name = prop_oneof![
-        Just("retry-after"),
-        Just("x-ratelimit-reset"),
-        Just("ratelimit-reset"),
-        Just("link"),
-        Just("date"),
-    ];
-    (
-        status,
-        proptest::collection::vec((name, header_value()), 0..3),
-        page_body(),
-    )
-        .prop_map(|(status, headers, body)| Answer {
-            status,
-            headers,
-            body,
-        })
 }
 
 proptest! {
@@ -174,7 +118,7 @@ proptest! {
     /// classified error, and never sleeps past its bounds.
     #[test]
     fn any_sequence_of_answers_ends_the_walk(
-        answers in proptest::collection::vec(answer(), 1..6),
+        answers in proptest::collection::vec(answer(page_body()), 1..6),
         token in prop_oneof![
             Just(serde_json::json!({"access_token": "at", "expires_in": 18446744073709551615u64})),
             Just(serde_json::json!({"access_token": "at", "expires_in": "-1"})),
@@ -200,37 +144,16 @@ async fn walk(
     paging: Pagination,
 ) -> Result<(), TestCaseError> {
     use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
     let srv = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(token))
         .mount(&srv)
         .await;
-    let script = Arc::new(Mutex::new(answers.into_iter()));
-    Mock::given(method("GET"))
-        .respond_with(move |_: &Request| {
-            let next = script.lock().unwrap().next();
-            let a = next.unwrap_or(Answer {
-                status: 200,
-                headers: Vec::new(),
-                body: "{\"data\": []}".into(),
-            });
-            let mut r = ResponseTemplate::new(a.status).set_body_string(a.body);
-            for (k, v) in a.headers {
-                if reqwest::header::HeaderValue::from_str(&v).is_ok() {
-                    r = r.insert_header(k, v.as_str());
-                }
-            }
-            r
-        })
-        .mount(&srv)
-        .await;
-    let mut s = HttpSettings::default();
-    s.retry = s.retry.with_seed(5);
+    play(&srv, answers, Answer::ok("{\"data\": []}")).await;
+    let mut s = quick_settings(5);
     s.retry.max_attempts = 3;
-    s.retry.base_delay = Duration::from_millis(1);
-    s.retry.max_delay = Duration::from_millis(2);
     s.retry.max_retry_after = Duration::from_millis(50);
     s.attempt_timeout = Some(Duration::from_secs(5));
     s.call_timeout = Some(Duration::from_secs(10));
@@ -240,24 +163,8 @@ async fn walk(
         "strategy": "oauth2_client_credentials", "token_url": format!("{}token", base),
         "client_id": "c", "client_secret": "s"}))
     .unwrap();
-    let c = http::base_client("prop").unwrap();
-    let ctx = auth::AuthContext {
-        connection: "prop".into(),
-        http: c.clone(),
-        store: Arc::new(auth::MemoryCredentialStore::default()),
-        timeout: Some(Duration::from_secs(5)),
-    };
-    let client = HttpClient::new(ClientParts {
-        connection: "prop".into(),
-        connector: "prop".into(),
-        base: Url::parse(&base).unwrap(),
-        auth: auth::provider(&cfg, ctx).unwrap(),
-        credential: cfg.identity(),
-        http: c,
-        settings: s,
-        breaker: None,
-    });
-    let def = common_stream(paging);
+    let client = client_with(&base, cfg, s);
+    let def = stream(paging);
     let started = std::time::Instant::now();
     let start = def.pagination.first();
     let mut pager = connector_core::Pager::new(client, def, start, None, 2);
@@ -275,38 +182,4 @@ async fn walk(
     }
     prop_assert!(started.elapsed() < Duration::from_secs(20));
     Ok(())
-}
-
-fn common_stream(pagination: Pagination) -> connector_core::StreamDef {
-    use canonical_model::{
-        Entity, EntityKind, FieldRule, MapError, Mapper, MappingVersion, Transform,
-    };
-    #[derive(Debug)]
-    struct Nothing(MappingVersion);
-    impl Mapper for Nothing {
-        fn mapping(&self) -> &MappingVersion {
-            &self.0
-        }
-        fn map(&self, _: &serde_json::Value) -> Result<Vec<Entity>, MapError> {
-            Ok(Vec::new())
-        }
-    }
-    let rules = vec![FieldRule::new(
-        EntityKind::Worker,
-        "source_id",
-        &["/id"],
-        Transform::Text,
-    )];
-    connector_core::StreamDef {
-        name: "items",
-        path: "items".into(),
-        query: Vec::new(),
-        records_at: "/data",
-        pagination,
-        primary_key: "/id",
-        cursor: None,
-        mode: connector_core::SyncMode::FullRefresh,
-        entity: EntityKind::Worker,
-        mapper: Arc::new(Nothing(MappingVersion::new("p", "1", rules).unwrap())),
-    }
 }

@@ -276,7 +276,18 @@ impl Lease {
             }
         }
         drop(session);
-        let renewed = sqlx::query(
+        if let Ok(n) = self.expire_in(LEASE_TTL).await
+            && (n as usize) < inner.streams.len()
+        {
+            self.mark_lost("another process took the lease over".into());
+        }
+    }
+
+    /// Sets this run's rows (those it still holds) to expire `ttl` from now;
+    /// returns how many it still holds.
+    async fn expire_in(&self, ttl: Duration) -> sqlx::Result<u64> {
+        let inner = &*self.inner;
+        let r = sqlx::query(
             "update sync_lease set renewed_at = now(), expires_at = now() + make_interval(secs => $5)
              from unnest($2::text[], $3::bigint[]) as u(stream, fence)
              where sync_lease.connection = $1 and sync_lease.stream = u.stream
@@ -286,14 +297,10 @@ impl Lease {
         .bind(&inner.streams)
         .bind(&inner.fences)
         .bind(&inner.holder)
-        .bind(LEASE_TTL.as_secs_f64())
+        .bind(ttl.as_secs_f64())
         .execute(&inner.pool)
-        .await;
-        if let Ok(r) = renewed
-            && (r.rows_affected() as usize) < inner.streams.len()
-        {
-            self.mark_lost("another process took the lease over".into());
-        }
+        .await?;
+        Ok(r.rows_affected())
     }
 
     /// Ends the run's hold: the rows it still owns expire now and the
@@ -304,18 +311,7 @@ impl Lease {
         }
         let inner = &*self.inner;
         // The rows stay (expired), so fences only ever grow.
-        let _ = sqlx::query(
-            "update sync_lease set expires_at = now()
-             from unnest($2::text[], $3::bigint[]) as u(stream, fence)
-             where sync_lease.connection = $1 and sync_lease.stream = u.stream
-               and sync_lease.fence = u.fence and sync_lease.holder = $4",
-        )
-        .bind(&inner.connection)
-        .bind(&inner.streams)
-        .bind(&inner.fences)
-        .bind(&inner.holder)
-        .execute(&inner.pool)
-        .await;
+        let _ = self.expire_in(Duration::ZERO).await;
         if let Some(c) = inner.session.lock().await.take() {
             // Closing the session releases its advisory lock.
             let _ = sqlx::Connection::close(c).await;

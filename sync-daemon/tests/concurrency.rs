@@ -41,16 +41,7 @@ async fn two_loaders_on_the_same_pages_at_once_create_each_entity_once(pool: sql
     // Record the pages with a first sync, then empty the model.
     let (c, store, _base, _srv) = fixture_ctx(&pool).await;
     pipeline::sync(&c, None).await.unwrap();
-    sqlx::query(
-        "truncate worker, org_unit, location, source_link, derivation, dead_letter cascade",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("update raw_page set loaded_at = null")
-        .execute(&pool)
-        .await
-        .unwrap();
+    empty_model(&pool).await;
     let def = c.connector.streams().remove(0);
     let mapping = db::register_mapping(&pool, def.mapper.mapping())
         .await

@@ -294,16 +294,7 @@ async fn a_source_id_repeated_on_a_page_ends_as_its_last_occurrence(pool: sqlx::
     assert_eq!((seen, sup), (12, 3));
     // A replay into an empty model agrees with the live state.
     let live = state(&pool).await;
-    sqlx::query(
-        "truncate worker, org_unit, location, source_link, derivation, dead_letter cascade",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("update raw_page set loaded_at = null")
-        .execute(&pool)
-        .await
-        .unwrap();
+    empty_model(&pool).await;
     let r = pipeline::replay(&c, None, false).await.unwrap();
     // Three stored copies of the page: the last copy's records win; the two
     // older copies' records and each copy's first occurrence are superseded.

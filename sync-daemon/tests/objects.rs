@@ -38,18 +38,31 @@ async fn object_states(pool: &sqlx::PgPool) -> Vec<(i64, String)> {
     .unwrap()
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn lost_objects_are_marked_skipped_by_replay_and_reported(pool: sqlx::PgPool) {
-    let (base, _srv) = fixture_source().await;
+/// The recorded workers synced into a file raw store in a temporary folder.
+async fn synced_into_files(
+    pool: &sqlx::PgPool,
+) -> (
+    pipeline::Ctx,
+    RawStore,
+    tempfile::TempDir,
+    tokio::task::JoinHandle<()>,
+) {
+    let (base, srv) = fixture_source().await;
     let dir = tempfile::tempdir().unwrap();
     let store = file_store(dir.path());
     let c = ctx(
-        &pool,
+        pool,
         &store,
         Arc::new(workday(&base)),
         &refresh_auth(&base, REFRESH_TOKEN),
     );
     pipeline::sync(&c, None).await.unwrap();
+    (c, store, dir, srv)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn lost_objects_are_marked_skipped_by_replay_and_reported(pool: sqlx::PgPool) {
+    let (c, store, dir, _srv) = synced_into_files(&pool).await;
     std::fs::remove_file(dir.path().join(object_of(&pool, 2).await)).unwrap();
     std::fs::write(
         dir.path().join(object_of(&pool, 3).await),
@@ -94,26 +107,11 @@ async fn lost_objects_are_marked_skipped_by_replay_and_reported(pool: sqlx::PgPo
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_unloaded_page_whose_object_is_lost_is_fetched_again(pool: sqlx::PgPool) {
-    let (base, _srv) = fixture_source().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = file_store(dir.path());
-    let c = ctx(
-        &pool,
-        &store,
-        Arc::new(workday(&base)),
-        &refresh_auth(&base, REFRESH_TOKEN),
-    );
-    pipeline::sync(&c, None).await.unwrap();
+    let (c, _store, dir, _srv) = synced_into_files(&pool).await;
     let live = state(&pool).await;
     // As if the process had died after storing page 2 and before loading it,
     // and the object had been lost since.
-    sqlx::query(
-        "update raw_page set loaded_at = null, records_changed = null, records_unchanged = null,
-                records_dead = null, records_superseded = null where id = 2",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    unload_page(&pool, 2).await;
     std::fs::remove_file(dir.path().join(object_of(&pool, 2).await)).unwrap();
 
     let s = pipeline::sync(&c, Some("workers")).await.unwrap();
@@ -230,13 +228,7 @@ async fn secrets_in_next_links_are_never_stored_and_a_lost_page_is_set_aside(poo
 
     // A lost page whose stored link is masked cannot be asked for again: it
     // is set aside, and the sync goes on.
-    sqlx::query(
-        "update raw_page set loaded_at = null, records_changed = null, records_unchanged = null,
-                records_dead = null, records_superseded = null where id = 2",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    unload_page(&pool, 2).await;
     std::fs::remove_file(dir.path().join(object_of(&pool, 2).await)).unwrap();
     let s = pipeline::sync(&c, None).await.expect("not held back");
     assert_eq!(

@@ -8,34 +8,17 @@
 mod common;
 
 use common::*;
+use connector_core::testkit::hostile::{Answer, answer, junk_body, play};
 use connector_core::{HttpClient, HttpSettings, RawStore};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use sync_daemon::{db::MIGRATOR, pipeline};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
-
-#[derive(Clone, Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-}
-
-fn header_value() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<u64>().prop_map(|n| n.to_string()),
-        any::<i64>().prop_map(|n| n.to_string()),
-        "[0-9]{1,30}(\\.[0-9]{1,3})?(e[0-9]{1,3})?",
-        Just("Fri, 31 Dec 9999 23:59:59 GMT".to_owned()),
-        Just("0".to_owned()),
-        "[ -~]{0,20}",
-    ]
-}
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// One record, from a recorded worker, made hostile in one way (or not).
 fn record(base: Arc<Vec<Value>>) -> impl Strategy<Value = String> {
@@ -76,39 +59,8 @@ fn envelope(base: Arc<Vec<Value>>) -> impl Strategy<Value = String> {
         4 => (total, proptest::collection::vec(record(base), 0..4)).prop_map(|(t, rs)| {
             format!("{{\"total\": {t}, \"data\": [{}]}}", rs.join(","))
         }),
-        1 => Just("<html>maintenance</html>".to_owned()),
-        1 => Just("{\"total\": 3, \"data\": [{\"id\": \"a\"}".to_owned()),
-        1 => Just("{\"data\": {}}".to_owned()),
-        1 => "\\PC{0,40}",
+        1 => junk_body(),
     ]
-}
-
-fn answer(base: Arc<Vec<Value>>) -> impl Strategy<Value = Answer> {
-    let status = prop_oneof![
-        6 => Just(200u16),
-        1 => Just(429),
-        1 => Just(503),
-        1 => Just(500),
-        1 => Just(400),
-        1 => Just(401),
-        1 => Just(404),
-    ];
-    let name = prop_oneof![
-        Just("retry-after"),
-        Just("x-ratelimit-reset"),
-        Just("ratelimit-reset"),
-        Just("date"),
-    ];
-    (
-        status,
-        proptest::collection::vec((name, header_value()), 0..2),
-        envelope(base),
-    )
-        .prop_map(|(status, headers, body)| Answer {
-            status,
-            headers,
-            body,
-        })
 }
 
 fn token() -> impl Strategy<Value = Value> {
@@ -129,24 +81,12 @@ async fn run_case(pool: &sqlx::PgPool, n: usize, answers: Vec<Answer>, tok: Valu
         .respond_with(ResponseTemplate::new(200).set_body_json(tok))
         .mount(&srv)
         .await;
-    let script = Arc::new(Mutex::new(answers.clone().into_iter()));
-    Mock::given(method("GET"))
-        .respond_with(move |_: &Request| {
-            let a = script.lock().unwrap().next().unwrap_or(Answer {
-                status: 200,
-                headers: Vec::new(),
-                body: "{\"total\": 0, \"data\": []}".into(),
-            });
-            let mut r = ResponseTemplate::new(a.status).set_body_string(a.body);
-            for (k, v) in a.headers {
-                if reqwest::header::HeaderValue::from_str(&v).is_ok() {
-                    r = r.insert_header(k, v.as_str());
-                }
-            }
-            r
-        })
-        .mount(&srv)
-        .await;
+    play(
+        &srv,
+        answers.clone(),
+        Answer::ok("{\"total\": 0, \"data\": []}"),
+    )
+    .await;
     let store = RawStore::in_memory();
     let connection = format!("p{n}");
     let auth: connector_core::AuthConfig = serde_json::from_value(json!({
@@ -205,7 +145,7 @@ async fn run_case(pool: &sqlx::PgPool, n: usize, answers: Vec<Answer>, tok: Valu
 async fn whatever_the_source_answers_every_run_ends_and_adds_up(pool: sqlx::PgPool) {
     let base = Arc::new(workers()[..20].to_vec());
     let strategy = (
-        proptest::collection::vec(answer(base.clone()), 1..5),
+        proptest::collection::vec(answer(envelope(base.clone())), 1..5),
         token(),
     );
     // Deterministic: the same cases on every run; a failing case is printed whole.

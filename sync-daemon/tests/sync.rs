@@ -224,14 +224,7 @@ async fn replaying_every_page_into_an_empty_model_reproduces_the_live_state(pool
     pipeline::sync(&c, None).await.unwrap();
     pipeline::sync(&c, None).await.unwrap();
     let live = state(&pool).await;
-    sqlx::query("truncate worker, org_unit, location, dead_letter, source_link, derivation")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("update raw_page set loaded_at = null")
-        .execute(&pool)
-        .await
-        .unwrap();
+    empty_model(&pool).await;
     assert!(state(&pool).await.is_empty());
     let mut r = c.clone();
     r.http = None;

@@ -171,3 +171,33 @@ pub fn workday_sized(base: &str, page_size: u32) -> workday::Workday {
     )
     .unwrap()
 }
+
+/// Empties the canonical model and marks every stored page unloaded: what a
+/// replay into an empty model starts from.
+pub async fn empty_model(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "truncate worker, org_unit, location, source_link, derivation, dead_letter cascade",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update raw_page set loaded_at = null, records_changed = null, records_unchanged = null,
+                records_dead = null, records_superseded = null",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Marks one page stored but not loaded, as if the process had died between.
+pub async fn unload_page(pool: &sqlx::PgPool, page: i64) {
+    sqlx::query(
+        "update raw_page set loaded_at = null, records_changed = null, records_unchanged = null,
+                records_dead = null, records_superseded = null where id = $1",
+    )
+    .bind(page)
+    .execute(pool)
+    .await
+    .unwrap();
+}
