@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use connector_core::CredentialStore;
 use connector_core::{PageToken, RequestMeta};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::lease::Lease;
@@ -14,10 +14,17 @@ use crate::lease::Lease;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("database.url is not a Postgres URL: {e}"))?;
+    // A transaction left idle by a stopped process (SIGSTOP, a hung client)
+    // would hold its locks, and the fence lock with them, for ever: the
+    // server ends it after five minutes. No transaction of ours idles that long.
+    let options = options.options([("idle_in_transaction_session_timeout", "300s")]);
     PgPoolOptions::new()
-        // A sync holds one connection for its lock and uses one each for fetch and load.
+        // Fetch and load use one connection each; the lock has its own session.
         .max_connections(max_connections.max(3))
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))
 }

@@ -112,11 +112,21 @@ impl Lease {
     ) -> anyhow::Result<Self> {
         let holder = holder_name();
         let mut tx = pool.begin().await?;
-        // Waits for the previous holder's in-flight writes to commit.
+        // Waits for the previous holder's in-flight writes to commit, a
+        // minute at most (a stopped process's transaction is ended by the
+        // server's idle timeout; see `db::connect`).
+        sqlx::query("set local lock_timeout = '60s'")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(FENCE_EXCLUSIVE_SQL)
             .bind(connection)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "connection {connection:?}: a process that lost its lock is still writing; try again later ({e})"
+                )
+            })?;
         let mut fences = Vec::new();
         for stream in streams {
             let fence: i64 = sqlx::query_scalar(
