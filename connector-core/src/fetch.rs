@@ -163,10 +163,26 @@ impl Pager {
             self.inflight.push_back(Box::pin(async move {
                 let page_url = url.clone();
                 let r = http
-                    .get_checked(url, |resp| {
+                    .get_checked(url.clone(), |resp| {
                         check_page(&def, &page_url, &http, resp, &endpoint)
                     })
                     .await;
+                // A body that ends early on every attempt is what the source
+                // serves for this page: it is handed over as unreadable (and
+                // stored), not asked for forever.
+                let r = match r {
+                    Err(Error::Truncated { message, .. }) => http.get(url).await.map(|resp| {
+                        let why = format!("the body ended early on every attempt ({message})");
+                        let checked = Checked {
+                            facts: PageFacts::default(),
+                            max_cursor: None,
+                            unparseable: Some(http.scrub(&why)),
+                            bad_next: None,
+                        };
+                        (resp, checked)
+                    }),
+                    other => other,
+                };
                 (token, r)
             }));
         }
@@ -185,7 +201,14 @@ impl Pager {
         if checked.facts.records > 0 {
             self.page_size = Some(checked.facts.records as u64);
         }
-        let (next, stuck) = if let Some(why) = &checked.unparseable {
+        let (next, stuck) = if let (Some(_), Pagination::LinkHeader, Some(_)) = (
+            &checked.unparseable,
+            &self.def.pagination,
+            &checked.facts.next,
+        ) {
+            // The header names the next page: the pull goes on past this one.
+            (self.def.pagination.next(&token, &checked.facts), None)
+        } else if let Some(why) = &checked.unparseable {
             match self
                 .def
                 .pagination
@@ -206,6 +229,18 @@ impl Pager {
                 None,
                 Some(format!(
                     "{} ({token}): the next-page value is unusable: {why}",
+                    self.endpoint
+                )),
+            )
+        } else if let Some(total) = self
+            .def
+            .pagination
+            .empty_before_total(&token, &checked.facts)
+        {
+            (
+                None,
+                Some(format!(
+                    "{} ({token}): the page is empty but the source reported a total of {total}; the pull is incomplete",
                     self.endpoint
                 )),
             )
@@ -264,6 +299,9 @@ fn check_page(
     {
         *next = http.strip_auth_params(next);
     }
+    // These messages quote what the source sent: scrubbed like errors.
+    c.unparseable = c.unparseable.map(|m| http.scrub(&m));
+    c.bad_next = c.bad_next.map(|m| http.scrub(&m));
     Ok(c)
 }
 
@@ -315,11 +353,20 @@ fn facts_of(
             });
         }
         Err(e) => {
+            // A next page named by a header is known without the body.
+            let raw_next = match def.pagination {
+                Pagination::LinkHeader => Ok(link_from_headers(headers)),
+                _ => Ok(None),
+            };
+            let (next, bad_next) = resolve_next(def, page_url, base, raw_next, endpoint)?;
             return Ok(Checked {
-                facts: PageFacts::default(),
+                facts: PageFacts {
+                    next,
+                    ..PageFacts::default()
+                },
                 max_cursor: None,
                 unparseable: Some(e.message),
-                bad_next: None,
+                bad_next,
             });
         }
     };
@@ -327,38 +374,10 @@ fn facts_of(
         Pagination::Cursor { cursor_at, .. } => string_at(split.root, cursor_at),
         Pagination::NextLink(LinkAt::Pointer(p)) => string_at(split.root, p),
         Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(split.root, p),
-        Pagination::LinkHeader => Ok(headers
-            .get_all("link")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(link_header_next)
-            .map(str::to_owned)),
+        Pagination::LinkHeader => Ok(link_from_headers(headers)),
         Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. } => Ok(None),
     };
-    let mut bad_next = None;
-    let next = match (&def.pagination, raw_next) {
-        (_, Err(e)) => {
-            bad_next = Some(e);
-            None
-        }
-        (Pagination::NextLink(_) | Pagination::LinkHeader, Ok(Some(link))) if !link.is_empty() => {
-            match page_url.join(&link) {
-                Err(e) => {
-                    bad_next = Some(format!("next link is not a URL: {e}"));
-                    None
-                }
-                Ok(abs) if abs.origin() != base.origin() => {
-                    return Err(Error::CrossOrigin {
-                        endpoint: endpoint.to_owned(),
-                        origin: abs.origin().ascii_serialization(),
-                    });
-                }
-                Ok(abs) => Some(abs.to_string()),
-            }
-        }
-        (Pagination::NextLink(_) | Pagination::LinkHeader, Ok(_)) => None,
-        (_, Ok(n)) => n,
-    };
+    let (next, bad_next) = resolve_next(def, page_url, base, raw_next, endpoint)?;
     let max_cursor = match def.cursor {
         Some(ptr) => split
             .records
@@ -379,6 +398,54 @@ fn facts_of(
         unparseable: None,
         bad_next,
     })
+}
+
+/// The `rel="next"` target of the response's `Link` headers.
+fn link_from_headers(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all("link")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(link_header_next)
+        .map(str::to_owned)
+}
+
+/// The next-page value as it will be requested and stored: a link resolved
+/// against the page's URL (refused when on another origin), or a cursor.
+/// `Ok((None, Some(why)))` when the value is there but unusable.
+fn resolve_next(
+    def: &StreamDef,
+    page_url: &Url,
+    base: &Url,
+    raw_next: Result<Option<String>, String>,
+    endpoint: &str,
+) -> Result<(Option<String>, Option<String>), Error> {
+    let raw = match raw_next {
+        Err(e) => return Ok((None, Some(e))),
+        Ok(r) => r,
+    };
+    match (&def.pagination, raw) {
+        (Pagination::NextLink(_) | Pagination::LinkHeader, Some(link)) if !link.is_empty() => {
+            match page_url.join(&link) {
+                Err(e) => Ok((None, Some(format!("next link is not a URL: {e}")))),
+                Ok(abs) if abs.origin() != base.origin() => Err(Error::CrossOrigin {
+                    endpoint: endpoint.to_owned(),
+                    origin: abs.origin().ascii_serialization(),
+                }),
+                Ok(abs) => Ok((Some(abs.to_string()), None)),
+            }
+        }
+        (Pagination::NextLink(_) | Pagination::LinkHeader, _) => Ok((None, None)),
+        // Postgres cannot store U+0000 in the watermark: a cursor holding
+        // one could never be resumed from.
+        (_, Some(c)) if c.contains('\0') => Ok((
+            None,
+            Some(
+                "the next cursor contains a NUL character (U+0000), which cannot be stored".into(),
+            ),
+        )),
+        (_, n) => Ok((n, None)),
+    }
 }
 
 /// A string (or number) at `ptr`; `None` when absent or null.

@@ -476,14 +476,18 @@ impl HttpClient {
             attempt,
         }
         .emit();
-        let result = match self.attempt_with_auth(endpoint, url).await {
+        let answer = self.attempt_with_auth(endpoint, url).await;
+        // The breaker judges the host by its answer, not by the content: a
+        // complete answer whose body the check refuses (cut JSON, a bad
+        // page) says the host is up.
+        inner.breaker.record(Outcome::of(&answer));
+        let result = match answer {
             Ok(resp) => check(&resp).map(|t| (resp, t)),
             Err(e) => Err(e),
         }
         // Whatever the source echoed back (an error body, a malformed value)
         // is scrubbed of the connection's secrets before anyone sees it.
         .map_err(|e| e.map_text(|t| self.scrub(t)));
-        inner.breaker.record(Outcome::of(&result));
         match &result {
             Ok(_) => inner.limiter.on_success(),
             Err(e) => {
@@ -596,7 +600,9 @@ impl HttpClient {
                     } else {
                         redact(&k, &v)
                     };
-                    (k.to_string(), v.to_owned())
+                    // Decoded values may hold U+0000 (`%00`), which the
+                    // ledger's JSON cannot: the record shows U+FFFD instead.
+                    (k.replace('\0', "\u{FFFD}"), v.replace('\0', "\u{FFFD}"))
                 })
                 .collect(),
             status,

@@ -320,6 +320,27 @@ impl Pagination {
         }
     }
 
+    /// The total a page announced when the page is empty although the total
+    /// says more remain at its position (offsets and page numbers): a
+    /// source that stops serving before its own total (an offset window, a
+    /// stale count). Ending the pull there would truncate it silently.
+    pub fn empty_before_total(&self, token: &PageToken, facts: &PageFacts) -> Option<u64> {
+        let total = facts.total?;
+        if facts.records > 0 {
+            return None;
+        }
+        match (self, token) {
+            (Pagination::OffsetLimit { .. }, PageToken::Offset { offset }) => {
+                (*offset < total).then_some(total)
+            }
+            (Pagination::PageNumber { first_page, .. }, PageToken::Page { page }) => {
+                let last = first_page.saturating_add(total.saturating_sub(1));
+                (*page <= last).then_some(total)
+            }
+            _ => None,
+        }
+    }
+
     /// The page after one that could not be read, when the strategy can tell
     /// it without the body: the next offset (`step` ahead: the page size the
     /// server used so far, else the limit) or page number, while `total`
@@ -443,6 +464,15 @@ mod tests {
             "total reached"
         );
         assert_eq!(p.next(&t0, &facts(0, None)), None, "empty page");
+        assert_eq!(
+            p.empty_before_total(&PageToken::Offset { offset: 100 }, &facts(0, Some(250))),
+            Some(250),
+            "an empty page the total says is not the end"
+        );
+        assert_eq!(
+            p.empty_before_total(&PageToken::Offset { offset: 250 }, &facts(0, Some(250))),
+            None
+        );
         assert!(
             p.next(&t0, &facts(100, None)).is_some(),
             "full page, no total: keep going"

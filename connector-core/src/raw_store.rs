@@ -150,12 +150,23 @@ impl RawStore {
             mode: PutMode::Create,
             ..Default::default()
         };
+        let path = self.path(&key)?;
         match self
             .store
-            .put_opts(&self.path(&key)?, PutPayload::from_bytes(body), opts)
+            .put_opts(&path, PutPayload::from_bytes(body.clone()), opts)
             .await
         {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+            Ok(_) => Ok(StoredObject { key, sha256, bytes }),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // The same bytes are there, unless the object was damaged
+                // since: then this fetch repairs it.
+                if self.get_verified(&key).await?.is_err() {
+                    tracing::warn!(event = "raw_object_repaired", object = %key);
+                    self.store
+                        .put(&path, PutPayload::from_bytes(body))
+                        .await
+                        .map_err(|e| Error::Storage(format!("put {key}: {e}")))?;
+                }
                 Ok(StoredObject { key, sha256, bytes })
             }
             Err(e) => Err(Error::Storage(format!("put {key}: {e}"))),
@@ -246,6 +257,12 @@ mod tests {
             s.get_verified(&o.key).await.unwrap(),
             Err(ObjectProblem::Corrupt)
         );
+        // Storing the same body again repairs it.
+        s.put("t", "c", "s", at, Bytes::from_static(b"[1]"))
+            .await
+            .unwrap();
+        assert_eq!(s.get(&o.key).await.unwrap().as_ref(), b"[1]");
+        std::fs::write(dir.join("nested").join(&o.key), b"[2]").unwrap();
         std::fs::remove_file(dir.join("nested").join(&o.key)).unwrap();
         assert_eq!(
             s.get_verified(&o.key).await.unwrap(),

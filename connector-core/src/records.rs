@@ -11,6 +11,44 @@ pub struct PageRecords<'a> {
     pub total: Option<u64>,
 }
 
+/// The most records one page may hold. A page is parsed whole and each of
+/// its records costs the loader some bookkeeping, so a page of millions of
+/// tiny records (`[{},{},…]`) could exhaust memory within the body limit; a
+/// page over the limit is unreadable (stored and dead-lettered as a page).
+pub const MAX_RECORDS_PER_PAGE: usize = 100_000;
+
+const TOO_MANY: &str = "too many records for one page";
+
+/// A records array, read without collecting more than
+/// [`MAX_RECORDS_PER_PAGE`] of them.
+struct Capped<'a>(Vec<&'a RawValue>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Capped<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = Vec<&'de RawValue>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(r) = seq.next_element::<&'de RawValue>()? {
+                    if out.len() == MAX_RECORDS_PER_PAGE {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    out.push(r);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Seq).map(Capped)
+    }
+}
+
 /// Why a body could not be split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitError {
@@ -74,8 +112,17 @@ pub fn split_root<'a>(
 ) -> Result<PageRecords<'a>, String> {
     let list =
         pointer(root, records_at)?.ok_or_else(|| format!("no records array at {records_at:?}"))?;
-    let records: Vec<&RawValue> = serde_json::from_str(list.get())
-        .map_err(|_| format!("value at {records_at:?} is not an array"))?;
+    let records = serde_json::from_str::<Capped>(list.get())
+        .map_err(|e| {
+            if e.to_string().contains(TOO_MANY) {
+                format!(
+                    "the records array at {records_at:?} holds more than {MAX_RECORDS_PER_PAGE} records, the limit per page"
+                )
+            } else {
+                format!("value at {records_at:?} is not an array")
+            }
+        })?
+        .0;
     let total = match total_at {
         None => None,
         Some(p) => self::pointer(root, p)?.and_then(|v| parse_total(v.get())),
@@ -162,6 +209,22 @@ mod tests {
         assert!(!e.truncated, "{e}");
         let e = split_page(b"<html>busy</html>", "/data", None).unwrap_err();
         assert!(!e.truncated, "{e}");
+    }
+
+    #[test]
+    fn a_page_of_millions_of_tiny_records_is_refused_not_collected() {
+        let n = MAX_RECORDS_PER_PAGE + 1;
+        let body = format!("{{\"data\": [{}{{}}]}}", "{},".repeat(n - 1));
+        let e = split_records(body.as_bytes(), "/data", None).unwrap_err();
+        assert!(e.contains("more than 100000 records"), "{e}");
+        let ok = format!("{{\"data\": [{}{{}}]}}", "{},".repeat(n - 2));
+        assert_eq!(
+            split_records(ok.as_bytes(), "/data", None)
+                .unwrap()
+                .records
+                .len(),
+            MAX_RECORDS_PER_PAGE
+        );
     }
 
     #[test]

@@ -363,3 +363,104 @@ fn incremental_streams_cannot_page_by_offset() {
     def.cursor = None;
     assert!(def.validate().unwrap_err().to_string().contains("cursor"));
 }
+
+#[tokio::test]
+async fn a_body_cut_short_on_every_attempt_is_handed_over_not_asked_for_forever() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/items"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string("{\"total\": 3, \"data\": [{\"id\": \"a\"}"),
+        )
+        .mount(&srv)
+        .await;
+    let def = stream(Pagination::offset_limit(100));
+    let c = client(&format!("{}/", srv.uri()), AuthConfig::None);
+    let mut pager = Pager::new(c, def, PageToken::Offset { offset: 0 }, None, 1);
+    let p = pager.next_page().await.unwrap().unwrap();
+    let why = p.unparseable.expect("handed over as unreadable");
+    assert!(why.contains("ended early"), "{why}");
+    assert!(
+        p.stuck.is_some(),
+        "no total known: the next page is not guessed"
+    );
+}
+
+#[tokio::test]
+async fn a_link_header_carries_the_pull_past_an_unreadable_body() {
+    let srv = MockServer::start().await;
+    let base = srv.uri();
+    Mock::given(path("/items"))
+        .and(query_param("page", "2"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": records(1, 1)})),
+        )
+        .mount(&srv)
+        .await;
+    Mock::given(path("/items"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("<html>oops</html>")
+                .insert_header(
+                    "Link",
+                    format!("<{base}/items?page=2>; rel=\"next\"").as_str(),
+                ),
+        )
+        .mount(&srv)
+        .await;
+    let def = stream(Pagination::LinkHeader);
+    let c = client(&format!("{base}/"), AuthConfig::None);
+    let mut pager = Pager::new(c, def, PageToken::Start, None, 1);
+    let first = pager.next_page().await.unwrap().unwrap();
+    assert!(first.unparseable.is_some() && first.stuck.is_none());
+    let second = pager.next_page().await.unwrap().unwrap();
+    assert!(second.unparseable.is_none() && second.next.is_none());
+}
+
+#[tokio::test]
+async fn an_empty_page_before_the_total_is_an_incomplete_pull_not_the_end() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/items"))
+        .and(query_param("offset", "0"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"total": 50_000, "data": records(0, 100)})),
+        )
+        .mount(&srv)
+        .await;
+    Mock::given(path("/items"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"total": 50_000, "data": []})),
+        )
+        .mount(&srv)
+        .await;
+    let def = stream(Pagination::offset_limit(100));
+    let c = client(&format!("{}/", srv.uri()), AuthConfig::None);
+    let mut pager = Pager::new(c, def, PageToken::Offset { offset: 0 }, None, 1);
+    pager.next_page().await.unwrap().unwrap();
+    let p = pager.next_page().await.unwrap().unwrap();
+    let why = p.stuck.expect("an incomplete pull is said so");
+    assert!(
+        why.contains("total of 50000") && why.contains("offset 100"),
+        "{why}"
+    );
+    assert!(pager.next_page().await.is_none());
+}
+
+#[tokio::test]
+async fn a_cursor_that_cannot_be_stored_stops_the_pull_clearly() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/items"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("{\"data\": [{\"id\": \"a\"}], \"next\": \"c\\u0000d\"}"),
+        )
+        .mount(&srv)
+        .await;
+    let def = stream(Pagination::cursor("cursor", "/next"));
+    let c = client(&format!("{}/", srv.uri()), AuthConfig::None);
+    let mut pager = Pager::new(c, def, PageToken::Start, None, 1);
+    let p = pager.next_page().await.unwrap().unwrap();
+    assert!(p.next.is_none());
+    assert!(p.stuck.is_some_and(|w| w.contains("NUL")));
+}

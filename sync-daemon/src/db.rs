@@ -129,11 +129,28 @@ pub async fn start_run(
     .await?)
 }
 
+/// Text a source or an error produced, made fit for a text column: U+0000
+/// (which Postgres text refuses) becomes U+FFFD, and at most `max_chars`
+/// characters are kept.
+pub fn column_text(s: &str, max_chars: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max_chars)
+        .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+        .collect();
+    if s.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// How a run ended and what it did, as the ledger records it.
 #[derive(Debug, Clone, Copy)]
 pub struct RunEnd<'a> {
     pub status: &'a str,
-    pub pages: i64,
+    /// Pages loaded (a replay); `None`: the pages the run stored, counted
+    /// from the ledger (whatever path the run left by).
+    pub pages: Option<i64>,
     pub pages_missing: i64,
     pub counts: Counts,
     pub error: Option<&'a str>,
@@ -143,19 +160,20 @@ pub struct RunEnd<'a> {
 pub async fn finish_run(pool: &PgPool, run: i64, end: &RunEnd<'_>) -> anyhow::Result<()> {
     let c = end.counts;
     sqlx::query(
-        "update sync_run set status = $2, finished_at = now(), pages = $3, records_seen = $4,
+        "update sync_run set status = $2, finished_at = now(),
+         pages = coalesce($3, (select count(*) from raw_page where run_id = $1)), records_seen = $4,
          records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8, resume_at = $9,
          records_superseded = $10, pages_missing = $11
          where id = $1",
     )
     .bind(run)
     .bind(end.status)
-    .bind(i32::try_from(end.pages).unwrap_or(i32::MAX))
+    .bind(end.pages.map(|p| i32::try_from(p).unwrap_or(i32::MAX)))
     .bind(c.seen())
     .bind(c.changed)
     .bind(c.unchanged)
     .bind(c.dead)
-    .bind(end.error)
+    .bind(end.error.map(|e| column_text(e, 4000)))
     .bind(end.resume_at)
     .bind(c.superseded)
     .bind(i32::try_from(end.pages_missing).unwrap_or(i32::MAX))
@@ -279,7 +297,7 @@ pub async fn record_page(
     .bind(serde_json::to_value(p.meta)?)
     .bind(p.record_path)
     .bind(i32::try_from(p.record_count)?)
-    .bind(p.parse_error)
+    .bind(p.parse_error.map(|e| column_text(e, 2000)))
     .bind(p.since)
     .bind(holder)
     .bind(fence)
@@ -474,4 +492,16 @@ pub async fn save_breaker(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::column_text;
+
+    #[test]
+    fn column_text_has_no_nul_and_a_bound() {
+        assert_eq!(column_text("a\0b", 10), "a\u{FFFD}b");
+        assert_eq!(column_text("abcdef", 3), "abc…");
+        assert_eq!(column_text("abc", 3), "abc");
+    }
 }

@@ -266,7 +266,22 @@ impl Lease {
     /// again), and the rows still ours.
     async fn beat(&self) {
         let inner = &*self.inner;
+        // The rows first: a run whose leases were taken over must not take
+        // the lock again (it would keep every other run out until its next
+        // write fails); it lets the lock go at once.
+        if self.lost().is_none()
+            && let Ok(n) = self.expire_in(LEASE_TTL).await
+            && (n as usize) < inner.streams.len()
+        {
+            self.mark_lost("another process took the lease over".into());
+        }
         let mut session = inner.session.lock().await;
+        if self.lost().is_some() {
+            if let Some(c) = session.take() {
+                let _ = sqlx::Connection::close(c).await;
+            }
+            return;
+        }
         let alive = match session.as_mut() {
             Some(c) => sqlx::query("select 1").execute(c).await.is_ok(),
             None => false,
@@ -284,12 +299,6 @@ impl Lease {
                     Err(_) => {}
                 }
             }
-        }
-        drop(session);
-        if let Ok(n) = self.expire_in(LEASE_TTL).await
-            && (n as usize) < inner.streams.len()
-        {
-            self.mark_lost("another process took the lease over".into());
         }
     }
 

@@ -89,6 +89,8 @@ pub struct LoadOpts<'a> {
     /// A probe: only these records are loaded, no page is marked (the caller
     /// rolls the transaction back).
     pub only: Option<&'a HashSet<RecordKey>>,
+    /// A replay: pages found unreadable when fetched are not dead-lettered again.
+    pub replay: bool,
 }
 
 /// What would change or changed: rows per entity and fields per `entity.field`.
@@ -151,12 +153,15 @@ struct Cand {
 /// A dead letter about to be recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Dead {
+    /// The record's index in the batch (`None` for a page, or a record
+    /// without a usable id).
+    rec: Option<usize>,
     page_id: i64,
     /// `None`: the whole page.
     ordinal: Option<i32>,
     source_id: Option<String>,
     /// One open dead letter per key: `id:<source id>`, `rec:<record hash>`
-    /// or `page:<body hash>`.
+    /// or `page:<page token>`.
     key: String,
     class: &'static str,
     field: Option<String>,
@@ -290,13 +295,16 @@ fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> S
         let records = match unreadable {
             Ok(r) => r,
             Err(message) => {
-                let whole_page = opts.only.is_none_or(|o| o.iter().any(|k| k.0 == p.page.id));
-                if whole_page {
+                // A replay finds again what the fetch found (its dead
+                // letter is on record, or resolved by a complete pull since).
+                let known_at_fetch = opts.replay && p.page.parse_error.is_some();
+                if opts.only.is_none() && !known_at_fetch {
                     out.dead.push(Dead {
+                        rec: None,
                         page_id: p.page.id,
                         ordinal: None,
                         source_id: None,
-                        key: format!("page:{}", p.page.body_sha256),
+                        key: page_key(&p.page),
                         class: "unreadable_page",
                         field: None,
                         pointer: Some(p.page.record_path.clone()),
@@ -333,6 +341,7 @@ fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> S
                     if rec.status != Status::Ignored {
                         rec.status = Status::Dead;
                         out.dead.push(Dead {
+                            rec: None,
                             page_id: p.page.id,
                             ordinal: Some(ordinal),
                             source_id: None,
@@ -364,11 +373,14 @@ fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> S
         out.pages.push((p.page.id, first, out.recs.len(), 0));
     }
     if let Some(q) = opts.quarantine {
-        for r in out.recs.iter_mut().filter(|r| r.status == Status::Pending) {
+        for (i, r) in out.recs.iter_mut().enumerate() {
+            if r.status != Status::Pending {
+                continue;
+            }
             if let Some(why) = q.get(&(r.page_id, r.ordinal)) {
                 r.status = Status::Dead;
                 out.dead
-                    .push(dead_record(r, ctx, "database", None, why.clone()));
+                    .push(dead_record(i, r, ctx, "database", None, why.clone()));
             }
         }
     }
@@ -376,6 +388,7 @@ fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> S
 }
 
 fn dead_record(
+    rec: usize,
     r: &Rec<'_>,
     ctx: &LoadCtx<'_>,
     class: &'static str,
@@ -384,6 +397,7 @@ fn dead_record(
 ) -> Dead {
     let (field, pointer) = field_pointer.map_or((None, None), |(f, p)| (Some(f), p));
     Dead {
+        rec: Some(rec),
         page_id: r.page_id,
         ordinal: Some(r.ordinal),
         source_id: Some(r.source_id.clone()),
@@ -395,6 +409,17 @@ fn dead_record(
             "{}/{} raw page {} record {} ({}): {message}",
             ctx.connection, ctx.stream, r.page_id, r.ordinal, r.source_id
         ),
+    }
+}
+
+/// The dead-letter key of an unreadable page: its position (token), so a
+/// page that fails again (with another body, e.g. an error page with a
+/// request id) updates the same dead letter.
+fn page_key(page: &PageRef) -> String {
+    if page.page_token.is_null() {
+        format!("page:{}", page.body_sha256)
+    } else {
+        format!("page:{}", page.page_token)
     }
 }
 
@@ -419,6 +444,7 @@ fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) ->
             Err(e) => {
                 r.status = Status::Dead;
                 dead.push(dead_record(
+                    i,
                     r,
                     ctx,
                     "parse",
@@ -428,14 +454,35 @@ fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) ->
                 continue;
             }
         };
-        let rows: Vec<CanonicalRow> = match ctx.mapper.map(&value) {
-            Ok(entities) => entities.into_iter().map(|e| e.into_row()).collect(),
-            Err(e) => {
+        // A mapper that panics on one record must not fail every load of
+        // its page: the record is dead-lettered like a mapping error.
+        let mapped =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.mapper.map(&value)));
+        let rows: Vec<CanonicalRow> = match mapped {
+            Err(panic) => {
+                r.status = Status::Dead;
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                dead.push(dead_record(
+                    i,
+                    r,
+                    ctx,
+                    "mapper_panic",
+                    None,
+                    format!("the mapper panicked on this record (a bug in the mapper): {msg}"),
+                ));
+                continue;
+            }
+            Ok(Ok(entities)) => entities.into_iter().map(|e| e.into_row()).collect(),
+            Ok(Err(e)) => {
                 r.status = Status::Dead;
                 let fp = e
                     .field()
                     .map(|f| (f.to_owned(), e.pointer().map(str::to_owned)));
-                dead.push(dead_record(r, ctx, "mapping", fp, e.to_string()));
+                dead.push(dead_record(i, r, ctx, "mapping", fp, e.to_string()));
                 continue;
             }
         };
@@ -456,6 +503,7 @@ fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) ->
                 .map(|p| format!(" at {p}"))
                 .unwrap_or_default();
             dead.push(dead_record(
+                i,
                 r,
                 ctx,
                 "value",
@@ -500,12 +548,13 @@ pub async fn load_batch(
         .filter(|r| r.status == Status::Pending)
         .map(|r| r.source_id.clone())
         .collect();
-    let known: HashMap<String, (Option<Vec<u8>>, Option<i32>)> = sqlx::query(
+    type Known = (Option<Vec<u8>>, Option<i32>, Option<i64>, Option<i32>);
+    let known: HashMap<String, Known> = sqlx::query(
         // One primary-key probe per id (the lateral `offset 0` keeps the planner
         // from flattening it): with `= any($3)` and stale or missing statistics
         // (autovacuum may be off) Postgres scans the whole (type, connection)
         // prefix and compares each row with the array, quadratic in practice.
-        "select s.source_id, s.record_hash, s.mapping_version_id
+        "select s.source_id, s.record_hash, s.mapping_version_id, s.raw_page_id, s.record_ordinal
          from unnest($3::text[]) as u(sid),
          lateral (select * from source_link s
                   where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid offset 0) s",
@@ -516,10 +565,10 @@ pub async fn load_batch(
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
-    .map(|r| (r.get(0), (r.get(1), r.get(2))))
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
     .collect();
     for r in recs.iter_mut().filter(|r| r.status == Status::Pending) {
-        if let Some((Some(h), Some(m))) = known.get(&r.source_id)
+        if let Some((Some(h), Some(m), _, _)) = known.get(&r.source_id)
             && h.as_slice() == r.hash
             && *m == ctx.mapping_id
         {
@@ -554,10 +603,6 @@ pub async fn load_batch(
             }
         }
     }
-    let mapped_ids: Vec<String> = own
-        .iter()
-        .map(|(i, _)| format!("id:{}", recs[*i].source_id))
-        .collect();
 
     // 4. Crosswalk: read (and lock) the links of every entity and reference
     //    of the batch; the ones that do not exist yet get fresh ids, claimed
@@ -776,9 +821,53 @@ pub async fn load_batch(
         .await?;
     }
 
-    // 10. Dead letters: records that map now close their open dead letters (a fixed
-    //    mapping or source), then this batch's failures are recorded: one open
-    //    dead letter per record, a record failing again updates it.
+    // 10. Dead letters. A failing record older than a version of the same id
+    //     that loads (later in this batch, or stored from a later position)
+    //     was superseded anyway: it is counted so, not dead-lettered (a
+    //     replay of old pages does not reopen what newer ones fixed).
+    let mut newest_ok: HashMap<&str, (i64, i32)> = HashMap::new();
+    for r in &recs {
+        if matches!(
+            r.status,
+            Status::Changed | Status::Unchanged | Status::Superseded
+        ) && !r.source_id.is_empty()
+        {
+            let e = newest_ok
+                .entry(r.source_id.as_str())
+                .or_insert((r.page_id, r.ordinal));
+            *e = (*e).max((r.page_id, r.ordinal));
+        }
+    }
+    let mut outdated = Vec::new();
+    for (n, d) in dead.iter().enumerate() {
+        let (Some(i), Some(sid)) = (d.rec, d.source_id.as_deref()) else {
+            continue;
+        };
+        let at = (d.page_id, recs[i].ordinal);
+        let stored_later = known
+            .get(sid)
+            .and_then(|k| k.2.map(|p| (p, k.3.unwrap_or(0))))
+            .is_some_and(|pos| pos > at);
+        if newest_ok.get(sid).is_some_and(|pos| *pos > at) || stored_later {
+            outdated.push(n);
+        }
+    }
+    for n in outdated.into_iter().rev() {
+        let d = dead.remove(n);
+        if let Some(i) = d.rec {
+            recs[i].status = Status::Superseded;
+        }
+    }
+    //     Records that load now (written, or unchanged: the stored version is
+    //     theirs) close their open dead letters (a fixed mapping or source);
+    //     then this batch's failures are recorded: one open dead letter per
+    //     record, a record failing again updates it.
+    let mapped_ids: Vec<String> = recs
+        .iter()
+        .filter(|r| matches!(r.status, Status::Changed | Status::Unchanged))
+        .filter(|r| !r.source_id.is_empty())
+        .map(|r| format!("id:{}", r.source_id))
+        .collect();
     if !mapped_ids.is_empty() {
         sqlx::query(
             "update dead_letter set status = 'resolved', last_seen_at = now()
@@ -935,7 +1024,11 @@ async fn record_dead_letters(
     .bind(rows.iter().map(|d| d.0.class).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.0.field.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|d| d.0.pointer.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|d| d.0.message.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|d| crate::db::column_text(&d.0.message, 2000))
+            .collect::<Vec<_>>(),
+    )
     .bind(ctx.mapping_id)
     .bind(rows.iter().map(|d| d.1).collect::<Vec<_>>())
     .execute(&mut **tx)

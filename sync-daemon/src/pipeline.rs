@@ -3,7 +3,9 @@
 //! Fetch and load run concurrently with a bounded queue between them: a slow
 //! Postgres slows the fetcher, and memory stays flat whatever the data size
 //! (at most `fetch_concurrency` bodies in flight, [`QUEUE_PAGES`] queued and
-//! [`BATCH_PAGES`] in a batch, each at most `max_body_bytes`).
+//! [`BATCH_PAGES`] in a batch, each at most `max_body_bytes`; the loader's
+//! bookkeeping is per record, and a batch holds at most [`BATCH_RECORDS`]
+//! records past its first page, a page at most 100,000).
 //!
 //! Every run is ledgered and always ends in a terminal state (`succeeded`,
 //! `failed`, `deferred`, `needs_reauth`, `interrupted`), whatever path it
@@ -33,8 +35,32 @@ use crate::load::{DiffReport, LoadCtx, LoadOpts, PageBody, RecordKey, load_batch
 
 /// Pages queued between fetch and load.
 pub const QUEUE_PAGES: usize = 16;
-/// Pages loaded per transaction, at most.
+/// Pages loaded per transaction, at most…
 pub const BATCH_PAGES: usize = 10;
+/// …and records (a batch holds at least one page, of at most
+/// `connector_core::records::MAX_RECORDS_PER_PAGE` records).
+pub const BATCH_RECORDS: i64 = 10_000;
+
+/// Stored pages cut into load batches: at most [`BATCH_PAGES`] pages and,
+/// past the first page, [`BATCH_RECORDS`] records each.
+fn batches(pages: &[PageRef]) -> Vec<&[PageRef]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut records = 0i64;
+    for (i, p) in pages.iter().enumerate() {
+        let n = i64::from(p.record_count.max(0));
+        if i > start && (i - start == BATCH_PAGES || records + n > BATCH_RECORDS) {
+            out.push(&pages[start..i]);
+            start = i;
+            records = 0;
+        }
+        records += n;
+    }
+    if start < pages.len() {
+        out.push(&pages[start..]);
+    }
+    out
+}
 
 /// Everything one connection's sync or replay needs.
 #[derive(Clone)]
@@ -250,14 +276,9 @@ async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyho
     {
         tracing::warn!(event = "breaker_not_saved", connection = %ctx.connection, "{e:#}");
     }
-    let pages = if mode == "replay" {
-        summary.pages_loaded
-    } else {
-        summary.pages_fetched
-    } as i64;
     let end = RunEnd {
         status,
-        pages,
+        pages: (mode == "replay").then_some(summary.pages_loaded as i64),
         pages_missing: summary.pages_missing as i64,
         counts: summary.counts(),
         error: error.as_deref(),
@@ -419,7 +440,7 @@ async fn recover_leftovers(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let leftovers = db::pages(&ctx.pool, &ctx.connection, def.name, true).await?;
-    for chunk in leftovers.chunks(BATCH_PAGES) {
+    for chunk in batches(&leftovers) {
         let (mut bodies, bad) = read_bodies(ctx, chunk).await?;
         summary.pages_missing += bad.len() as u64;
         for page in &bad {
@@ -704,12 +725,28 @@ async fn load_stream(
     summary: &mut Summary,
 ) -> anyhow::Result<u64> {
     let mut pages = 0u64;
+    // A page that would have made the last batch too large starts the next.
+    let mut pending: Option<Fetched> = None;
     loop {
-        let Some(first) = rx.recv().await else { break };
+        let first = match pending.take() {
+            Some(f) => f,
+            None => match rx.recv().await {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        let mut records = i64::from(first.page.page.record_count);
         let mut batch = vec![first.page];
-        while batch.len() < BATCH_PAGES {
+        while batch.len() < BATCH_PAGES && records < BATCH_RECORDS {
             match rx.try_recv() {
-                Ok(f) => batch.push(f.page),
+                Ok(f) if records + i64::from(f.page.page.record_count) > BATCH_RECORDS => {
+                    pending = Some(f);
+                    break;
+                }
+                Ok(f) => {
+                    records += i64::from(f.page.page.record_count);
+                    batch.push(f.page);
+                }
                 Err(_) => break,
             }
         }
@@ -753,7 +790,16 @@ async fn load_once(
         Some(t) => t.begin().await?,
         None => ctx.pool.begin().await?,
     };
-    let out = load_batch(&mut tx, lctx, batch, opts).await;
+    let mut out = load_batch(&mut tx, lctx, batch, opts).await;
+    if probe && out.is_ok() {
+        // What commit would check (deferred constraints) is checked now.
+        if let Err(e) = sqlx::query("set constraints all immediate")
+            .execute(&mut *tx)
+            .await
+        {
+            out = Err(e.into());
+        }
+    }
     match (&out, probe) {
         (Ok(_), false) => tx.commit().await?,
         _ => tx.rollback().await?,
@@ -766,20 +812,22 @@ async fn load_once(
 /// connection) retries the whole transaction: nothing of a failed attempt
 /// was committed or counted. A data error Postgres raises despite the
 /// checks before it (a value a column refuses) isolates the records it
-/// refuses by bisection; they are dead-lettered and the rest loads.
+/// refuses by bisection; they are dead-lettered and the rest loads. A
+/// `replay` also reports the field-level diff.
 async fn load_and_count(
     ctx: &Ctx,
     lctx: &LoadCtx<'_>,
     batch: &[PageBody],
     summary: &mut Summary,
-    diff: bool,
+    replay: bool,
     mut outer: Option<&mut Transaction<'static, Postgres>>,
 ) -> anyhow::Result<u64> {
     let mut attempt = 1;
     let mut quarantine: Option<HashMap<RecordKey, String>> = None;
     loop {
         let opts = LoadOpts {
-            diff,
+            diff: replay,
+            replay,
             quarantine: quarantine.as_ref(),
             only: None,
         };
@@ -797,7 +845,7 @@ async fn load_and_count(
                     .emit();
                 }
                 let pages = batch.len() as u64;
-                summary.absorb(out, pages, diff, ctx);
+                summary.absorb(out, pages, replay, ctx);
                 return Ok(pages);
             }
             Err(e) if outer.is_none() && attempt < LOAD_ATTEMPTS && is_transient_db(&e) => {
@@ -968,7 +1016,7 @@ async fn replay_streams(
         } else {
             None
         };
-        for chunk in all.chunks(BATCH_PAGES) {
+        for chunk in batches(&all) {
             let (bodies, bad) = read_bodies(ctx, chunk).await?;
             summary.pages_missing += bad.len() as u64;
             if bodies.is_empty() {
@@ -981,4 +1029,39 @@ async fn replay_streams(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(id: i64, record_count: i32) -> PageRef {
+        PageRef {
+            id,
+            object_key: String::new(),
+            body_sha256: String::new(),
+            record_path: "/data".into(),
+            record_count,
+            parse_error: None,
+            page_token: serde_json::Value::Null,
+            since: None,
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_pages_and_by_records() {
+        let sizes =
+            |pages: &[PageRef]| -> Vec<usize> { batches(pages).iter().map(|b| b.len()).collect() };
+        let small: Vec<PageRef> = (0..25).map(|i| page(i, 100)).collect();
+        assert_eq!(sizes(&small), vec![10, 10, 5]);
+        let big: Vec<PageRef> = (0..5).map(|i| page(i, 6_000)).collect();
+        assert_eq!(
+            sizes(&big),
+            vec![1, 1, 1, 1, 1],
+            "10,000 records at most past the first page"
+        );
+        let huge = vec![page(0, 100_000), page(1, 10)];
+        assert_eq!(sizes(&huge), vec![1, 1]);
+        assert!(batches(&[]).is_empty());
+    }
 }

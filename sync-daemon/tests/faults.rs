@@ -145,13 +145,22 @@ async fn malformed_pages_are_dead_lettered_and_bad_records_too(pool: sqlx::PgPoo
     };
     let e = format!("{:#}", pipeline::sync(&c2, None).await.unwrap_err());
     assert!(
-        e.contains("truncated response body") && e.contains("offset 0"),
+        e.contains("ended early on every attempt") && e.contains("offset 0"),
         "{e}"
     );
     assert_eq!(
         srv2.received_requests().await.unwrap().len(),
-        3,
-        "a cut-off body is fetched again"
+        4,
+        "a cut-off body is fetched again (3 attempts), then once more to be stored"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from dead_letter where connection = 'wd2' and record_ordinal is null"
+        )
+        .await,
+        1,
+        "stored and dead-lettered as a page"
     );
     // A complete body that is not a page fails at once.
     let srv3 = MockServer::start().await;

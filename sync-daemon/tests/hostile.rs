@@ -196,14 +196,28 @@ async fn an_unreadable_page_is_dead_lettered_and_the_stream_moves_on(pool: sqlx:
             .collect();
         page_text(300, &recs)
     };
-    // The middle page is not JSON; the total says more follow.
-    let pages = vec![
-        page(0),
-        "<html>Service temporarily unavailable</html>".to_owned(),
-        page(100),
-    ];
+    // The middle page is not JSON (an error page with a fresh request id
+    // each time); the total says more follow.
     let srv = MockServer::start().await;
-    serve(&srv, 100, &pages).await;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .and(query_param("offset", "100"))
+        .respond_with(move |_: &wiremock::Request| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ResponseTemplate::new(200).set_body_string(format!(
+                "<html>Service temporarily unavailable (request {i})</html>"
+            ))
+        })
+        .mount(&srv)
+        .await;
+    let pages = [page(0), String::new(), page(100)];
+    for (i, body) in pages.iter().enumerate().filter(|(i, _)| *i != 1) {
+        Mock::given(path("/ccx/api/common/v1/acme/workers"))
+            .and(query_param("offset", (i * 100).to_string()))
+            .respond_with(ResponseTemplate::new(200).set_body_string(body.clone()))
+            .mount(&srv)
+            .await;
+    }
     let c = ctx_for(&pool, &srv, 100);
     let s = pipeline::sync(&c, None).await.expect("the run succeeds");
     assert_eq!((s.pages_fetched, s.changed), (3, 200));
@@ -215,7 +229,8 @@ async fn an_unreadable_page_is_dead_lettered_and_the_stream_moves_on(pool: sqlx:
     assert_eq!((ord, class.as_str()), (None, "unreadable_page"));
     assert!(msg.contains("not JSON"), "{msg}");
     assert_ledger_consistent(&pool).await;
-    // Again: the page dead letter is the same one, seen twice.
+    // Again, with another body: the page dead letter (keyed by the page's
+    // position) is the same one, seen twice.
     pipeline::sync(&c, None).await.unwrap();
     assert_eq!(
         count(
@@ -303,41 +318,97 @@ async fn a_source_id_repeated_on_a_page_ends_as_its_last_occurrence(pool: sqlx::
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn a_panicking_mapper_fails_the_run_instead_of_leaving_it_running(pool: sqlx::PgPool) {
+async fn a_mapper_panic_dead_letters_its_record_and_other_panics_fail_the_run(pool: sqlx::PgPool) {
     #[derive(Debug)]
-    struct Panics(workday::WorkersMapper);
-    impl canonical_model::Mapper for Panics {
+    struct PanicsOnOne(workday::WorkersMapper);
+    impl canonical_model::Mapper for PanicsOnOne {
         fn mapping(&self) -> &canonical_model::MappingVersion {
             self.0.mapping()
         }
         fn map(
             &self,
-            _: &Value,
+            r: &Value,
         ) -> Result<Vec<canonical_model::Entity>, canonical_model::MapError> {
-            panic!("mapper bug")
+            if r["descriptor"] == "Trip Wire" {
+                panic!("mapper bug");
+            }
+            self.0.map(r)
         }
     }
     let srv = MockServer::start().await;
-    let recs: Vec<String> = workers()[..3].iter().map(|r| r.to_string()).collect();
+    let mut recs = workers()[..3].to_vec();
+    recs[1]["descriptor"] = json!("Trip Wire");
+    let recs: Vec<String> = recs.iter().map(|r| r.to_string()).collect();
     serve(&srv, 100, &[page_text(3, &recs)]).await;
     let connector = workday_sized(&srv.uri(), 100)
-        .with_workers_mapper(Arc::new(Panics(workday::WorkersMapper::new())));
+        .with_workers_mapper(Arc::new(PanicsOnOne(workday::WorkersMapper::new())));
     let store = RawStore::in_memory();
     let c = ctx(&pool, &store, Arc::new(connector), &bearer());
-    let e = pipeline::sync(&c, None).await.unwrap_err().to_string();
+    let s = pipeline::sync(&c, None).await.expect("the stream goes on");
+    assert_eq!((s.changed, s.dead_lettered), (2, 1));
+    let (class, msg): (String, String) =
+        sqlx::query_as("select error_class, message from dead_letter")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(class, "mapper_panic");
     assert!(
-        e.contains("internal error") && e.contains("mapper bug"),
+        msg.contains("mapper bug") && msg.contains("record 1"),
+        "{msg}"
+    );
+
+    // A panic anywhere else in a run (here: the credential store) ends it
+    // `failed` with the reason, and releases its lock.
+    #[derive(Debug)]
+    struct PanickingStore;
+    #[async_trait::async_trait]
+    impl connector_core::CredentialStore for PanickingStore {
+        async fn load(
+            &self,
+            _: &str,
+        ) -> Result<Option<secrecy::SecretString>, connector_core::Error> {
+            panic!("credential store bug")
+        }
+        async fn save(
+            &self,
+            _: &str,
+            _: &secrecy::SecretString,
+        ) -> Result<(), connector_core::Error> {
+            Ok(())
+        }
+    }
+    let (base, _fx) = fixture_source().await;
+    let mut p = ctx(
+        &pool,
+        &store,
+        Arc::new(workday(&base)),
+        &refresh_auth(&base, REFRESH_TOKEN),
+    );
+    p.connection = "wd-panics".into();
+    p.http = Some(
+        connector_core::HttpClient::connect(
+            "wd-panics",
+            p.connector.as_ref(),
+            &refresh_auth(&base, REFRESH_TOKEN),
+            connector_core::HttpSettings::default(),
+            Arc::new(PanickingStore),
+        )
+        .unwrap(),
+    );
+    let e = pipeline::sync(&p, None).await.unwrap_err().to_string();
+    assert!(
+        e.contains("internal error") && e.contains("credential store bug"),
         "{e}"
     );
-    let (status, error): (String, String) = sqlx::query_as("select status, error from sync_run")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let status: String =
+        sqlx::query_scalar("select status from sync_run where connection = 'wd-panics'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(status, "failed");
-    assert!(error.contains("mapper bug"), "{error}");
-    // The lock and the leases were released: the next run can start.
-    let good = ctx_for(&pool, &srv, 100);
-    pipeline::sync(&good, None).await.unwrap();
+    pipeline::sync(&c, None)
+        .await
+        .expect("other connections are not held back");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -365,7 +436,9 @@ async fn absurd_answers_end_runs_in_a_terminal_state(pool: sqlx::PgPool) {
             "total",
             ResponseTemplate::new(200)
                 .set_body_string("{\"total\": 10000000000000, \"data\": []}".to_owned()),
-            "succeeded",
+            // An empty page the total says is not the end: an incomplete
+            // pull, said so (not a silent success, not an allocation).
+            "failed",
         ),
     ];
     for (name, resp, want) in cases {
@@ -404,6 +477,10 @@ async fn absurd_answers_end_runs_in_a_terminal_state(pool: sqlx::PgPool) {
         assert_eq!(status, want, "{name}: {r:?} {error:?}");
         if want == "deferred" {
             assert!(resume.is_some_and(|t| t > chrono::Utc::now() + chrono::Duration::days(6)));
+        }
+        if name == "total" {
+            let e = error.as_deref().unwrap_or_default();
+            assert!(e.contains("incomplete"), "{e}");
         }
         if name == "huge" {
             let e = error.unwrap();
@@ -502,4 +579,47 @@ async fn status_lists_every_configured_connection_even_one_that_never_stored_a_p
         "{text}"
     );
     assert!(text.contains("HTTP 404"), "{text}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn dead_letters_close_when_their_record_loads_and_replays_do_not_reopen_them(
+    pool: sqlx::PgPool,
+) {
+    let w = workers();
+    let good = w[0].to_string();
+    let mut bad = w[0].clone();
+    bad["hireDate"] = json!("not a date");
+    let bad = bad.to_string();
+    let others: Vec<String> = w[1..3].iter().map(|r| r.to_string()).collect();
+    let body = |a: &str| {
+        let mut recs = vec![a.to_owned()];
+        recs.extend(others.iter().cloned());
+        page_text(3, &recs)
+    };
+    let open = "select count(*) from dead_letter where status = 'open'";
+    let store = RawStore::in_memory();
+    let at = |srv: &MockServer| {
+        ctx(
+            &pool,
+            &store,
+            Arc::new(workday_sized(&srv.uri(), 100)),
+            &bearer(),
+        )
+    };
+    for (version, open_after) in [(&good, 0), (&bad, 1), (&good, 0)] {
+        let srv = MockServer::start().await;
+        serve(&srv, 100, &[body(version)]).await;
+        pipeline::sync(&at(&srv), None).await.unwrap();
+        assert_eq!(count(&pool, open).await, open_after);
+    }
+    // The source went back to the stored version: unchanged, and its dead
+    // letter closed. A replay of all three pages (the failing one between
+    // two good ones) does not reopen it: the failure was superseded.
+    let srv = MockServer::start().await;
+    let c = at(&srv);
+    let r = pipeline::replay(&c, None, false).await.unwrap();
+    assert_eq!((r.dead_lettered, r.superseded), (0, 1), "{r:?}");
+    assert_eq!(count(&pool, open).await, 0);
+    let d = pipeline::replay(&c, None, true).await.unwrap();
+    assert_eq!(d.dead_lettered, 0);
 }
