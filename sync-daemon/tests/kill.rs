@@ -169,6 +169,10 @@ async fn sigterm_ends_the_run_as_interrupted(pool: sqlx::PgPool) {
             .unwrap();
     assert_eq!(run_status, "interrupted");
     assert!(error.contains("signal"), "{error}");
+    assert!(
+        count(&pool, "select pages::bigint from sync_run").await >= 1,
+        "an interrupted run records the pages it stored"
+    );
     assert!(wait(sync(&cfg)).await.success(), "the next run completes");
     assert_eq!(count(&pool, "select count(*) from worker").await, 260);
 }

@@ -174,7 +174,7 @@ async fn secrets_in_next_links_are_never_stored_and_a_lost_page_is_set_aside(poo
     let w = workers()[..100].to_vec();
     let bodies = [
         json!({"data": &w[0..40], "next": format!("{base}/workers?page=2&sig=S1G-5ecret&api_key=K3Y-5ecret")}),
-        json!({"data": &w[40..80], "next": format!("{base}/workers?page=3&signature=S2G-5ecret")}),
+        json!({"data": &w[40..80], "next": format!("{base}/workers?page=3&signature=S2G-5ecret&q=%00")}),
         json!({"data": &w[80..100]}),
     ];
     for (i, b) in bodies.iter().enumerate() {
