@@ -179,11 +179,18 @@ impl Transform {
                         ));
                     }
                 };
-                Decimal::from_str(&text)
-                    .or_else(|_| Decimal::from_scientific(&text))
+                exact_decimal(&text)
                     .map(|d| CanonValue::Decimal(d.normalize()))
-                    .map_err(|_| {
-                        TransformError::new(*self, format!("{text:?} is not a decimal number"))
+                    .ok_or_else(|| {
+                        let shown: String = text.chars().take(40).collect();
+                        let more = if text.chars().count() > 40 { "…" } else { "" };
+                        TransformError::new(
+                            *self,
+                            format!(
+                                "\"{shown}{more}\" is not a decimal number that can be held exactly \
+                                 (at most 28 decimal places, magnitude below 7.9e28)"
+                            ),
+                        )
                     })
             }
         }
@@ -227,6 +234,30 @@ impl TransformError {
             message,
         }
     }
+}
+
+/// The exact decimal a number's text says, or `None` when it cannot be held
+/// exactly (more than 28 decimal places, too large, not a number). The text
+/// is the source's own (JSON numbers are kept as written), so nothing passes
+/// through binary floating point.
+fn exact_decimal(text: &str) -> Option<Decimal> {
+    let (mantissa, exp) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], text[i + 1..].parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let mut d = Decimal::from_str_exact(mantissa).ok()?;
+    if exp > 0 {
+        for _ in 0..exp {
+            // Overflows (and returns) within 29 steps whatever the exponent.
+            d = d.checked_mul(Decimal::TEN)?;
+        }
+    } else if exp < 0 {
+        d = d.normalize();
+        let scale = i64::from(d.scale()).checked_add(exp.checked_neg()?)?;
+        d.set_scale(u32::try_from(scale).ok().filter(|s| *s <= 28)?)
+            .ok()?;
+    }
+    Some(d)
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -338,6 +369,31 @@ mod tests {
         assert_eq!(ok(Transform::Decimal, json!(1.0)), "1");
         assert!(Transform::Decimal.apply(&json!("one")).is_err());
         assert!(Transform::Decimal.apply(&json!(true)).is_err());
+        // Numbers are read as written, never through f64.
+        let n = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        assert_eq!(
+            ok(Transform::Decimal, n("12345678901234567890.5")),
+            "12345678901234567890.5"
+        );
+        assert_eq!(
+            ok(Transform::Decimal, n("0.30000000000000004441")),
+            "0.30000000000000004441"
+        );
+        assert_eq!(ok(Transform::Decimal, n("1.5e3")), "1500");
+        assert_eq!(ok(Transform::Decimal, n("25e-2")), "0.25");
+        // What cannot be held exactly is refused, not rounded.
+        for t in [
+            "1e-400",
+            "1e400",
+            "1e999999999999",
+            "123456789012345678901234567890",
+        ] {
+            let e = Transform::Decimal.apply(&n(t)).unwrap_err().to_string();
+            assert!(e.contains("held exactly"), "{t}: {e}");
+        }
+        let tiny = format!("0.{}1", "0".repeat(20_000));
+        let e = Transform::Decimal.apply(&n(&tiny)).unwrap_err().to_string();
+        assert!(e.contains("held exactly") && e.len() < 300, "{e}");
     }
 
     #[test]

@@ -414,12 +414,20 @@ fn dead_record(
 
 /// The dead-letter key of an unreadable page: its position (token), so a
 /// page that fails again (with another body, e.g. an error page with a
-/// request id) updates the same dead letter.
+/// request id) updates the same dead letter. At most 268 bytes.
 fn page_key(page: &PageRef) -> String {
     if page.page_token.is_null() {
-        format!("page:{}", page.body_sha256)
+        return format!("page:{}", page.body_sha256);
+    }
+    let token = page.page_token.to_string();
+    // Keys are indexed: a long token (a next link) is keyed by its hash.
+    if token.len() <= 256 {
+        format!("page:{token}")
     } else {
-        format!("page:{}", page.page_token)
+        format!(
+            "page:sha256:{}",
+            hex::encode(Sha256::digest(token.as_bytes()))
+        )
     }
 }
 
@@ -1196,4 +1204,30 @@ async fn entity_diff(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn page_keys_are_short_whatever_the_token() {
+        let page = |token: serde_json::Value| PageRef {
+            id: 1,
+            object_key: String::new(),
+            body_sha256: "ab".into(),
+            record_path: "/data".into(),
+            record_count: 0,
+            parse_error: None,
+            page_token: token,
+            since: None,
+        };
+        assert_eq!(
+            page_key(&page(serde_json::json!({"kind": "offset", "offset": 100}))),
+            "page:{\"kind\":\"offset\",\"offset\":100}"
+        );
+        let long = serde_json::json!({"kind": "link", "url": format!("https://h/p?x={}", "y".repeat(5000))});
+        assert!(page_key(&page(long)).len() <= 268);
+        assert_eq!(page_key(&page(serde_json::Value::Null)), "page:ab");
+    }
 }
