@@ -323,6 +323,11 @@ impl HttpClient {
         self.inner.breaker.snapshot()
     }
 
+    /// Every secret the connection's auth holds now (see [`crate::auth::Auth::secrets`]).
+    pub fn secrets(&self) -> Vec<secrecy::SecretString> {
+        self.inner.auth.secrets()
+    }
+
     /// Scrubs every secret of the connection (and credential-looking values)
     /// from text a source sent back.
     pub fn scrub(&self, text: &str) -> String {

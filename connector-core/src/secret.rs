@@ -89,18 +89,7 @@ impl Scrubber {
             if v.chars().count() < 4 {
                 continue;
             }
-            let encoded: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
-            let pct = v
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect::<String>();
-            for cand in [v.to_owned(), encoded, pct] {
+            for cand in encodings(v) {
                 if !values.contains(&cand) {
                     values.push(cand);
                 }
@@ -120,6 +109,57 @@ impl Scrubber {
         }
         mask_patterns(&out)
     }
+}
+
+/// The forms a secret takes when a source echoes it back: as is, URL
+/// encoded (form and percent, upper- and lower-case hex, every byte or only
+/// the reserved ones), and JSON-escaped (serde's, with `\/`, and with
+/// `\u00xx` for punctuation, as PHP and others write it).
+fn encodings(v: &str) -> Vec<String> {
+    let pct = |upper: bool, all: bool| -> String {
+        v.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || (!all && b"-._~".contains(&b)) {
+                    (b as char).to_string()
+                } else if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    };
+    let json = serde_json::to_string(v).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(v)
+        .to_owned();
+    let unicode = |upper: bool| -> String {
+        v.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_string()
+                } else if upper {
+                    format!("\\u{:04X}", c as u32)
+                } else {
+                    format!("\\u{:04x}", c as u32)
+                }
+            })
+            .collect()
+    };
+    vec![
+        v.to_owned(),
+        url::form_urlencoded::byte_serialize(v.as_bytes()).collect(),
+        pct(true, false),
+        pct(false, false),
+        pct(true, true),
+        pct(false, true),
+        json.replace('/', "\\/"),
+        json,
+        unicode(false),
+        unicode(true),
+    ]
 }
 
 fn is_word(b: u8) -> bool {
@@ -227,6 +267,9 @@ mod tests {
     fn known_secrets_and_credential_shapes_are_scrubbed() {
         let s = Scrubber::new([&SecretString::from("k3y/v@lue+1")]);
         for (text, leaked) in [
+            ("{\"detail\": \"k3y\\/v@lue+1\"}", "v@lue"),
+            ("k3y%2fv%40lue%2b1", "v%40lue"),
+            ("k3y\\u002fv\\u0040lue\\u002b1", "lue"),
             ("echo: k3y/v@lue+1", "k3y/v@lue+1"),
             ("url ?key=k3y%2Fv%40lue%2B1&x=1", "k3y%2Fv%40lue%2B1"),
             ("url ?key=k3y%2Fv%40lue%2B1&x=1", "k3y"),

@@ -276,6 +276,7 @@ fn context(
         fetch_concurrency: conn.http.fetch_concurrency,
         progress,
         stop_on_signal: true,
+        secrets: conn.auth.secret_values(),
     })
 }
 

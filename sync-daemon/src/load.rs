@@ -47,6 +47,8 @@ pub struct LoadCtx<'a> {
     pub mapping_id: i32,
     /// Checked first in every load transaction (none for a dry run).
     pub lease: Option<&'a Lease>,
+    /// Scrubs dead-letter messages (they quote what the source sent).
+    pub scrubber: Option<&'a connector_core::secret::Scrubber>,
 }
 
 impl<'a> LoadCtx<'a> {
@@ -64,6 +66,7 @@ impl<'a> LoadCtx<'a> {
             mapper: def.mapper.as_ref(),
             mapping_id,
             lease,
+            scrubber: None,
         }
     }
 }
@@ -1034,7 +1037,13 @@ async fn record_dead_letters(
     .bind(rows.iter().map(|d| d.0.pointer.clone()).collect::<Vec<_>>())
     .bind(
         rows.iter()
-            .map(|d| crate::db::column_text(&d.0.message, 2000))
+            .map(|d| {
+                let m = match ctx.scrubber {
+                    Some(s) => s.scrub(&d.0.message),
+                    None => d.0.message.clone(),
+                };
+                crate::db::column_text(&m, 2000)
+            })
             .collect::<Vec<_>>(),
     )
     .bind(ctx.mapping_id)

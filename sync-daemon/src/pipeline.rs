@@ -76,6 +76,21 @@ pub struct Ctx {
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
     /// SIGINT / SIGTERM end the run as `interrupted` (the command line sets it).
     pub stop_on_signal: bool,
+    /// The secret values of the connection's config (`AuthConfig::secret_values`):
+    /// scrubbed from dead-letter messages, which quote what the source sent.
+    pub secrets: Vec<secrecy::SecretString>,
+}
+
+impl Ctx {
+    /// A scrubber of every secret known now: the config's and, during a
+    /// sync, the tokens the HTTP client holds.
+    pub fn scrubber(&self) -> connector_core::secret::Scrubber {
+        let mut all = self.secrets.clone();
+        if let Some(http) = &self.http {
+            all.extend(http.secrets());
+        }
+        connector_core::secret::Scrubber::new(&all)
+    }
 }
 
 impl std::fmt::Debug for Ctx {
@@ -276,6 +291,8 @@ async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyho
     {
         tracing::warn!(event = "breaker_not_saved", connection = %ctx.connection, "{e:#}");
     }
+    // The error quotes what failed, which may quote what the source sent.
+    let error = error.map(|e| ctx.scrubber().scrub(&e));
     let end = RunEnd {
         status,
         pages: (mode == "replay").then_some(summary.pages_loaded as i64),
@@ -822,6 +839,11 @@ async fn load_and_count(
     replay: bool,
     mut outer: Option<&mut Transaction<'static, Postgres>>,
 ) -> anyhow::Result<u64> {
+    let scrubber = ctx.scrubber();
+    let lctx = &LoadCtx {
+        scrubber: Some(&scrubber),
+        ..*lctx
+    };
     let mut attempt = 1;
     let mut quarantine: Option<HashMap<RecordKey, String>> = None;
     loop {

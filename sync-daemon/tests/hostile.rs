@@ -528,6 +528,32 @@ async fn an_echoed_token_never_reaches_the_ledger(pool: sqlx::PgPool) {
         );
         assert!(!text.contains("5ecret"), "the token leaked: {text}");
     }
+    // Echoed into a record's value, as is and JSON-escaped: the dead letter
+    // quoting the value does not carry it either.
+    let srv = MockServer::start().await;
+    let mut bad = workers()[0].clone();
+    bad["hireDate"] = json!("not-a-date tok-5ecret-9d2f");
+    let mut bad2 = workers()[1].clone();
+    bad2["hireDate"] = json!("@@ESC@@");
+    let recs = vec![
+        bad.to_string(),
+        bad2.to_string()
+            .replace("@@ESC@@", &"tok-5ecret-9d2f".replace('-', "\\u002d")),
+    ];
+    serve(&srv, 100, &[page_text(2, &recs)]).await;
+    let mut c = ctx_for(&pool, &srv, 100);
+    c.connection = "wd-echo".into();
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(s.dead_lettered, 2);
+    let msgs: Vec<String> =
+        sqlx::query_scalar("select message from dead_letter where connection = 'wd-echo'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for m in &msgs {
+        assert!(!m.contains("5ecret"), "the token leaked: {m}");
+        assert!(m.contains("***"), "{m}");
+    }
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -173,6 +173,43 @@ impl AuthConfig {
         format!("{}:{who}", self.strategy())
     }
 
+    /// Every secret value of the config (keys, passwords, client secrets,
+    /// refresh tokens, private keys): what to scrub from texts a source
+    /// sends back even where no provider was built (a replay).
+    pub fn secret_values(&self) -> Vec<SecretString> {
+        match self {
+            AuthConfig::None => Vec::new(),
+            AuthConfig::ApiKey { key, .. } => vec![key.clone()],
+            AuthConfig::Basic { username, password } => {
+                let mut v = vec![username.clone()];
+                v.extend(password.clone());
+                v
+            }
+            AuthConfig::Bearer { token } => vec![token.clone()],
+            AuthConfig::Oauth2ClientCredentials { client_secret, .. } => {
+                vec![client_secret.clone()]
+            }
+            AuthConfig::Oauth2RefreshToken {
+                client_secret,
+                refresh_token,
+                ..
+            } => vec![client_secret.clone(), refresh_token.clone()],
+            AuthConfig::Oauth1Tba {
+                consumer_key,
+                consumer_secret,
+                token_id,
+                token_secret,
+                ..
+            } => vec![
+                consumer_key.clone(),
+                consumer_secret.clone(),
+                token_id.clone(),
+                token_secret.clone(),
+            ],
+            AuthConfig::JwtBearer { private_key, .. } => vec![private_key.clone()],
+        }
+    }
+
     /// Cross-field checks, naming the key that is wrong.
     pub fn validate(&self) -> Result<(), Error> {
         match self {

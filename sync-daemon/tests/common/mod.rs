@@ -94,6 +94,7 @@ pub fn ctx(
         fetch_concurrency: 3,
         progress: None,
         stop_on_signal: false,
+        secrets: auth.secret_values(),
     }
 }
 
