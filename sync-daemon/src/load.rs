@@ -578,7 +578,23 @@ pub async fn load_batch(
     .into_iter()
     .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
     .collect();
+    // An id on more than one page of the batch is never skipped by hash: the
+    // version rule must choose among all its copies, or a copy that differs
+    // from the stored one would win over the stored one's twin (a flip on
+    // every re-sync).
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    for r in recs.iter().filter(|r| r.status == Status::Pending) {
+        *seen.entry(r.source_id.as_str()).or_default() += 1;
+    }
+    let repeated: HashSet<String> = seen
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, _)| id.to_owned())
+        .collect();
     for r in recs.iter_mut().filter(|r| r.status == Status::Pending) {
+        if repeated.contains(&r.source_id) {
+            continue;
+        }
         if let Some((Some(h), Some(m), _, _)) = known.get(&r.source_id)
             && h.as_slice() == r.hash
             && *m == ctx.mapping_id

@@ -659,3 +659,68 @@ async fn dead_letters_close_when_their_record_loads_and_replays_do_not_reopen_th
     let d = pipeline::replay(&c, None, true).await.unwrap();
     assert_eq!(d.dead_lettered, 0);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_source_id_on_two_pages_of_one_batch_does_not_flip(pool: sqlx::PgPool) {
+    use sync_daemon::load::{LoadCtx, LoadOpts, PageBody, load_batch};
+    let w = workers();
+    let mut older = w[0].clone();
+    older["businessTitle"] = json!("Title on page 0");
+    let mut newer = w[0].clone();
+    newer["businessTitle"] = json!("Title on page 1");
+    let p0: Vec<String> = [older, w[1].clone()]
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let p1: Vec<String> = [w[2].clone(), newer]
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let srv = MockServer::start().await;
+    serve(&srv, 2, &[page_text(4, &p0), page_text(4, &p1)]).await;
+    let store = RawStore::in_memory();
+    let c = ctx(
+        &pool,
+        &store,
+        Arc::new(workday_sized(&srv.uri(), 2)),
+        &bearer(),
+    );
+    pipeline::sync(&c, None).await.unwrap();
+    let title =
+        "select business_title from worker where source_id = 'c3dd75f6808578e6ec925f09a227f039'";
+    let t: String = sqlx::query_scalar(title).fetch_one(&pool).await.unwrap();
+    assert_eq!(t, "Title on page 1", "the later page wins");
+    // The same two pages fetched again, loaded in one batch: the copy from
+    // the earlier page does not win over its stored twin from the later one.
+    let again: Vec<i64> = sqlx::query_scalar(
+        "insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
+                               fetched_at, request, record_path, record_count)
+         select run_id, connection, stream, page_token, object_key, body_sha256, body_bytes, now(),
+                request, record_path, record_count from raw_page order by id returning id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut bodies = Vec::new();
+    for p in sync_daemon::db::pages(&pool, "wd", "workers", true)
+        .await
+        .unwrap()
+    {
+        assert!(again.contains(&p.id));
+        let body = store.get(&p.object_key).await.unwrap();
+        bodies.push(PageBody { page: p, body });
+    }
+    let def = c.connector.streams().remove(0);
+    let mapping = sync_daemon::db::register_mapping(&pool, def.mapper.mapping())
+        .await
+        .unwrap();
+    let lctx = LoadCtx::new("wd", &def, mapping, None);
+    let mut tx = pool.begin().await.unwrap();
+    let out = load_batch(&mut tx, &lctx, &bodies, LoadOpts::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((out.total.changed, out.total.superseded), (0, 1), "{out:?}");
+    let t: String = sqlx::query_scalar(title).fetch_one(&pool).await.unwrap();
+    assert_eq!(t, "Title on page 1");
+}
