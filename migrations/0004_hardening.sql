@@ -5,12 +5,14 @@
 -- a page; `parse_error` says why. `object_state` is what the last read of its
 -- object found (a missing or corrupt page is set aside, re-fetched when it was
 -- not loaded yet, and skipped by replay). `since` is the incremental bound the
--- page was requested with, so it can be requested again.
+-- page was requested with, so it can be requested again; `content_type` says
+-- how its bytes are read (a declared single-byte charset).
 alter table raw_page
     add column parse_error text,
     add column object_state text not null default 'stored'
         check (object_state in ('stored', 'missing', 'corrupt')),
     add column since text,
+    add column content_type text,
     add column replaced_by bigint references raw_page(id),
     add column records_superseded integer;
 alter table raw_page drop constraint page_counts_add_up;
@@ -23,10 +25,12 @@ create index raw_page_unloaded on raw_page (connection, stream, id)
 
 -- A record is superseded when another record with the same source id wins
 -- (a later occurrence on its page, or a newer version); pages skipped by a
--- replay because their object is missing or corrupt are counted.
+-- replay because their object is missing or corrupt are counted, and so are
+-- pages whose body could not be read.
 alter table sync_run
     add column records_superseded bigint not null default 0,
-    add column pages_missing integer not null default 0;
+    add column pages_missing integer not null default 0,
+    add column pages_unreadable integer not null default 0;
 alter table sync_run drop constraint counts_add_up;
 alter table sync_run add constraint counts_add_up check (
     records_seen = records_changed + records_unchanged + records_dead + records_superseded);

@@ -54,6 +54,10 @@ struct Checked {
     bad_next: Option<String>,
 }
 
+/// Unreadable pages in a row after which a pull without a known total
+/// stops guessing where the next page is.
+const MAX_BLIND_PAGES: u32 = 3;
+
 type Inflight =
     Pin<Box<dyn Future<Output = (PageToken, Result<(Response, Checked), Error>)> + Send>>;
 
@@ -70,6 +74,8 @@ pub struct Pager {
     /// non-empty page (for stepping past pages that cannot be read).
     total: Option<u64>,
     page_size: Option<u64>,
+    /// Unreadable pages in a row.
+    blind: u32,
     inflight: FuturesOrdered<Inflight>,
     inflight_tokens: VecDeque<PageToken>,
     seen: HashSet<PageToken>,
@@ -107,6 +113,7 @@ impl Pager {
             ahead: Box::new(std::iter::empty()),
             total: None,
             page_size: None,
+            blind: 0,
             inflight: FuturesOrdered::new(),
             inflight_tokens: VecDeque::new(),
             seen: HashSet::new(),
@@ -201,6 +208,11 @@ impl Pager {
         if checked.facts.records > 0 {
             self.page_size = Some(checked.facts.records as u64);
         }
+        self.blind = if checked.unparseable.is_some() {
+            self.blind + 1
+        } else {
+            0
+        };
         let (next, stuck) = if let (Some(_), Pagination::LinkHeader, Some(_)) = (
             &checked.unparseable,
             &self.def.pagination,
@@ -216,13 +228,24 @@ impl Pager {
             {
                 Some(n) => (Some(n), None),
                 None if self.total.is_some() => (None, None),
-                None => (
-                    None,
-                    Some(format!(
-                        "{} ({token}): the page could not be read ({why}), so the page after it is unknown",
-                        self.endpoint
-                    )),
-                ),
+                // No total yet (the first page): offsets and page numbers
+                // still tell the next page; a readable page then ends the
+                // pull or gives the total. A source answering nothing but
+                // unreadable pages is given up on after a few.
+                None => match self
+                    .def
+                    .pagination
+                    .next_blind(&token, Some(u64::MAX), self.page_size)
+                {
+                    Some(n) if self.blind < MAX_BLIND_PAGES => (Some(n), None),
+                    _ => (
+                        None,
+                        Some(format!(
+                            "{} ({token}): the page could not be read ({why}), so the page after it is unknown",
+                            self.endpoint
+                        )),
+                    ),
+                },
             }
         } else if let Some(why) = &checked.bad_next {
             (
@@ -344,7 +367,9 @@ fn facts_of(
     headers: &reqwest::header::HeaderMap,
     endpoint: &str,
 ) -> Result<Checked, Error> {
-    let split = match split_page(body, def.records_at, def.pagination.total_at()) {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+    let text = crate::records::readable(body, content_type);
+    let split = match split_page(&text, def.records_at, def.pagination.total_at()) {
         Ok(split) => split,
         Err(e) if e.truncated => {
             return Err(Error::Truncated {

@@ -513,6 +513,14 @@ impl HttpClient {
 
     async fn attempt_with_auth(&self, endpoint: &str, url: &Url) -> Result<Response, Error> {
         match self.attempt(endpoint, url).await {
+            Err(Error::Unauthorized { endpoint }) if !self.inner.auth.refreshes() => {
+                // Nothing to refresh: asking again with the same credential
+                // would be refused the same way.
+                Err(Error::NeedsReauth {
+                    endpoint,
+                    detail: "the configured credential was refused (HTTP 401)".into(),
+                })
+            }
             Err(Error::Unauthorized { .. }) => {
                 self.inner.auth.invalidate().await;
                 match self.attempt(endpoint, url).await {

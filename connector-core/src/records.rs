@@ -1,6 +1,7 @@
 //! Locating the records in a page body without copying them.
 
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The records of one page: borrowed raw JSON slices, in body order.
@@ -70,6 +71,111 @@ impl From<String> for SplitError {
             truncated: false,
         }
     }
+}
+
+/// The body as JSON text, made readable where the source bent the rules in
+/// ways with one meaning: a UTF-8 byte-order mark is dropped; a body that is
+/// not UTF-8 but declares `charset=ISO-8859-1` or `windows-1252` in its
+/// `content_type` is transcoded; raw control characters (U+0000 to U+001F)
+/// inside strings, which JSON forbids, are escaped (`\t`, `\u0000`), so a
+/// stray tab costs nothing and a NUL is one record's problem, not the page's.
+/// Deterministic: the raw object is kept as sent, and a replay reads it the
+/// same way. Borrows when nothing needs changing.
+pub fn readable<'a>(body: &'a [u8], content_type: Option<&str>) -> Cow<'a, [u8]> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let mut text: Cow<'a, [u8]> = Cow::Borrowed(body);
+    if std::str::from_utf8(body).is_err()
+        && let Some(decode) = content_type.and_then(single_byte_charset)
+    {
+        text = Cow::Owned(
+            body.iter()
+                .map(|&b| decode(b))
+                .collect::<String>()
+                .into_bytes(),
+        );
+    }
+    match escape_controls_in_strings(&text) {
+        Some(fixed) => Cow::Owned(fixed),
+        None => text,
+    }
+}
+
+/// A decoder for the single-byte charsets sources still declare.
+fn single_byte_charset(content_type: &str) -> Option<fn(u8) -> char> {
+    let ct = content_type.to_ascii_lowercase();
+    let charset = ct
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("charset="))
+        .map(|c| c.trim_matches('"'))
+        .next()?;
+    match charset {
+        "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" | "l1" => Some(|b| b as char),
+        "windows-1252" | "cp1252" => Some(windows_1252),
+        _ => None,
+    }
+}
+
+/// windows-1252: Latin-1 but for 0x80–0x9F.
+fn windows_1252(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8D}', 'Ž',
+        '\u{8F}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9D}',
+        'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9F => HIGH[usize::from(b - 0x80)],
+        _ => b as char,
+    }
+}
+
+/// The text with raw control bytes inside JSON strings escaped, or `None`
+/// when there are none.
+fn escape_controls_in_strings(text: &[u8]) -> Option<Vec<u8>> {
+    let (mut in_string, mut escaped) = (false, false);
+    let mut first = None;
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            } else if b < 0x20 {
+                first = Some(i);
+                break;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        }
+    }
+    let first = first?;
+    let mut out = Vec::with_capacity(text.len() + 16);
+    out.extend_from_slice(&text[..first]);
+    let (mut in_string, mut escaped) = (true, false);
+    for &b in &text[first..] {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            } else if b < 0x20 {
+                match b {
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                }
+                continue;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.push(b);
+    }
+    Some(out)
 }
 
 /// Like [`split_records`], telling a body that was cut off (retry) from one
@@ -225,6 +331,43 @@ mod tests {
                 .len(),
             MAX_RECORDS_PER_PAGE
         );
+    }
+
+    #[test]
+    fn bodies_that_bend_the_rules_in_one_way_are_read() {
+        let read = |b: &[u8], ct: Option<&str>| {
+            let t = readable(b, ct);
+            split_records(&t, "/data", None).map(|p| {
+                p.records
+                    .iter()
+                    .map(|r| serde_json::from_str::<serde_json::Value>(r.get()).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        // A byte-order mark.
+        assert_eq!(read(b"\xEF\xBB\xBF{\"data\": [1]}", None).unwrap().len(), 1);
+        // A raw tab and a raw NUL inside strings; structure untouched.
+        let v = read(
+            b"{\"data\": [{\"a\": \"x\ty\"}, {\"b\": \"n\x00l\"}]}",
+            None,
+        )
+        .unwrap();
+        assert_eq!(v[0]["a"], "x\ty");
+        assert_eq!(v[1]["b"], "n\u{0}l");
+        // Latin-1 declared: é is one byte.
+        let latin = b"{\"data\": [{\"name\": \"Ren\xe9\"}]}";
+        assert!(read(latin, None).is_err(), "undeclared: not UTF-8");
+        let v = read(latin, Some("application/json; charset=ISO-8859-1")).unwrap();
+        assert_eq!(v[0]["name"], "René");
+        let v = read(
+            b"{\"data\": [\"\x80\"]}",
+            Some("text/json;charset=\"windows-1252\""),
+        )
+        .unwrap();
+        assert_eq!(v[0], "€");
+        // Escaped quotes and backslashes keep the scanner in step.
+        let v = read(b"{\"data\": [\"a\\\"b\\\\\", \"c\td\"]}", None).unwrap();
+        assert_eq!(v[1], "c\td");
     }
 
     #[test]

@@ -338,11 +338,37 @@ async fn an_unreadable_page_is_handed_over_and_skipped_only_under_a_total() {
         seen[1].1.as_deref().is_some_and(|m| m.contains("UTF-8")),
         "{seen:?}"
     );
-    // Without a total, the page after an unreadable one is never guessed.
-    let mut pager = Pager::new(c, def, PageToken::Offset { offset: 100 }, None, 2);
+    // Without a total yet, the offset still tells the next page: the pull
+    // goes on and the readable page gives the total.
+    let mut pager = Pager::new(
+        c.clone(),
+        def.clone(),
+        PageToken::Offset { offset: 100 },
+        None,
+        1,
+    );
     let p = pager.next_page().await.unwrap().unwrap();
-    assert!(p.unparseable.is_some() && p.next.is_none() && p.stuck.is_some());
-    assert!(pager.next_page().await.is_none());
+    assert!(p.unparseable.is_some() && p.stuck.is_none());
+    assert_eq!(p.next, Some(PageToken::Offset { offset: 200 }));
+    let p = pager.next_page().await.unwrap().unwrap();
+    assert!(p.unparseable.is_none() && p.next.is_none());
+    // A source that answers nothing readable is given up on after a few pages.
+    let srv2 = MockServer::start().await;
+    Mock::given(path("/items"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>login</html>"))
+        .mount(&srv2)
+        .await;
+    let c2 = client(&format!("{}/", srv2.uri()), AuthConfig::None);
+    let mut pager = Pager::new(c2, def, PageToken::Offset { offset: 0 }, None, 1);
+    let mut pages = 0;
+    let mut stuck = None;
+    while let Some(p) = pager.next_page().await {
+        let p = p.unwrap();
+        pages += 1;
+        stuck = stuck.or(p.stuck);
+    }
+    assert_eq!(pages, 3, "three unreadable pages in a row");
+    assert!(stuck.is_some_and(|w| w.contains("offset 200")));
 }
 
 #[test]
@@ -379,9 +405,10 @@ async fn a_body_cut_short_on_every_attempt_is_handed_over_not_asked_for_forever(
     let p = pager.next_page().await.unwrap().unwrap();
     let why = p.unparseable.expect("handed over as unreadable");
     assert!(why.contains("ended early"), "{why}");
-    assert!(
-        p.stuck.is_some(),
-        "no total known: the next page is not guessed"
+    assert_eq!(
+        p.next,
+        Some(PageToken::Offset { offset: 100 }),
+        "the offset tells the next page"
     );
 }
 

@@ -39,6 +39,27 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
 }
 
+/// Fails with what to do when the database has not been migrated to this
+/// version of the daemon (instead of a Postgres error about a missing table).
+pub async fn check_schema(pool: &PgPool, config: &std::path::Path) -> anyhow::Result<()> {
+    let pending = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .count() as i64;
+    // No migrations table at all reads as none applied.
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0);
+    if applied < pending {
+        anyhow::bail!(
+            "the database is not migrated to this version of sync-daemon: run `sync-daemon --config {} migrate` first",
+            config.display()
+        );
+    }
+    Ok(())
+}
+
 /// Registers a mapping version and its field rules; returns its id. The same
 /// version with other rules is refused: a changed mapping needs a new version.
 pub async fn register_mapping(pool: &PgPool, m: &MappingVersion) -> anyhow::Result<i32> {
@@ -152,6 +173,7 @@ pub struct RunEnd<'a> {
     /// from the ledger (whatever path the run left by).
     pub pages: Option<i64>,
     pub pages_missing: i64,
+    pub pages_unreadable: i64,
     pub counts: Counts,
     pub error: Option<&'a str>,
     pub resume_at: Option<DateTime<Utc>>,
@@ -163,7 +185,7 @@ pub async fn finish_run(pool: &PgPool, run: i64, end: &RunEnd<'_>) -> anyhow::Re
         "update sync_run set status = $2, finished_at = now(),
          pages = coalesce($3, (select count(*) from raw_page where run_id = $1)), records_seen = $4,
          records_changed = $5, records_unchanged = $6, records_dead = $7, error = $8, resume_at = $9,
-         records_superseded = $10, pages_missing = $11
+         records_superseded = $10, pages_missing = $11, pages_unreadable = $12
          where id = $1",
     )
     .bind(run)
@@ -177,6 +199,7 @@ pub async fn finish_run(pool: &PgPool, run: i64, end: &RunEnd<'_>) -> anyhow::Re
     .bind(end.resume_at)
     .bind(c.superseded)
     .bind(i32::try_from(end.pages_missing).unwrap_or(i32::MAX))
+    .bind(i32::try_from(end.pages_unreadable).unwrap_or(i32::MAX))
     .execute(pool)
     .await?;
     Ok(())
@@ -185,9 +208,24 @@ pub async fn finish_run(pool: &PgPool, run: i64, end: &RunEnd<'_>) -> anyhow::Re
 /// Runs left `running` by a process that died are marked `interrupted`. Only
 /// called while holding the connection's sync lock.
 pub async fn close_abandoned_runs(pool: &PgPool, connection: &str) -> anyhow::Result<()> {
+    // What it did is read from the ledger: the pages it stored, and the
+    // records of those it loaded.
     sqlx::query(
-        "update sync_run set status = 'interrupted', finished_at = now(), error = 'the process running it stopped'
-         where connection = $1 and status = 'running'",
+        "update sync_run r set status = 'interrupted', finished_at = now(),
+                error = 'the process running it stopped',
+                pages = c.pages, records_changed = c.changed, records_unchanged = c.unchanged,
+                records_dead = c.dead, records_superseded = c.superseded,
+                records_seen = c.changed + c.unchanged + c.dead + c.superseded
+         from (select r2.id,
+                      (select count(*) from raw_page p where p.run_id = r2.id) as pages,
+                      coalesce(sum(p.records_changed), 0) as changed,
+                      coalesce(sum(p.records_unchanged), 0) as unchanged,
+                      coalesce(sum(p.records_dead), 0) as dead,
+                      coalesce(sum(p.records_superseded), 0) as superseded
+               from sync_run r2 left join raw_page p on p.run_id = r2.id and p.loaded_at is not null
+               where r2.connection = $1 and r2.status = 'running'
+               group by r2.id) c
+         where r.id = c.id",
     )
     .bind(connection)
     .execute(pool)
@@ -261,6 +299,8 @@ pub struct NewPage<'a> {
     pub parse_error: Option<&'a str>,
     /// The incremental lower bound the page was requested with.
     pub since: Option<&'a str>,
+    /// The response's `Content-Type` (its charset decides how it is read).
+    pub content_type: Option<&'a str>,
 }
 
 /// Records a stored page and moves the watermark over it (when `cursor` is
@@ -283,8 +323,9 @@ pub async fn record_page(
         "with lease as (select 1 from sync_lease where connection = $2 and stream = $3
                           and holder = $14 and fence = $15)
          insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
-                               fetched_at, request, record_path, record_count, parse_error, since)
-         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 from lease returning id",
+                               fetched_at, request, record_path, record_count, parse_error, since,
+                               content_type)
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16 from lease returning id",
     )
     .bind(p.run)
     .bind(p.connection)
@@ -301,6 +342,7 @@ pub async fn record_page(
     .bind(p.since)
     .bind(holder)
     .bind(fence)
+    .bind(p.content_type.map(|c| column_text(c, 200)))
     .fetch_optional(&mut *tx)
     .await?;
     let Some(id) = id else {
@@ -364,6 +406,7 @@ pub struct PageRef {
     pub parse_error: Option<String>,
     pub page_token: serde_json::Value,
     pub since: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// Pages of a stream, in fetch order: all of them, or only those still to
@@ -376,7 +419,8 @@ pub async fn pages(
     unloaded_only: bool,
 ) -> anyhow::Result<Vec<PageRef>> {
     Ok(sqlx::query_as(
-        "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since
+        "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since,
+                content_type
          from raw_page
          where connection = $1 and stream = $2
            and ($3 = false or (loaded_at is null and object_state = 'stored')) order by id",
@@ -399,25 +443,44 @@ pub async fn mark_object(pool: &PgPool, page: i64, state: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Resolves the stream's open page-level dead letters (unreadable pages)
-/// once a pull has read every page.
-pub async fn resolve_page_dead_letters(
+/// After a pull that read and loaded every page: closes the stream's open
+/// dead letters of unreadable pages and of records without a usable id that
+/// run `run` did not see again (the source serves those pages and records
+/// differently now, or not at all). Letters keyed by a source id close when
+/// that record loads.
+pub async fn sweep_dead_letters(
     pool: &PgPool,
     lease: &Lease,
     connection: &str,
     stream: &str,
+    run: i64,
 ) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     lease.check(&mut tx).await?;
     sqlx::query(
-        "update dead_letter set status = 'resolved', last_seen_at = now()
-         where connection = $1 and stream = $2 and record_ordinal is null and status = 'open'",
+        "update dead_letter set status = 'resolved'
+         where connection = $1 and stream = $2 and status = 'open'
+           and (dedupe_key like 'page:%' or dedupe_key like 'rec:%')
+           and last_seen_at < (select started_at from sync_run where id = $3)",
     )
     .bind(connection)
     .bind(stream)
+    .bind(run)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Marks pages whose object read fine as stored (again).
+pub async fn mark_stored(pool: &PgPool, pages: &[i64]) -> anyhow::Result<()> {
+    if pages.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("update raw_page set object_state = 'stored' where id = any($1) and object_state <> 'stored'")
+        .bind(pages)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -153,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         outln!("migrations applied");
         return Ok(());
     }
+    db::check_schema(&pool, &cli.config).await?;
     let opts: Vec<(String, String)> = cfg
         .raw_store
         .options
@@ -308,6 +309,17 @@ fn print_summary(
         s.elapsed_secs,
         s.records_per_sec()
     );
+    if s.pages_unreadable > 0 || s.pulls_incomplete > 0 {
+        outln!(
+            "  {} pages could not be read (stored and dead-lettered as pages){}; see `status`",
+            s.pages_unreadable,
+            if s.pulls_incomplete > 0 {
+                ": the pull is incomplete, its records are asked for again by the next sync"
+            } else {
+                ""
+            }
+        );
+    }
     if s.pages_missing > 0 {
         outln!(
             "  {} raw pages had a missing or corrupt object ({} fetched again from the source); see `status`",

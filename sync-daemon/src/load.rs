@@ -31,6 +31,7 @@ use connector_core::records::split_records;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sqlx::{Postgres, Row, Transaction};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::db::{Counts, PageRef};
@@ -287,13 +288,18 @@ struct Split<'a> {
 /// dead letter; records without a usable primary key are dead-lettered;
 /// within a page, an earlier record with the same source id as a later one
 /// is superseded (the last occurrence wins, in source order).
-fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> Split<'a> {
+fn split<'a>(
+    ctx: &LoadCtx<'_>,
+    pages: &[PageBody],
+    texts: &'a [Cow<'_, [u8]>],
+    opts: &LoadOpts<'_>,
+) -> Split<'a> {
     let mut out = Split::default();
-    for p in pages {
+    for (p, text) in pages.iter().zip(texts) {
         let first = out.recs.len();
         let unreadable = match &p.page.parse_error {
             Some(e) => Err(e.clone()),
-            None => split_records(&p.body, &p.page.record_path, None).map(|s| s.records),
+            None => split_records(text, &p.page.record_path, None).map(|s| s.records),
         };
         let records = match unreadable {
             Ok(r) => r,
@@ -312,8 +318,8 @@ fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> S
                         field: None,
                         pointer: Some(p.page.record_path.clone()),
                         message: format!(
-                            "raw page {} ({}) could not be read as a page: {message}",
-                            p.page.id, p.page.object_key
+                            "{}/{} raw page {} ({}) could not be read as a page: {message}",
+                            ctx.connection, ctx.stream, p.page.id, p.page.object_key
                         ),
                     });
                 }
@@ -352,7 +358,10 @@ fn split<'a>(ctx: &LoadCtx<'_>, pages: &'a [PageBody], opts: &LoadOpts<'_>) -> S
                             class: "no_primary_key",
                             field: Some("source_id".into()),
                             pointer: Some(ctx.primary_key.to_owned()),
-                            message,
+                            message: format!(
+                                "{}/{} raw page {} record {ordinal}: {message}",
+                                ctx.connection, ctx.stream, p.page.id
+                            ),
                         });
                     }
                 }
@@ -547,11 +556,12 @@ pub async fn load_batch(
         lease.check(tx).await?;
     }
     // 1. Split pages into records; hash each record's verbatim bytes.
+    let texts = readable_bodies(pages);
     let Split {
         mut recs,
         mut dead,
         pages: page_of,
-    } = split(ctx, pages, &opts);
+    } = split(ctx, pages, &texts, &opts);
 
     // 2. Records identical to what was last loaded under this mapping: skip.
     let ids: Vec<String> = recs
@@ -1069,14 +1079,22 @@ async fn record_dead_letters(
     Ok(())
 }
 
+/// The bodies as JSON text ([`connector_core::records::readable`]).
+fn readable_bodies(pages: &[PageBody]) -> Vec<Cow<'_, [u8]>> {
+    pages
+        .iter()
+        .map(|p| connector_core::records::readable(&p.body, p.page.content_type.as_deref()))
+        .collect()
+}
+
 /// The keys of every record in `pages` (for isolating the ones Postgres refuses).
 pub fn record_keys(pages: &[PageBody]) -> Vec<RecordKey> {
     let mut keys = Vec::new();
-    for p in pages {
+    for (p, text) in pages.iter().zip(readable_bodies(pages)) {
         if p.page.parse_error.is_some() {
             continue;
         }
-        if let Ok(s) = split_records(&p.body, &p.page.record_path, None) {
+        if let Ok(s) = split_records(&text, &p.page.record_path, None) {
             keys.extend(
                 (0..s.records.len()).map(|i| (p.page.id, i32::try_from(i).unwrap_or(i32::MAX))),
             );
@@ -1246,6 +1264,7 @@ mod key_tests {
             parse_error: None,
             page_token: token,
             since: None,
+            content_type: None,
         };
         assert_eq!(
             page_key(&page(serde_json::json!({"kind": "offset", "offset": 100}))),

@@ -112,6 +112,10 @@ pub struct Summary {
     /// skips them; a sync fetches an unloaded one again when it can).
     pub pages_missing: u64,
     pub pages_refetched: u64,
+    /// Pages whose body could not be read (stored and dead-lettered).
+    pub pages_unreadable: u64,
+    /// Streams whose pull skipped pages it could not read, or stopped short.
+    pub pulls_incomplete: u64,
     pub changed: i64,
     pub unchanged: i64,
     pub dead_lettered: i64,
@@ -297,6 +301,7 @@ async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyho
         status,
         pages: (mode == "replay").then_some(summary.pages_loaded as i64),
         pages_missing: summary.pages_missing as i64,
+        pages_unreadable: summary.pages_unreadable as i64,
         counts: summary.counts(),
         error: error.as_deref(),
         resume_at: summary.resume_at,
@@ -432,14 +437,33 @@ async fn sync_stream(
     // order; one whose object is gone or corrupt is fetched again.
     recover_leftovers(ctx, &http, run, def, &lctx, summary).await?;
     let (tx, rx) = mpsc::channel::<Fetched>(QUEUE_PAGES);
-    let mut fetched = 0u64;
+    let mut fetched = Fetching::default();
     let fetch = fetch_stream(ctx, &http, run, def, tx, &mut fetched);
     let load = load_stream(ctx, &lctx, rx, summary);
     // The loader drains whatever the fetcher stored even when the fetcher fails.
     let (fetch_result, loaded) = tokio::join!(fetch, load);
-    summary.pages_fetched += fetched;
+    summary.pages_fetched += fetched.pages;
+    summary.pages_unreadable += fetched.unreadable;
     loaded?;
-    fetch_result
+    fetch_result?;
+    if fetched.complete {
+        // Every page of this pull was read and loaded: dead letters of
+        // unreadable pages, and of records without an id, that this run
+        // did not see again are about records read since (or gone).
+        db::sweep_dead_letters(&ctx.pool, run.lease, &ctx.connection, def.name, run.id).await?;
+    } else {
+        summary.pulls_incomplete += 1;
+    }
+    Ok(())
+}
+
+/// What the fetcher of one stream did.
+#[derive(Debug, Default)]
+struct Fetching {
+    pages: u64,
+    unreadable: u64,
+    /// The pull reached its last page without skipping any.
+    complete: bool,
 }
 
 /// Loads the pages an earlier run stored but did not load. A page whose
@@ -567,6 +591,12 @@ async fn store_page(
         )
         .await?;
     let token = http.storable_token(&page.token);
+    let content_type = page
+        .response
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let shown = token.to_string();
     PageStored {
         connection: &ctx.connection,
@@ -593,6 +623,7 @@ async fn store_page(
             record_count: page.facts.records,
             parse_error: page.unparseable.as_deref(),
             since,
+            content_type: content_type.as_deref(),
         },
         cursor,
     )
@@ -607,6 +638,7 @@ async fn store_page(
             parse_error: page.unparseable.clone(),
             page_token: serde_json::to_value(&token)?,
             since: since.map(str::to_owned),
+            content_type,
         },
         body,
     })
@@ -618,7 +650,7 @@ async fn fetch_stream(
     run: &Run<'_>,
     def: &StreamDef,
     tx: mpsc::Sender<Fetched>,
-    pages: &mut u64,
+    out: &mut Fetching,
 ) -> anyhow::Result<()> {
     let mut cursor = db::watermark(&ctx.pool, &ctx.connection, def.name)
         .await?
@@ -680,10 +712,13 @@ async fn fetch_stream(
         cursor.pull_started_at.get_or_insert(server_now);
         cursor.pull_max_cursor = cursor.pull_max_cursor.max(page.max_cursor);
         if page.unparseable.is_some() {
-            // Its records were not read: the pull is incomplete.
-            cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
+            out.unreadable += 1;
+            if page.stuck.is_none() {
+                // Skipped: its records were not read, the pull is incomplete.
+                // (A page the pull stops at is asked for again instead.)
+                cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
+            }
         }
-        let mut complete = false;
         if page.stuck.is_some() {
             // The page after this one is unknown: the next run asks for this one again.
             cursor.next = Some(http.storable_token(&page.token));
@@ -701,7 +736,7 @@ async fn fetch_stream(
                     cursor.high_water = Some(seen.min(cap));
                 }
             }
-            complete = cursor.pull_skipped_pages == 0;
+            out.complete = cursor.pull_skipped_pages == 0;
             cursor.pull_skipped_pages = 0;
             cursor.next = None;
         } else {
@@ -710,11 +745,6 @@ async fn fetch_stream(
         let stored =
             store_page(ctx, http, run, def, &page, since.as_deref(), Some(&cursor)).await?;
         let page_id = stored.page.id;
-        if complete {
-            // Every page of this pull was read: what unreadable pages of
-            // earlier pulls held has been read since.
-            db::resolve_page_dead_letters(&ctx.pool, run.lease, &ctx.connection, def.name).await?;
-        }
         let next = cursor.next.as_ref().map(|n| n.to_string());
         WatermarkAdvanced {
             connection: &ctx.connection,
@@ -722,13 +752,18 @@ async fn fetch_stream(
             next: next.as_deref(),
         }
         .emit();
-        *pages += 1;
+        out.pages += 1;
         if tx.send(Fetched { page: stored }).await.is_err() {
             anyhow::bail!("the loader stopped");
         }
         if let Some(why) = page.stuck {
+            let kept = if page.unparseable.is_some() {
+                "stored and dead-lettered"
+            } else {
+                "stored"
+            };
             anyhow::bail!(
-                "{why}; the page is stored and dead-lettered (raw page {page_id}) and the next sync asks for it again"
+                "{why}; the page is {kept} (raw page {page_id}) and the next sync asks for it again"
             );
         }
     }
@@ -999,6 +1034,10 @@ async fn read_bodies(
             }
         }
     }
+    // A page set aside before whose object reads fine again (repaired by a
+    // later fetch of the same body) is no longer reported.
+    let fine: Vec<i64> = ok.iter().map(|p| p.page.id).collect();
+    db::mark_stored(&ctx.pool, &fine).await?;
     Ok((ok, bad))
 }
 
@@ -1067,6 +1106,7 @@ mod tests {
             parse_error: None,
             page_token: serde_json::Value::Null,
             since: None,
+            content_type: None,
         }
     }
 

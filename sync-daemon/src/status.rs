@@ -17,7 +17,7 @@ pub struct StreamStatus {
     /// Pages whose raw object was found missing or corrupt.
     pub pages_missing: i64,
     pub pages_corrupt: i64,
-    /// Pages whose body could not be read as a page (dead-lettered).
+    /// Unreadable pages whose dead letter is open (not read since).
     pub pages_unreadable: i64,
     pub records: i64,
     pub watermark: Option<serde_json::Value>,
@@ -134,7 +134,9 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                                    count(*) filter (where loaded_at is null and object_state = 'stored') as unloaded,
                                    count(*) filter (where object_state = 'missing') as missing,
                                    count(*) filter (where object_state = 'corrupt') as corrupt,
-                                   count(*) filter (where parse_error is not null) as unreadable
+                                   (select count(*) from dead_letter x where x.connection = s.connection
+                                      and x.stream = s.stream and x.record_ordinal is null
+                                      and x.status = 'open') as unreadable
                             from raw_page p where p.connection = s.connection and p.stream = s.stream) p on true
          left join lateral (select * from sync_run r where r.connection = s.connection
                             and (r.stream is null or r.stream = s.stream) order by r.id desc limit 1) r on true

@@ -132,69 +132,99 @@ async fn malformed_pages_are_dead_lettered_and_bad_records_too(pool: sqlx::PgPoo
         ("hire_date", "/hireDate")
     );
 
-    let srv2 = MockServer::start().await;
-    serve_page(
-        &srv2,
-        0,
-        ResponseTemplate::new(200).set_body_string("{\"total\": 3, \"data\": [{\"id\": \"a\"},"),
-    )
-    .await;
-    let c2 = pipeline::Ctx {
-        connection: "wd2".into(),
-        ..ctx(&pool, &store, Arc::new(workday(&srv2.uri())), &bearer())
-    };
-    let e = format!("{:#}", pipeline::sync(&c2, None).await.unwrap_err());
-    assert!(
-        e.contains("ended early on every attempt") && e.contains("offset 0"),
-        "{e}"
-    );
-    assert_eq!(
-        srv2.received_requests().await.unwrap().len(),
-        4,
-        "a cut-off body is fetched again (3 attempts), then once more to be stored"
-    );
-    assert_eq!(
-        count(
-            &pool,
-            "select count(*) from dead_letter where connection = 'wd2' and record_ordinal is null"
+    // A body cut short on every attempt, then a complete one that is not a
+    // page: each is stored verbatim and dead-lettered as a page, and the
+    // offset tells the next page (here the last, empty).
+    let end = ResponseTemplate::new(200).set_body_string("{\"total\": 0, \"data\": []}");
+    for (conn, body, says, requests) in [
+        (
+            "wd2",
+            "{\"total\": 3, \"data\": [{\"id\": \"a\"},",
+            "ended early on every attempt",
+            5,
+        ),
+        ("wd3", "<html>maintenance</html>", "not JSON", 2),
+    ] {
+        let srv = MockServer::start().await;
+        serve_page(&srv, 0, ResponseTemplate::new(200).set_body_string(body)).await;
+        serve_page(&srv, 100, end.clone()).await;
+        let c = pipeline::Ctx {
+            connection: conn.into(),
+            ..ctx(&pool, &store, Arc::new(workday(&srv.uri())), &bearer())
+        };
+        let s = pipeline::sync(&c, None).await.unwrap();
+        assert_eq!((s.pages_unreadable, s.pulls_incomplete), (1, 1), "{conn}");
+        assert_eq!(
+            srv.received_requests().await.unwrap().len(),
+            requests,
+            "{conn}: a cut body is asked for 3 times and once more to be stored; a wrong one once"
+        );
+        let (ordinal, class, msg): (Option<i32>, String, String) = sqlx::query_as(
+            "select record_ordinal, error_class, message from dead_letter where connection = $1",
         )
-        .await,
-        1,
-        "stored and dead-lettered as a page"
-    );
-    // A complete body that is not a page fails at once.
-    let srv3 = MockServer::start().await;
-    serve_page(
-        &srv3,
-        0,
-        ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"),
-    )
-    .await;
-    let c3 = pipeline::Ctx {
-        connection: "wd3".into(),
-        ..ctx(&pool, &store, Arc::new(workday(&srv3.uri())), &bearer())
+        .bind(conn)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((ordinal, class.as_str()), (None, "unreadable_page"));
+        assert!(msg.contains(says) && msg.contains(conn), "{msg}");
+    }
+    // With a cursor, the page after an unreadable one is unknown: the run
+    // fails saying so, and the next sync asks for the same page again.
+    let srv = MockServer::start().await;
+    Mock::given(path("/workers"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"))
+        .mount(&srv)
+        .await;
+    let c = pipeline::Ctx {
+        connection: "wd4".into(),
+        ..ctx(
+            &pool,
+            &store,
+            Arc::new(Cursored(
+                url::Url::parse(&format!("{}/", srv.uri())).unwrap(),
+            )),
+            &bearer(),
+        )
     };
-    let e = format!("{:#}", pipeline::sync(&c3, None).await.unwrap_err());
+    let e = format!("{:#}", pipeline::sync(&c, None).await.unwrap_err());
     assert!(
-        e.contains("could not be read") && e.contains("offset 0") && e.contains("not JSON"),
+        e.contains("could not be read") && e.contains("first page") && e.contains("not JSON"),
         "{e}"
     );
-    assert_eq!(srv3.received_requests().await.unwrap().len(), 1);
-    // The body is stored verbatim and dead-lettered as a page; the stream
-    // asks for that page again next time instead of guessing past it.
-    let (ordinal, class): (Option<i32>, String) = sqlx::query_as(
-        "select record_ordinal, error_class from dead_letter where connection = 'wd3'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!((ordinal, class.as_str()), (None, "unreadable_page"));
     let next: serde_json::Value =
-        sqlx::query_scalar("select cursor -> 'next' from watermark where connection = 'wd3'")
+        sqlx::query_scalar("select cursor -> 'next' from watermark where connection = 'wd4'")
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(next, serde_json::json!({"kind": "offset", "offset": 0}));
+    assert_eq!(next, serde_json::json!({"kind": "start"}));
+}
+
+/// A cursor-paginated source of workers (the next page is in the body).
+#[derive(Debug)]
+struct Cursored(url::Url);
+
+impl connector_core::DynConnector for Cursored {
+    fn name(&self) -> &'static str {
+        "cursored"
+    }
+    fn base_url(&self) -> &url::Url {
+        &self.0
+    }
+    fn streams(&self) -> Vec<connector_core::StreamDef> {
+        vec![connector_core::StreamDef {
+            name: "workers",
+            path: "workers".into(),
+            query: Vec::new(),
+            records_at: "/data",
+            pagination: connector_core::Pagination::cursor("cursor", "/next"),
+            primary_key: "/id",
+            cursor: None,
+            mode: connector_core::SyncMode::FullRefresh,
+            entity: canonical_model::EntityKind::Worker,
+            mapper: Arc::new(workday::WorkersMapper::new()),
+        }]
+    }
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

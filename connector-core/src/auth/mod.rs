@@ -298,6 +298,12 @@ pub trait Auth: Send + Sync + fmt::Debug {
     fn query_params(&self) -> Vec<String> {
         Vec::new()
     }
+    /// True when [`Auth::invalidate`] makes the next call fetch a fresh
+    /// credential (token grants); static credentials cannot be refreshed,
+    /// so a 401 needs re-authorization at once.
+    fn refreshes(&self) -> bool {
+        false
+    }
 }
 
 /// What a provider needs besides its config.

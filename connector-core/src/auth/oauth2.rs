@@ -364,6 +364,10 @@ impl super::Auth for TokenAuth {
         *self.cached.lock().await = None;
     }
 
+    fn refreshes(&self) -> bool {
+        true
+    }
+
     fn secrets(&self) -> Vec<SecretString> {
         let mut out: Vec<SecretString> = self
             .seen
