@@ -378,3 +378,28 @@ async fn a_truncated_body_is_fetched_again_a_malformed_one_fails() {
         "not retried"
     );
 }
+
+#[tokio::test]
+async fn a_refused_static_credential_needs_reauthorization_at_once() {
+    let srv = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&srv)
+        .await;
+    let cfg = AuthConfig::Bearer {
+        token: "static".to_owned().into(),
+    };
+    let e = client(&srv.uri(), cfg)
+        .get(url(&srv, "/p"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::NeedsReauth { detail, .. } if detail.contains("configured credential")),
+        "{e}"
+    );
+    assert_eq!(
+        srv.received_requests().await.unwrap().len(),
+        1,
+        "nothing to refresh"
+    );
+}

@@ -730,3 +730,92 @@ async fn a_source_id_on_two_pages_of_one_batch_does_not_flip(pool: sqlx::PgPool)
     let t: String = sqlx::query_scalar(title).fetch_one(&pool).await.unwrap();
     assert_eq!(t, "Title on page 1");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bodies_that_bend_json_rules_in_one_way_are_read(pool: sqlx::PgPool) {
+    let w = workers();
+    // Page 0: a byte-order mark, and a raw tab inside a string.
+    let mut tabbed = w[0].clone();
+    tabbed["businessTitle"] = json!("@@TAB@@");
+    let p0 = format!(
+        "\u{feff}{}",
+        page_text(
+            3,
+            &[
+                tabbed.to_string().replace("@@TAB@@", "Head\tof HR"),
+                w[1].to_string()
+            ]
+        )
+    );
+    // Page 1: Latin-1, as its Content-Type says.
+    let accented = json!({"id": "latin-1-worker", "descriptor": "René Müller"});
+    let p1 = page_text(3, &[accented.to_string()]);
+    let latin1: Vec<u8> = p1
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap())
+        .collect();
+    let srv = MockServer::start().await;
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .and(query_param("offset", "0"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(p0))
+        .mount(&srv)
+        .await;
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .and(query_param("offset", "2"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(latin1, "application/json; charset=ISO-8859-1"),
+        )
+        .mount(&srv)
+        .await;
+    let store = RawStore::in_memory();
+    let c = ctx(
+        &pool,
+        &store,
+        Arc::new(workday_sized(&srv.uri(), 2)),
+        &bearer(),
+    );
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.changed, s.dead_lettered, s.pages_unreadable), (3, 0, 0));
+    let title: String = sqlx::query_scalar(
+        "select business_title from worker where source_id = 'c3dd75f6808578e6ec925f09a227f039'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(title, "Head\tof HR");
+    let name: String = sqlx::query_scalar("select display_name from worker where source_id = $1")
+        .bind("latin-1-worker")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "René Müller");
+    // A replay reads the stored bytes the same way: nothing changes.
+    let r = pipeline::replay(&c, None, false).await.unwrap();
+    assert_eq!((r.changed, r.unchanged), (0, 3));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_dead_letter_of_a_record_without_id_closes_after_a_complete_pull(pool: sqlx::PgPool) {
+    let w = workers();
+    let mut no_id = w[1].clone();
+    no_id.as_object_mut().unwrap().remove("id");
+    let store = RawStore::in_memory();
+    let open = "select count(*) from dead_letter where status = 'open'";
+    for (second, open_after) in [(no_id, 1), (w[1].clone(), 0)] {
+        let srv = MockServer::start().await;
+        serve(
+            &srv,
+            100,
+            &[page_text(2, &[w[0].to_string(), second.to_string()])],
+        )
+        .await;
+        let c = ctx(
+            &pool,
+            &store,
+            Arc::new(workday_sized(&srv.uri(), 100)),
+            &bearer(),
+        );
+        pipeline::sync(&c, None).await.unwrap();
+        assert_eq!(count(&pool, open).await, open_after);
+    }
+}

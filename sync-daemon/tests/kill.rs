@@ -86,6 +86,15 @@ async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync(pool: sql
         "only {killed_mid_run} kills landed during a run"
     );
     assert!(wait(sync(&cfg)).await.success(), "the rerun completes");
+    assert!(
+        count(
+            &pool,
+            "select count(*) from sync_run where status = 'interrupted' and pages > 0"
+        )
+        .await
+            >= 1,
+        "a killed run is recorded with the pages the ledger shows it stored"
+    );
 
     let interrupted = state(&pool).await;
     assert_eq!(count(&pool, "select count(*) from worker").await, 260);

@@ -21,3 +21,19 @@ async fn migrate_runs_concurrently_and_twice(pool: sqlx::PgPool) {
     .unwrap();
     assert_eq!(tables, 3);
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_unmigrated_database_is_named_with_the_fix(pool: sqlx::PgPool) {
+    let e = sync_daemon::db::check_schema(&pool, std::path::Path::new("sync.toml"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not migrated") && e.contains("--config sync.toml migrate"),
+        "{e}"
+    );
+    sync_daemon::db::migrate(&pool).await.unwrap();
+    sync_daemon::db::check_schema(&pool, std::path::Path::new("sync.toml"))
+        .await
+        .unwrap();
+}
