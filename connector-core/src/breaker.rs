@@ -114,6 +114,8 @@ pub struct CircuitBreaker {
     connection: String,
     settings: BreakerSettings,
     state: Mutex<State>,
+    /// The last failure that counted, for the error an open breaker gives.
+    last_failure: Mutex<Option<String>>,
 }
 
 /// A snapshot for `status` and metrics.
@@ -156,6 +158,7 @@ impl CircuitBreaker {
                 window: VecDeque::new(),
                 opened_count: 0,
             }),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -186,6 +189,18 @@ impl CircuitBreaker {
     }
 
     /// Records how an admitted call ended.
+    /// Remembers what the last transient failure was (shown while open).
+    pub fn note_failure(&self, what: String) {
+        if let Ok(mut l) = self.last_failure.lock() {
+            *l = Some(crate::snippet(what.as_bytes()));
+        }
+    }
+
+    /// The last transient failure noted, if any.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().ok().and_then(|l| l.clone())
+    }
+
     pub fn record(&self, outcome: Outcome) {
         let mut s = self.lock();
         let now = Instant::now();

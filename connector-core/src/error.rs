@@ -65,11 +65,14 @@ pub enum Error {
     #[error("{endpoint}: truncated response body: {message}")]
     Truncated { endpoint: String, message: String },
     /// The circuit breaker of (host, credential) is open: failing fast.
-    #[error("{endpoint}: circuit open for {host} after repeated failures; next probe in {}s", .retry_in.as_secs())]
+    #[error("{endpoint}: circuit open for {host} after repeated failures{}; next probe in {}s",
+        .last_failure.as_deref().map(|f| format!(" (last: {f})")).unwrap_or_default(), .retry_in.as_secs())]
     CircuitOpen {
         endpoint: String,
         host: String,
         retry_in: Duration,
+        /// What the last failure that counted was (e.g. connection refused).
+        last_failure: Option<String>,
     },
     /// The wait the source or the rate limit asks for ends after the run's
     /// budget: the run checkpoints and resumes later. Not a failure.
@@ -325,7 +328,7 @@ mod classification {
         malformed_body: Error::Body { endpoint: E.into(), message: "expected value".into() } => ErrorClass::Fail,
         truncated_body: Error::Truncated { endpoint: E.into(), message: "EOF while parsing".into() }
             => ErrorClass::Retry { .. },
-        circuit_open: Error::CircuitOpen { endpoint: E.into(), host: "h".into(), retry_in: Duration::from_secs(30) }
+        circuit_open: Error::CircuitOpen { endpoint: E.into(), host: "h".into(), retry_in: Duration::from_secs(30), last_failure: None }
             => ErrorClass::Retry { after: Some(d) } if d == Duration::from_secs(30),
         deferred_is_not_retried_in_the_run: Error::Deferred { endpoint: E.into(), wait: Duration::from_secs(3600) }
             => ErrorClass::Fail,

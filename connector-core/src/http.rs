@@ -463,6 +463,7 @@ impl HttpClient {
                 endpoint: endpoint.to_owned(),
                 host: inner.breaker.host.clone(),
                 retry_in,
+                last_failure: inner.breaker.last_failure(),
             });
         }
         let _permit = match inner.limiter.acquire(inner.deadline).await {
@@ -485,7 +486,11 @@ impl HttpClient {
         // The breaker judges the host by its answer, not by the content: a
         // complete answer whose body the check refuses (cut JSON, a bad
         // page) says the host is up.
-        inner.breaker.record(Outcome::of(&answer));
+        let outcome = Outcome::of(&answer);
+        if let (Outcome::TransientFailure, Err(e)) = (outcome, &answer) {
+            inner.breaker.note_failure(self.scrub(&e.to_string()));
+        }
+        inner.breaker.record(outcome);
         let result = match answer {
             Ok(resp) => check(&resp).map(|t| (resp, t)),
             Err(e) => Err(e),
