@@ -83,3 +83,10 @@ create table sync_lease (
 -- commit.
 alter table source_link alter constraint source_link_derivation_id_fkey
     deferrable initially deferred;
+
+-- Canonical id first: with (entity_type, canonical_id, connection), a generic
+-- plan cached while source_link was nearly empty (no statistics: autovacuum
+-- may be off) used this index for crosswalk lookups by source id, scanning
+-- every link of the entity type per id. Only the primary key can serve those.
+drop index source_link_canonical;
+create unique index source_link_canonical on source_link (canonical_id, entity_type, connection);

@@ -990,10 +990,12 @@ async fn read_links(
         return Ok(links);
     }
     for r in sqlx::query(
+        // A primary-key probe per key (see the `known` query and ADR 0003).
         "select s.entity_type, s.source_id, s.canonical_id, s.row_hash, s.record_hash, s.mapping_version_id,
                 s.source_modified_at, s.raw_page_id, s.record_ordinal
-         from unnest($2::text[], $3::text[]) as u(et, sid)
-         join source_link s on s.connection = $1 and s.entity_type = u.et and s.source_id = u.sid
+         from unnest($2::text[], $3::text[]) as u(et, sid),
+         lateral (select * from source_link s
+                  where s.entity_type = u.et and s.connection = $1 and s.source_id = u.sid offset 0) s
          order by s.entity_type, s.source_id for update of s",
     )
     .bind(connection)
