@@ -1,30 +1,76 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: serve the recorded Workday fixtures on
-# loopback, sync them into the local Postgres, then explain one worker.
+# The main job on a fresh machine: find or start a PostgreSQL server, build the
+# daemon, serve the recorded Workday fixtures on a free loopback port, sync
+# them, show `status`, then `explain` one worker.
+#
+# DATABASE_URL, when set, names the database to use (created if missing);
+# otherwise the local server at 127.0.0.1:5432 is used if it lets
+# `postgres` in, else a private server under target/postgres
+# (examples/postgres.sh; it stays up for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sync_demo}"
+step() { printf '\n== %s\n' "$*"; }
+
+step "PostgreSQL"
+if [ -n "${DATABASE_URL:-}" ]; then
+  bash examples/postgres.sh url >/dev/null   # checks that server, fails clearly if it does not answer
+else
+  admin="$(bash examples/postgres.sh url)"
+  export DATABASE_URL="${admin%/*}/sync_demo"
+fi
+echo "database: $(echo "$DATABASE_URL" | sed -E 's#://([^:@/]*):[^@/]*@#://\1:***@#')"
+
 export SYNC_RAW_DIR="${SYNC_RAW_DIR:-$PWD/target/demo-raw}"
 export WORKDAY_CLIENT_SECRET="${WORKDAY_CLIENT_SECRET:-demo-client-secret}"
 export WORKDAY_REFRESH_TOKEN="${WORKDAY_REFRESH_TOKEN:-demo-refresh-token}"
-
-pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
-db="${DATABASE_URL##*/}"
-psql "${DATABASE_URL%/*}/postgres" -tAc "select 1 from pg_database where datname = '$db'" | grep -q 1 \
-  || psql "${DATABASE_URL%/*}/postgres" -qc "create database \"$db\""
-
-cargo build --release -q -p sync-daemon
 bin=target/release/sync-daemon
 cfg=examples/fixtures.toml
 
-$bin serve-fixtures --listen 127.0.0.1:18080 --pages fixtures/workday/workers &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.1; done
+if [ -x "$bin" ]; then
+  step "building the daemon (cargo build --release; seconds when nothing changed)"
+else
+  step "building the daemon (cargo build --release; about 5 minutes the first time)"
+fi
+cargo build --release -p sync-daemon
 
+step "serving the recorded Workday fixtures on a free loopback port"
+log="$(mktemp)"
+$bin serve-fixtures --listen 127.0.0.1:0 --pages fixtures/workday/workers 2>"$log" &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
+FIXTURE_URL=""
+for _ in $(seq 100); do
+  FIXTURE_URL="$(sed -nE 's#.* at (http://[0-9.]+:[0-9]+)/.*#\1#p' "$log" | head -n 1)"
+  [ -n "$FIXTURE_URL" ] && break
+  kill -0 $server 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$FIXTURE_URL" ]; then
+  cat "$log" >&2
+  echo "demo: the fixture server did not start (its output is above)" >&2
+  exit 1
+fi
+export FIXTURE_URL
+cat "$log"
+
+step "sync-daemon migrate (creates the database if needed)"
 $bin --config $cfg migrate
+step "sync-daemon sync workday-acme"
 $bin --config $cfg sync workday-acme
+step "sync-daemon status"
 $bin --config $cfg status
-echo
 # Logan McNeil, by Workday id (the first recorded worker)
+step "sync-daemon explain worker c3dd75f6808578e6ec925f09a227f039"
 $bin --config $cfg explain worker c3dd75f6808578e6ec925f09a227f039
+
+step "done"
+cat <<EOT
+To run more commands against this database:
+  export DATABASE_URL='$DATABASE_URL' SYNC_RAW_DIR='$SYNC_RAW_DIR'
+  $bin --config $cfg status
+(sync and replay also need FIXTURE_URL, WORKDAY_CLIENT_SECRET and WORKDAY_REFRESH_TOKEN, and the
+fixture server: $bin serve-fixtures prints its address.)
+EOT
+if [ -f target/postgres/port ] && [[ "$DATABASE_URL" == *":$(cat target/postgres/port)/"* ]]; then
+  echo "The private PostgreSQL keeps running for the next run; stop it with: bash examples/postgres.sh stop"
+fi

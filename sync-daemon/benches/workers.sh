@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# Benchmark on the shared workload (../shared/bench): N Workday workers served from
-# loopback by `sync-daemon serve-fixtures`, synced and replayed into a fresh
-# database, beside a plain COPY of the same rows measured in the same run.
+# Benchmark: N Workday workers served from loopback by `sync-daemon serve-fixtures`,
+# synced and replayed into a fresh database, beside a plain COPY of the same rows
+# measured in the same run.
 # Prints records/s and the daemon's peak RSS for each step.
 #
 #   bash sync-daemon/benches/workers.sh [N]          (N = 100000 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-100000}"
-PGBASE="${PGBASE:-postgres://postgres@127.0.0.1:5432}"
+# The server: PGBASE (a URL without database), else what examples/postgres.sh finds or starts.
+PGBASE="${PGBASE:-$(DATABASE_URL= bash examples/postgres.sh url | sed 's#/[^/]*$##')}"
 DB=sync_bench
 DATA=target/bench-data/n$N
-[ -f "$DATA/manifest.json" ] || python3 ../shared/bench/gen_workers.py --n "$N" --out target/bench-data
+# The shared workload's generator (outside this repository): BENCH_GEN.
+BENCH_GEN="${BENCH_GEN:-../shared/bench/gen_workers.py}"
+[ -f "$DATA/manifest.json" ] || python3 "$BENCH_GEN" --n "$N" --out target/bench-data
 cargo build --release -q -p sync-daemon
 bin=$PWD/target/release/sync-daemon
+
+log=$(mktemp)
+$bin serve-fixtures --listen 127.0.0.1:0 --pages "$DATA/pages/l100" --tenant bench --api-path ccx/api/v1 2>"$log" &
+server=$!
+cfg=$(mktemp --suffix .toml)
+trap 'kill $server 2>/dev/null || true; rm -f "$cfg" "$log"' EXIT
+base=""
+for _ in $(seq 600); do
+  base="$(sed -nE 's#.* at (http://[0-9.]+:[0-9]+)/.*#\1#p' "$log" | head -n 1)"
+  [ -n "$base" ] && break
+  kill -0 $server 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$base" ] || { cat "$log" >&2; echo "the fixture server did not start" >&2; exit 1; }
 
 psql "$PGBASE/postgres" -qc "drop database if exists $DB" -c "create database $DB"
 export DATABASE_URL="$PGBASE/$DB"
 export SYNC_RAW_DIR="$PWD/target/bench-raw"
 rm -rf "$SYNC_RAW_DIR"
-cfg=$(mktemp --suffix .toml)
 cat > "$cfg" <<TOML
 [database]
 url = "\${DATABASE_URL}"
@@ -29,21 +45,17 @@ url = "file://\${SYNC_RAW_DIR}"
 [[connection]]
 name = "bench"
 connector = "workday"
-base_url = "http://127.0.0.1:18080"
+base_url = "$base"
 tenant = "bench"
 api_path = "ccx/api/v1"
 [connection.auth]
 strategy = "oauth2_refresh_token"
-token_url = "http://127.0.0.1:18080/ccx/oauth2/bench/token"
+token_url = "$base/ccx/oauth2/bench/token"
 client_id = "demo-client"
 client_secret = "demo-client-secret"
 refresh_token = "demo-refresh-token"
 TOML
 
-$bin serve-fixtures --listen 127.0.0.1:18080 --pages "$DATA/pages/l100" --tenant bench --api-path ccx/api/v1 2>/dev/null &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -f "$cfg"' EXIT
-for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.1; done
 
 # Plain COPY of the same rows into a logged table: the physical limit.
 cols=$(head -1 "$DATA/workers.csv" | sed 's/,/ text,/g; s/$/ text/')

@@ -1,4 +1,4 @@
-//! One writer per stream (invariant 9): two loaders racing on the same pages
+//! One writer per stream (docs/architecture.md, "Invariants and where they hold", 9): two loaders racing on the same pages
 //! never duplicate an entity, and a run whose lock session dies stops before
 //! writing beside the process that took over.
 
@@ -8,7 +8,7 @@ use common::*;
 use connector_core::{AuthConfig, RawStore};
 use std::sync::Arc;
 use std::time::Duration;
-use sync_daemon::db::{self, MIGRATOR};
+use sync_daemon::db;
 use sync_daemon::load::{LoadCtx, LoadOpts, PageBody, load_batch};
 use sync_daemon::pipeline;
 
@@ -36,8 +36,10 @@ async fn no_duplicates(pool: &sqlx::PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn two_loaders_on_the_same_pages_at_once_create_each_entity_once(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn two_loaders_on_the_same_pages_at_once_create_each_entity_once() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     // Record the pages with a first sync, then empty the model.
     let (c, store, _base, _srv) = fixture_ctx(&pool).await;
     pipeline::sync(&c, None).await.unwrap();
@@ -75,10 +77,10 @@ async fn two_loaders_on_the_same_pages_at_once_create_each_entity_once(pool: sql
     no_duplicates(&pool).await;
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_run_whose_lock_session_dies_stops_before_writing_beside_its_successor(
-    pool: sqlx::PgPool,
-) {
+#[tokio::test]
+async fn a_run_whose_lock_session_dies_stops_before_writing_beside_its_successor() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = slow_source(Duration::from_millis(120)).await;
     let store = RawStore::in_memory();
     let mk = || pipeline::Ctx {

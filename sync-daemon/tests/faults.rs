@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use connector_core::{AuthConfig, RawStore};
 use std::sync::Arc;
-use sync_daemon::{db::MIGRATOR, pipeline};
+use sync_daemon::pipeline;
 use wiremock::matchers::{path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -27,8 +27,10 @@ async fn serve_page(srv: &MockServer, offset: usize, resp: ResponseTemplate) {
         .await;
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_sync_failing_mid_way_then_rerun_loses_and_duplicates_nothing(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn a_sync_failing_mid_way_then_rerun_loses_and_duplicates_nothing() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
     serve_page(&srv, 0, ResponseTemplate::new(200).set_body_string(page(0))).await;
     serve_page(
@@ -97,8 +99,10 @@ async fn a_sync_failing_mid_way_then_rerun_loses_and_duplicates_nothing(pool: sq
     );
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn malformed_pages_are_dead_lettered_and_bad_records_too(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn malformed_pages_are_dead_lettered_and_bad_records_too() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
     let mut body: serde_json::Value = serde_json::from_str(&page(0)).unwrap();
     body["total"] = serde_json::json!(100);
@@ -227,8 +231,10 @@ impl connector_core::DynConnector for Cursored {
     }
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn secrets_never_reach_the_ledger_the_raw_store_or_errors(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn secrets_never_reach_the_ledger_the_raw_store_or_errors() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (base, _srv) = fixture_source().await;
     let dir = tempfile::tempdir().unwrap();
     let store =
@@ -307,8 +313,10 @@ fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_record_that_maps_again_resolves_its_dead_letter(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn a_record_that_maps_again_resolves_its_dead_letter() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
     let mut body: serde_json::Value = serde_json::from_str(&page(0)).unwrap();
     body["total"] = serde_json::json!(100);
@@ -341,8 +349,10 @@ async fn a_record_that_maps_again_resolves_its_dead_letter(pool: sqlx::PgPool) {
 /// A refresh token rotated by the source is in Postgres before the access
 /// token that came with it is used: a process that dies right after the
 /// refresh (here: the data call never succeeds) restarts from the new one.
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_rotated_refresh_token_is_saved_before_use_and_survives_a_restart(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn a_rotated_refresh_token_is_saved_before_use_and_survives_a_restart() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     use connector_core::auth::{self, AuthContext};
     use wiremock::matchers::body_string_contains;
     let srv = MockServer::start().await;
@@ -410,8 +420,10 @@ async fn a_rotated_refresh_token_is_saved_before_use_and_survives_a_restart(pool
 
 /// A source that asks for a wait beyond the run's limits defers the run: it
 /// checkpoints, ends `deferred` with a resume time, and is not a failure.
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_long_retry_after_defers_the_run_at_its_checkpoint(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn a_long_retry_after_defers_the_run_at_its_checkpoint() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
     serve_page(&srv, 0, ResponseTemplate::new(200).set_body_string(page(0))).await;
     serve_page(

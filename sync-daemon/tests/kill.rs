@@ -6,14 +6,9 @@ mod common;
 use common::*;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use sync_daemon::db::MIGRATOR;
 
 fn database_url(db: &str) -> String {
-    let base = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&format!("/{db}"));
-    url.to_string()
+    common::pg::url_of(db)
 }
 
 fn write_config(dir: &std::path::Path, db_url: &str, base: &str) -> std::path::PathBuf {
@@ -61,8 +56,10 @@ async fn wait(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (base, _srv) = fixture_source().await;
     let db: String = sqlx::query_scalar("select current_database()")
         .fetch_one(&pool)
@@ -141,8 +138,10 @@ async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync(pool: sql
 
 /// SIGTERM ends a run as `interrupted` (not `running`, not `failed`), and
 /// the next run resumes and completes.
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn sigterm_ends_the_run_as_interrupted(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn sigterm_ends_the_run_as_interrupted() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = slow_source(Duration::from_millis(150)).await;
     let db: String = sqlx::query_scalar("select current_database()")
         .fetch_one(&pool)

@@ -1,9 +1,14 @@
 //! `migrate` is safe to run twice and concurrently.
 
+mod common;
+
+use common::TestDb;
 use sync_daemon::db;
 
-#[sqlx::test(migrations = false)]
-async fn migrate_runs_concurrently_and_twice(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn migrate_runs_concurrently_and_twice() {
+    let test_db = TestDb::empty().await;
+    let pool = test_db.pool.clone();
     let (a, b) = tokio::join!(db::migrate(&pool), db::migrate(&pool));
     a.unwrap();
     b.unwrap();
@@ -22,8 +27,10 @@ async fn migrate_runs_concurrently_and_twice(pool: sqlx::PgPool) {
     assert_eq!(tables, 3);
 }
 
-#[sqlx::test(migrations = false)]
-async fn an_unmigrated_database_is_named_with_the_fix(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn an_unmigrated_database_is_named_with_the_fix() {
+    let test_db = TestDb::empty().await;
+    let pool = test_db.pool.clone();
     let e = sync_daemon::db::check_schema(&pool, std::path::Path::new("sync.toml"))
         .await
         .unwrap_err()

@@ -11,7 +11,6 @@ use connector_core::{
 };
 use serde_json::json;
 use std::sync::Arc;
-use sync_daemon::db::MIGRATOR;
 use sync_daemon::pipeline;
 use url::Url;
 use wiremock::matchers::{path, query_param};
@@ -60,8 +59,10 @@ async fn synced_into_files(
     (c, store, dir, srv)
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn lost_objects_are_marked_skipped_by_replay_and_reported(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn lost_objects_are_marked_skipped_by_replay_and_reported() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (c, store, dir, _srv) = synced_into_files(&pool).await;
     std::fs::remove_file(dir.path().join(object_of(&pool, 2).await)).unwrap();
     std::fs::write(
@@ -105,8 +106,10 @@ async fn lost_objects_are_marked_skipped_by_replay_and_reported(pool: sqlx::PgPo
     assert_eq!(s.pages_fetched, 3);
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn an_unloaded_page_whose_object_is_lost_is_fetched_again(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn an_unloaded_page_whose_object_is_lost_is_fetched_again() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (c, _store, dir, _srv) = synced_into_files(&pool).await;
     let live = state(&pool).await;
     // As if the process had died after storing page 2 and before loading it,
@@ -167,8 +170,10 @@ impl Connector for Linked {
     }
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn secrets_in_next_links_are_never_stored_and_a_lost_page_is_set_aside(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn secrets_in_next_links_are_never_stored_and_a_lost_page_is_set_aside() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
     let base = srv.uri();
     let w = workers()[..100].to_vec();

@@ -16,7 +16,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use sync_daemon::{db::MIGRATOR, pipeline};
+use sync_daemon::pipeline;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -141,8 +141,10 @@ async fn run_case(pool: &sqlx::PgPool, n: usize, answers: Vec<Answer>, tok: Valu
     }
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn whatever_the_source_answers_every_run_ends_and_adds_up(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn whatever_the_source_answers_every_run_ends_and_adds_up() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let base = Arc::new(workers()[..20].to_vec());
     let strategy = (
         proptest::collection::vec(answer(envelope(base.clone())), 1..5),

@@ -6,10 +6,12 @@ use canonical_model::{EntityKind, FieldRule, FieldType, MappingVersion, Transfor
 use common::*;
 use connector_core::RawStore;
 use std::sync::Arc;
-use sync_daemon::{db::MIGRATOR, explain, pipeline};
+use sync_daemon::{explain, pipeline};
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn sync_loads_every_worker_with_typed_values_and_provenance(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn sync_loads_every_worker_with_typed_values_and_provenance() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (ctx, store, _base, _srv) = fixture_ctx(&pool).await;
     let s = pipeline::sync(&ctx, None).await.unwrap();
     assert_eq!(
@@ -89,8 +91,10 @@ async fn sync_loads_every_worker_with_typed_values_and_provenance(pool: sqlx::Pg
     assert!(checked > 260 * 10, "checked {checked} fields");
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn resync_of_unchanged_data_writes_nothing_and_counts_add_up(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn resync_of_unchanged_data_writes_nothing_and_counts_add_up() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (ctx, _store, _base, _srv) = fixture_ctx(&pool).await;
     pipeline::sync(&ctx, None).await.unwrap();
     let derivations = count(&pool, "select count(*) from derivation").await;
@@ -151,8 +155,10 @@ fn v2() -> Arc<workday::WorkersMapper> {
     ))
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn replay_after_a_mapping_change_rewrites_only_changed_rows(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn replay_after_a_mapping_change_rewrites_only_changed_rows() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (base, _srv) = fixture_source().await;
     let store = RawStore::in_memory();
     let auth = refresh_auth(&base, REFRESH_TOKEN);
@@ -218,8 +224,10 @@ async fn replay_after_a_mapping_change_rewrites_only_changed_rows(pool: sqlx::Pg
     assert_eq!(pipeline::replay(&c2, None, false).await.unwrap().changed, 0);
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn replaying_every_page_into_an_empty_model_reproduces_the_live_state(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn replaying_every_page_into_an_empty_model_reproduces_the_live_state() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     let (c, _store, _base, _srv) = fixture_ctx(&pool).await;
     pipeline::sync(&c, None).await.unwrap();
     pipeline::sync(&c, None).await.unwrap();
@@ -233,8 +241,10 @@ async fn replaying_every_page_into_an_empty_model_reproduces_the_live_state(pool
     assert_eq!(state(&pool).await, live);
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn tokens_that_expire_mid_run_are_refreshed(pool: sqlx::PgPool) {
+#[tokio::test]
+async fn tokens_that_expire_mid_run_are_refreshed() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
     // Each token is good for two page requests: the third page meets a 401.
     let srv = fixture_server_with(sync_daemon::fixture_server::FixtureOptions {
         token_max_requests: Some(2),

@@ -1,6 +1,9 @@
 //! Shared test helpers: a fixture source on loopback and a pipeline context.
 #![allow(dead_code)]
 
+pub mod pg;
+pub use pg::TestDb;
+
 use connector_core::auth::AuthConfig;
 use connector_core::{DynConnector, HttpClient, HttpSettings, RawStore};
 use std::path::PathBuf;
