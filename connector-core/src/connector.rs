@@ -50,7 +50,8 @@ pub struct StreamDef {
 }
 
 impl StreamDef {
-    /// Checks the definition as data, when the connector is registered:
+    /// Checks the definition as data, whenever a connector is built from
+    /// config ([`Factory`]) and in the conformance suite:
     /// JSON pointers are pointers, an incremental stream names its record
     /// cursor, and it does not page by offset or page number. Records
     /// modified during such a pull move within the result set, shifting
@@ -183,6 +184,42 @@ impl<C: Connector> DynConnector for C {
 pub trait ConnectorFactory: Send + Sync {
     fn name(&self) -> &'static str;
     fn build(&self, config: serde_json::Value) -> Result<Arc<dyn DynConnector>, Error>;
+    /// The keys of the connector's own configuration (`Connector::Config`'s
+    /// fields), so a typo can be named with the valid keys before anything
+    /// is built; empty when they cannot be known.
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// The field names of a type deserialized as a struct (`#[derive(Deserialize)]`),
+/// read from its `Deserialize` impl without any data; empty for other shapes.
+pub fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("probe"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// The [`ConnectorFactory`] of a typed [`Connector`].
@@ -205,6 +242,9 @@ impl<C: Connector> ConnectorFactory for Factory<C> {
     fn name(&self) -> &'static str {
         C::NAME
     }
+    fn settings_keys(&self) -> &'static [&'static str] {
+        struct_fields::<C::Config>()
+    }
     fn build(&self, config: serde_json::Value) -> Result<Arc<dyn DynConnector>, Error> {
         let typed: C::Config = serde_json::from_value(config)
             .map_err(|e| Error::Config(format!("connector {}: {e}", C::NAME)))?;
@@ -218,3 +258,24 @@ impl<C: Connector> ConnectorFactory for Factory<C> {
 }
 
 fn _obj_safe(_: Box<dyn DynConnector>, _: Box<dyn ConnectorFactory>) {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn struct_fields_lists_the_keys_of_a_derived_struct() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Settings {
+            base_url: String,
+            #[serde(default)]
+            page_size: u32,
+            #[serde(rename = "tenantName")]
+            tenant: String,
+        }
+        assert_eq!(
+            super::struct_fields::<Settings>(),
+            ["base_url", "page_size", "tenantName"]
+        );
+        assert!(super::struct_fields::<std::collections::BTreeMap<String, u32>>().is_empty());
+    }
+}

@@ -40,7 +40,9 @@ pub mod transport;
 
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
-pub use connector::{Connector, ConnectorFactory, DynConnector, Factory, StreamDef, SyncMode};
+pub use connector::{
+    Connector, ConnectorFactory, DynConnector, Factory, StreamDef, SyncMode, struct_fields,
+};
 pub use error::{Error, ErrorClass, snippet, sqlstate_is_transient};
 pub use fetch::{FetchedPage, Pager};
 pub use http::{

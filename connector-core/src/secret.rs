@@ -208,7 +208,9 @@ fn mask_patterns(text: &str) -> String {
             let at = from + pos;
             from = at + key.len();
             let mut i = at + key.len();
-            if !starts_word(at) || (i < bytes.len() && is_word(bytes[i])) {
+            // `…/oauth2/token: transport error` is a path, not a key.
+            let in_path = at > 0 && b"/.".contains(&bytes[at - 1]);
+            if !starts_word(at) || in_path || (i < bytes.len() && is_word(bytes[i])) {
                 continue;
             }
             // key = value, key: value, "key": "value"
@@ -295,6 +297,7 @@ mod tests {
         // Ordinary text is left alone, including words that merely contain a key name.
         for text in [
             "monkey=banana, tokens: 3",
+            "POST /ccx/oauth2/acme/token: transport error: connection refused",
             "invalid offset 100",
             "ünïcödé ✓ basic",
         ] {

@@ -10,13 +10,44 @@ use url::Url;
 /// Errors name the file and the key that is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "config file {path} not found: give one with --config FILE (or SYNC_CONFIG); \
+         examples/fixtures.toml is the demo's, examples/workday.toml a production-shaped one"
+    )]
+    NotFound { path: String },
+    #[error("cannot read config {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("config {path}: {message}")]
     Invalid { path: String, message: String },
+}
+
+/// The keys every `[[connection]]` has, whatever its connector.
+pub const CORE_KEYS: &[&str] = &[
+    "name",
+    "connector",
+    "auth",
+    "http",
+    "requests_per_sec",
+    "burst",
+    "max_in_flight",
+    "run_budget_secs",
+];
+
+/// A `${NAME}` whose variable is not set, and the key that refers to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingEnv {
+    /// E.g. `auth.client_secret` (within its connection) or `database.url`.
+    pub key: String,
+    pub var: String,
+}
+
+/// Lists missing variables as `A (key), B (key)`.
+pub fn list_missing(missing: &[&MissingEnv]) -> String {
+    missing
+        .iter()
+        .map(|m| format!("{} ({})", m.var, m.key))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +302,38 @@ pub struct ConnectionConfig {
     pub limits: Limits,
     /// Connector-specific keys, checked by the connector (`deny_unknown_fields`).
     pub settings: serde_json::Value,
+    /// `${NAME}` references of this connection whose variable is not set:
+    /// only the commands that need those keys fail, naming them all.
+    pub missing_env: Vec<MissingEnv>,
+}
+
+/// What a command needs of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Its connector (streams, mappers): every key but the credentials.
+    Connector,
+    /// The source itself: every key, credentials included.
+    Source,
+}
+
+impl ConnectionConfig {
+    /// Fails, naming every unset variable at once, when this connection
+    /// refers to environment variables that `need` requires and are not set.
+    pub fn require_env(&self, need: Need) -> anyhow::Result<()> {
+        let missing: Vec<&MissingEnv> = self
+            .missing_env
+            .iter()
+            .filter(|m| need == Need::Source || !m.key.starts_with("auth."))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "connection {:?} needs environment variables that are not set: {}",
+            self.name,
+            list_missing(&missing)
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -283,16 +346,23 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            let path = path.display().to_string();
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound { path }
+            } else {
+                ConfigError::Read { path, error }
+            }
         })?;
         Self::parse(&text, &path.display().to_string(), &|k| {
             std::env::var(k).ok()
         })
     }
 
-    /// Parses config text; `${NAME}` in any string value is replaced by `env(NAME)`.
+    /// Parses config text; `${NAME}` in any string value is replaced by
+    /// `env(NAME)`. An unset variable outside a `[[connection]]` is an error
+    /// (listing every one); inside one it is recorded in the connection's
+    /// `missing_env`, for the commands that need it to refuse.
     pub fn parse(
         text: &str,
         path: &str,
@@ -303,12 +373,33 @@ impl Config {
             message,
         };
         let mut value: toml::Value = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        substitute(&mut value, "", env).map_err(invalid)?;
+        let mut missing = Vec::new();
+        substitute(&mut value, "", env, &mut missing).map_err(invalid)?;
+        let global: Vec<&MissingEnv> = missing
+            .iter()
+            .filter(|m| !m.key.starts_with("connection["))
+            .collect();
+        if !global.is_empty() {
+            return Err(invalid(format!(
+                "environment variables are not set: {}",
+                list_missing(&global)
+            )));
+        }
         let raw: RawConfig = value
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         let mut connections = Vec::new();
         for (i, mut table) in raw.connection.into_iter().enumerate() {
+            let prefix = format!("connection[{i}].");
+            let missing_env: Vec<MissingEnv> = missing
+                .iter()
+                .filter_map(|m| {
+                    m.key.strip_prefix(&prefix).map(|key| MissingEnv {
+                        key: key.to_owned(),
+                        var: m.var.clone(),
+                    })
+                })
+                .collect();
             let at = |key: &str| format!("connection[{i}].{key}");
             let name = match table.remove("name") {
                 Some(toml::Value::String(s)) if !s.is_empty() => s,
@@ -372,8 +463,12 @@ impl Config {
                     at("run_budget_secs")
                 )));
             }
-            auth.validate()
-                .map_err(|e| invalid(format!("{}: {e}", at("auth"))))?;
+            // Credentials from unset variables are checked by the commands
+            // that use them, once they are set.
+            if !missing_env.iter().any(|m| m.key.starts_with("auth.")) {
+                auth.validate()
+                    .map_err(|e| invalid(format!("{}: {e}", at("auth"))))?;
+            }
             if connections
                 .iter()
                 .any(|c: &ConnectionConfig| c.name == name)
@@ -389,6 +484,7 @@ impl Config {
                 http,
                 limits,
                 settings,
+                missing_env,
             });
         }
         if raw.tenant.is_empty() || raw.tenant.contains('/') {
@@ -418,12 +514,14 @@ impl Config {
     }
 }
 
-/// Replaces `${NAME}` references in every string; an unset variable is an error
-/// naming the variable and the key (never the value of anything).
+/// Replaces `${NAME}` references in every string; an unset variable is
+/// recorded in `missing` with its key (never the value of anything) and its
+/// reference left as it is.
 fn substitute(
     v: &mut toml::Value,
     at: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    missing: &mut Vec<MissingEnv>,
 ) -> Result<(), String> {
     match v {
         toml::Value::String(s) => {
@@ -439,10 +537,16 @@ fn substitute(
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!("{at}: invalid variable reference ${{{name}}}"));
                 }
-                out.push_str(
-                    &env(name)
-                        .ok_or_else(|| format!("{at}: environment variable {name} is not set"))?,
-                );
+                match env(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        missing.push(MissingEnv {
+                            key: at.to_owned(),
+                            var: name.to_owned(),
+                        });
+                        out.push_str(&rest[start..start + 2 + end + 1]);
+                    }
+                }
                 rest = &after[end + 1..];
             }
             out.push_str(rest);
@@ -455,12 +559,12 @@ fn substitute(
                 } else {
                     format!("{at}.{k}")
                 };
-                substitute(v, &key, env)?;
+                substitute(v, &key, env, missing)?;
             }
         }
         toml::Value::Array(a) => {
             for (i, v) in a.iter_mut().enumerate() {
-                substitute(v, &format!("{at}[{i}]"), env)?;
+                substitute(v, &format!("{at}[{i}]"), env, missing)?;
             }
         }
         _ => {}
@@ -533,7 +637,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("environment variable") && e.contains("is not set"),
+            e.contains("environment variables are not set: DATABASE_URL (database.url)"),
             "{e}"
         );
         let bad = "[database]\nurl='x'\nurll='y'\n[raw_store]\nurl='memory:///'\n";
@@ -545,5 +649,43 @@ mod tests {
             e.contains("connection \"a\": auth") && e.contains("magic"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unset_secrets_only_stop_the_commands_that_use_them_and_are_named_at_once() {
+        let only_db = |k: &str| (k == "DATABASE_URL").then(|| "postgres://x@h/db".to_owned());
+        let c = Config::parse(EXAMPLE, "x.toml", &only_db).unwrap();
+        let conn = c.connection("workday-acme").unwrap();
+        conn.require_env(Need::Connector).unwrap();
+        let e = conn.require_env(Need::Source).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "connection \"workday-acme\" needs environment variables that are not set: \
+             WORKDAY_CLIENT_ID (auth.client_id), WORKDAY_CLIENT_SECRET (auth.client_secret), \
+             WORKDAY_REFRESH_TOKEN (auth.refresh_token)"
+        );
+        // A connector key from an unset variable stops the connector's users too.
+        let text = EXAMPLE.replace(
+            "base_url = \"https://wd5-impl-services1.workday.com\"",
+            "base_url = \"${WD_BASE}\"",
+        );
+        let c = Config::parse(&text, "x.toml", &only_db).unwrap();
+        let e = c.connections[0]
+            .require_env(Need::Connector)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("WD_BASE (base_url)"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_one_message_with_the_fix() {
+        let e = Config::load(Path::new("/nonexistent/sync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file /nonexistent/sync.toml not found: give one with --config"),
+            "{e}"
+        );
+        assert!(!e.contains("os error"), "{e}");
     }
 }

@@ -13,7 +13,33 @@ use crate::lease::Lease;
 /// The project's migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+/// How long connecting to Postgres may take before the command fails, naming the server.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a URL points, for messages: `user@host:port/database`, never a password.
+pub fn describe(options: &PgConnectOptions) -> String {
+    let host = options.get_host();
+    let at = if host.starts_with('/') {
+        format!("socket {host}")
+    } else {
+        format!("{host}:{}", options.get_port())
+    };
+    format!(
+        "{}@{at}/{}",
+        options.get_username(),
+        options.get_database().unwrap_or(options.get_username())
+    )
+}
+
+/// Connects to `url` and returns a pool. One connection is made first, within
+/// [`CONNECT_TIMEOUT`], so a server that is down, a wrong port or a missing
+/// database is one clear error naming the server, in seconds. With
+/// `create_database`, a database that does not exist yet is created (`migrate`).
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    create_database: bool,
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("database.url is not a Postgres URL: {e}"))?;
@@ -21,12 +47,112 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     // would hold its locks, and the fence lock with them, for ever: the
     // server ends it after five minutes. No transaction of ours idles that long.
     let options = options.options([("idle_in_transaction_session_timeout", "300s")]);
-    PgPoolOptions::new()
+    match try_connect(&options).await {
+        Err(e) if create_database && sqlstate(&e) == Some("3D000") => {
+            create(&options).await?;
+            try_connect(&options).await?;
+        }
+        Err(e) => {
+            let hint = match sqlstate(&e) {
+                Some("3D000") => {
+                    "; `sync-daemon migrate` creates it (or create it with createdb)".to_owned()
+                }
+                Some("28000" | "28P01") => {
+                    "; check the user and password in database.url".to_owned()
+                }
+                _ if is_refused(&e) => "; is the server running and listening there?".to_owned(),
+                _ => String::new(),
+            };
+            anyhow::bail!(
+                "cannot connect to PostgreSQL at {}: {}{hint}",
+                describe(&options),
+                connect_error(&e)
+            );
+        }
+        Ok(()) => {}
+    }
+    Ok(PgPoolOptions::new()
         // Fetch and load use one connection each; the lock has its own session.
         .max_connections(max_connections.max(3))
-        .connect_with(options)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))
+        .acquire_timeout(std::time::Duration::from_secs(60))
+        .connect_lazy_with(options))
+}
+
+/// One connection, closed again; a timeout is an I/O error of kind `TimedOut`.
+async fn try_connect(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| match c {
+            std::borrow::Cow::Borrowed(s) => s,
+            // Codes are static strings in practice; an owned one is not matched.
+            std::borrow::Cow::Owned(_) => "",
+        }),
+        _ => None,
+    }
+}
+
+fn is_refused(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// The error without sqlx's "error communicating with database:" preamble.
+fn connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Creates the database `options` names, connecting to the server's
+/// `postgres` database to do it.
+async fn create(options: &PgConnectOptions) -> anyhow::Result<()> {
+    use sqlx::{Connection, Executor};
+    let name = options
+        .get_database()
+        .unwrap_or(options.get_username())
+        .to_owned();
+    let admin = options.clone().database("postgres");
+    let mut conn =
+        match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&admin)).await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => anyhow::bail!(
+                "database {name:?} does not exist, and it cannot be created through {}: {}",
+                describe(&admin),
+                connect_error(&e)
+            ),
+            Err(_) => anyhow::bail!(
+                "database {name:?} does not exist, and {} does not answer",
+                describe(&admin)
+            ),
+        };
+    let sql = format!("create database \"{}\"", name.replace('"', "\"\""));
+    match conn.execute(sqlx::AssertSqlSafe(sql)).await {
+        // Created meanwhile by a concurrent `migrate`: as good.
+        Err(e) if sqlstate(&e) == Some("42P04") => {}
+        Err(e) => anyhow::bail!(
+            "database {name:?} does not exist, and creating it failed: {}",
+            connect_error(&e)
+        ),
+        Ok(_) => eprintln!("created database {name:?} on {}", describe(&admin)),
+    }
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// Applies pending migrations. sqlx holds a Postgres advisory lock while it

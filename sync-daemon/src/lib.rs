@@ -58,11 +58,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply the database migrations (safe to run twice and concurrently).
+    /// Create the database if it does not exist and apply the migrations (safe to run twice and concurrently).
     Migrate,
     /// Fetch every page of a connection into the raw store and load it.
     Sync {
+        /// The connection's `name` in the config.
         connection: String,
+        /// Sync only this stream (default: every stream of the connection).
         #[arg(long)]
         stream: Option<String>,
         /// Print the summary as JSON.
@@ -71,39 +73,48 @@ pub enum Command {
     },
     /// Reload every stored page through the current mappers, without calling the source.
     Replay {
+        /// The connection's `name` in the config.
         connection: String,
+        /// Replay only this stream (default: every stream of the connection).
         #[arg(long)]
         stream: Option<String>,
         /// Report what would change and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show where each field of a canonical row came from.
     Explain {
-        /// worker, org_unit or location.
+        /// The entity type: worker, org_unit or location.
         entity: String,
         /// Canonical id or the source's own id.
         id: String,
+        /// Explain only this field (default: every field).
         field: Option<String>,
+        /// Print the explanation as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Last run, pages, records, watermark and dead letters per connection and stream.
+    /// One line per connection and stream: last run, outcome, records, dead letters, watermark, breaker.
     Status {
+        /// Print everything, and more, as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Serve recorded Workday pages on loopback (the demo's and the benchmark's source).
     ServeFixtures {
-        #[arg(long, default_value = "127.0.0.1:18080")]
+        /// Address to listen on; port 0 takes a free port (the address is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
         /// Folder of recorded pages (`*.json` with a `data` array).
         #[arg(long, default_value = "fixtures/workday/workers")]
         pages: PathBuf,
+        /// The Workday tenant in the served paths.
         #[arg(long, default_value = "acme")]
         tenant: String,
+        /// The API path before the tenant.
         #[arg(long, default_value = "ccx/api/common/v1")]
         api_path: String,
         /// Lifetime of issued access tokens.
@@ -114,6 +125,13 @@ pub enum Command {
         token_max_requests: Option<u32>,
     },
 }
+
+/// A command line that names something the config does not have (a
+/// connection, a stream): the binary exits 2, as for other usage errors,
+/// and no run is recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Runs one command; the binary maps the error to a one-line message and exit 1.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -147,8 +165,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = config::Config::load(&cli.config)?;
-    let pool = db::connect(&cfg.database.url, cfg.database.max_connections).await?;
-    if let Command::Migrate = cli.command {
+    registry::check(&cfg)?;
+    // Usage errors come before anything touches the database.
+    match &cli.command {
+        Command::Sync {
+            connection, stream, ..
+        } => check_usage(&cfg, connection, stream.as_deref(), config::Need::Source)?,
+        Command::Replay {
+            connection, stream, ..
+        } => check_usage(&cfg, connection, stream.as_deref(), config::Need::Connector)?,
+        _ => {}
+    }
+    let migrate = matches!(cli.command, Command::Migrate);
+    let pool = db::connect(&cfg.database.url, cfg.database.max_connections, migrate).await?;
+    if migrate {
         db::migrate(&pool).await?;
         outln!("migrations applied");
         return Ok(());
@@ -226,6 +256,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Migrate | Command::ServeFixtures { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// The connection and stream a command names exist, and the environment
+/// variables the command needs of the connection are set.
+fn check_usage(
+    cfg: &config::Config,
+    connection: &str,
+    stream: Option<&str>,
+    need: config::Need,
+) -> anyhow::Result<()> {
+    let conn = cfg
+        .connection(connection)
+        .map_err(|e| UsageError(e.to_string()))?;
+    conn.require_env(need)?;
+    if let Some(stream) = stream {
+        let names: Vec<String> = registry::build(conn)?
+            .streams()
+            .iter()
+            .map(|d| d.name.to_owned())
+            .collect();
+        if !names.iter().any(|n| n == stream) {
+            return Err(UsageError(format!(
+                "connection {connection:?} has no stream {stream:?} (its streams: {})",
+                names.join(", ")
+            ))
+            .into());
+        }
     }
     Ok(())
 }
@@ -352,12 +411,15 @@ fn print_summary(
     Ok(())
 }
 
-/// Installs the log subscriber: `RUST_LOG` filters, logs go to stderr.
+/// Installs the log subscriber: `RUST_LOG` filters, logs go to stderr, in
+/// colour only when stderr is a terminal (and `NO_COLOR` is not set).
 pub fn init_tracing() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .try_init();
 }

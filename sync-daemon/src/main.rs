@@ -1,4 +1,5 @@
-//! `sync-daemon`: parse the arguments, run, map failure to a one-line error and exit 1.
+//! `sync-daemon`: parse the arguments, run, report a failure as `error: …` on
+//! stderr and exit 1 (2 for a usage error, as clap does).
 
 use clap::Parser;
 
@@ -16,8 +17,14 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            std::process::ExitCode::FAILURE
+            // The whole chain, each cause once; multi-line messages (a TOML
+            // syntax error with its line and caret) keep their lines.
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<sync_daemon::UsageError>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,22 +1,23 @@
 //! The explicit list of connectors this daemon knows. Adding a source is one
-//! line here (and one dependency line in Cargo.toml).
+//! entry in [`connectors`] plus the dependency on its crate
+//! (docs/writing-a-connector.md, step 5).
 
 use connector_core::{ConnectorFactory, DynConnector, Factory};
 use std::sync::Arc;
 
-use crate::config::ConnectionConfig;
+use crate::config::{CORE_KEYS, Config, ConnectionConfig};
 
 pub fn connectors() -> Vec<Box<dyn ConnectorFactory>> {
     vec![Box::new(Factory::<workday::Workday>::new())]
 }
 
-/// Builds the connector of a configured connection; an unknown connector name
-/// is an error listing the valid ones.
-pub fn build(conn: &ConnectionConfig) -> anyhow::Result<Arc<dyn DynConnector>> {
-    let all = connectors();
-    let factory = all
-        .iter()
+fn factory<'a>(
+    all: &'a [Box<dyn ConnectorFactory>],
+    conn: &ConnectionConfig,
+) -> anyhow::Result<&'a dyn ConnectorFactory> {
+    all.iter()
         .find(|f| f.name() == conn.connector)
+        .map(|f| f.as_ref())
         .ok_or_else(|| {
             let names: Vec<_> = all.iter().map(|f| f.name()).collect();
             anyhow::anyhow!(
@@ -25,8 +26,54 @@ pub fn build(conn: &ConnectionConfig) -> anyhow::Result<Arc<dyn DynConnector>> {
                 conn.connector,
                 names.join(", ")
             )
-        })?;
-    factory
+        })
+}
+
+/// Builds the connector of a configured connection; an unknown connector name
+/// is an error listing the valid ones.
+pub fn build(conn: &ConnectionConfig) -> anyhow::Result<Arc<dyn DynConnector>> {
+    let all = connectors();
+    factory(&all, conn)?
         .build(conn.settings.clone())
         .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", conn.name))
+}
+
+/// Checks every connection of the config, whatever the command: its connector
+/// exists, and each of its keys is one the core or the connector knows. A typo
+/// is named with the nearest valid key and the list of all of them.
+pub fn check(cfg: &Config) -> anyhow::Result<()> {
+    let all = connectors();
+    for conn in &cfg.connections {
+        let f = factory(&all, conn)?;
+        let own = f.settings_keys();
+        if own.is_empty() {
+            continue; // Unknown shape: the connector's own parsing checks it.
+        }
+        let Some(keys) = conn.settings.as_object() else {
+            continue;
+        };
+        for key in keys.keys() {
+            if own.contains(&key.as_str()) {
+                continue;
+            }
+            let nearest = CORE_KEYS
+                .iter()
+                .chain(own)
+                .map(|k| (strsim::jaro_winkler(key, k), *k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "connection {:?}: unknown key `{key}`{nearest}; a {} connection's keys are {} \
+                 (every connection) and {} ({})",
+                conn.name,
+                conn.connector,
+                CORE_KEYS.join(", "),
+                own.join(", "),
+                conn.connector
+            );
+        }
+    }
+    Ok(())
 }
