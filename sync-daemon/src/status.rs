@@ -7,25 +7,47 @@ use sqlx::{PgPool, Row};
 pub struct StreamStatus {
     pub connection: String,
     pub stream: String,
+    /// The last run of the stream that could write (dry runs are apart).
     pub last_run_id: Option<i64>,
+    /// `full`, `incremental` (a sync) or `replay`.
     pub last_run_mode: Option<String>,
     pub last_run_status: Option<String>,
     pub last_run_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_run_finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_run_error: Option<String>,
-    pub pages: i64,
-    pub pages_unloaded: i64,
-    /// Pages whose raw object was found missing or corrupt.
-    pub pages_missing: i64,
-    pub pages_corrupt: i64,
-    /// Unreadable pages whose dead letter is open (not read since).
-    pub pages_unreadable: i64,
-    pub records: i64,
-    pub watermark: Option<serde_json::Value>,
-    pub dead_letters_open: i64,
-    /// A deferred last run: when the next sync may resume.
-    pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
     /// What the last run did with the records it saw.
     pub last_run_counts: Option<RunCounts>,
+    /// Pages the last run fetched (a sync) or loaded (a replay).
+    pub last_run_pages: Option<i64>,
+    /// A deferred last run: when the next sync may resume.
+    pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last `replay --dry-run`, which wrote nothing.
+    pub last_dry_run_id: Option<i64>,
+    pub last_dry_run_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Source records of this stream in the canonical model now.
+    pub records_in_model: i64,
+    pub dead_letters_open: i64,
+    /// The stored watermark, as stored.
+    pub watermark: Option<serde_json::Value>,
+    /// The watermark in words.
+    pub watermark_text: String,
+    /// Now: stored pages not loaded yet.
+    pub pages_unloaded: i64,
+    /// Now: pages whose raw object was found missing or corrupt.
+    pub pages_missing: i64,
+    pub pages_corrupt: i64,
+    /// Now: unreadable pages whose dead letter is open (not read since).
+    pub pages_unreadable: i64,
+    /// Totals over every run of the stream, for the record.
+    pub lifetime: Lifetime,
+}
+
+/// Totals over the whole life of a stream.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Lifetime {
+    pub runs: i64,
+    pub pages_stored: i64,
+    pub bytes_stored: i64,
 }
 
 /// A run's records: `seen = changed + unchanged + dead + superseded`.
@@ -45,7 +67,11 @@ pub struct RunCounts {
 pub struct BreakerStatus {
     pub connection: String,
     pub host: String,
+    /// The state saved when the last run ended (`updated_at`).
     pub state: String,
+    /// The state now: an open breaker whose cool-down is over is
+    /// `half_open` (the next call probes the host).
+    pub state_now: String,
     pub consecutive_failures: i32,
     pub times_opened: i64,
     pub retry_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -55,6 +81,8 @@ pub struct BreakerStatus {
 /// Everything `status` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// The database's clock when the status was read; ages count from it.
+    pub generated_at: chrono::DateTime<chrono::Utc>,
     pub streams: Vec<StreamStatus>,
     pub circuit_breakers: Vec<BreakerStatus>,
 }
@@ -71,6 +99,8 @@ pub struct Configured {
 /// that never stored a page still shows, with its last run and its error.
 pub async fn status(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Status> {
     let streams = streams(pool, configured).await?;
+    let generated_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select now()").fetch_one(pool).await?;
     let circuit_breakers = sqlx::query(
         "select connection, host, state, consecutive_failures, times_opened, retry_at, updated_at
          from circuit_breaker order by 1, 2",
@@ -78,17 +108,28 @@ pub async fn status(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|r| BreakerStatus {
-        connection: r.get(0),
-        host: r.get(1),
-        state: r.get(2),
-        consecutive_failures: r.get(3),
-        times_opened: r.get(4),
-        retry_at: r.get(5),
-        updated_at: r.get(6),
+    .map(|r| {
+        let state: String = r.get(2);
+        let retry_at: Option<chrono::DateTime<chrono::Utc>> = r.get(5);
+        let state_now = if state == "open" && retry_at.is_none_or(|t| t <= generated_at) {
+            "half_open".to_owned()
+        } else {
+            state.clone()
+        };
+        BreakerStatus {
+            connection: r.get(0),
+            host: r.get(1),
+            state,
+            state_now,
+            consecutive_failures: r.get(3),
+            times_opened: r.get(4),
+            retry_at,
+            updated_at: r.get(6),
+        }
     })
     .collect();
     Ok(Status {
+        generated_at,
         streams,
         circuit_breakers,
     })
@@ -121,25 +162,35 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                 select 1 from known k where k.connection = known.connection and k.stream <> $3)
             union select distinct r.connection, $3 from sync_run r
                   where not exists (select 1 from known k where k.connection = r.connection))
-         select s.connection, s.stream, r.id, r.mode, r.status, r.started_at, r.error, r.resume_at,
-                p.pages, p.unloaded,
-                (select count(distinct d.source_id) from derivation d where d.connection = s.connection and d.stream = s.stream),
+         select s.connection, s.stream, r.id, r.mode, r.status, r.started_at, r.finished_at, r.error,
+                r.resume_at, r.pages,
+                r.records_seen, r.records_changed, r.records_unchanged, r.records_dead, r.records_superseded,
+                dry.id, dry.started_at,
+                (select count(*) from source_link l join derivation d on d.id = l.derivation_id
+                  where l.connection = s.connection and d.stream = s.stream
+                    and l.source_id = d.source_id and l.deleted_at is null),
+                (select count(*) from dead_letter x where x.connection = s.connection
+                   and x.stream = s.stream and x.status = 'open'),
                 w.cursor,
-                (select count(*) from dead_letter x where x.connection = s.connection and x.stream = s.stream and x.status = 'open'),
-                p.missing, p.corrupt, p.unreadable,
-                r.records_seen, r.records_changed, r.records_unchanged, r.records_dead, r.records_superseded
+                p.unloaded, p.missing, p.corrupt,
+                (select count(*) from dead_letter x where x.connection = s.connection
+                   and x.stream = s.stream and x.record_ordinal is null and x.status = 'open'),
+                (select count(*) from sync_run r2 where r2.connection = s.connection
+                   and (r2.stream is null or r2.stream = s.stream) and not r2.dry_run),
+                p.pages, p.bytes, now()
          from streams s
          left join watermark w on w.connection = s.connection and w.stream = s.stream
-         left join lateral (select count(*) as pages,
+         left join lateral (select count(*) as pages, coalesce(sum(body_bytes), 0)::bigint as bytes,
                                    count(*) filter (where loaded_at is null and object_state = 'stored') as unloaded,
                                    count(*) filter (where object_state = 'missing') as missing,
-                                   count(*) filter (where object_state = 'corrupt') as corrupt,
-                                   (select count(*) from dead_letter x where x.connection = s.connection
-                                      and x.stream = s.stream and x.record_ordinal is null
-                                      and x.status = 'open') as unreadable
+                                   count(*) filter (where object_state = 'corrupt') as corrupt
                             from raw_page p where p.connection = s.connection and p.stream = s.stream) p on true
          left join lateral (select * from sync_run r where r.connection = s.connection
-                            and (r.stream is null or r.stream = s.stream) order by r.id desc limit 1) r on true
+                            and (r.stream is null or r.stream = s.stream) and not r.dry_run
+                            order by r.id desc limit 1) r on true
+         left join lateral (select * from sync_run r where r.connection = s.connection
+                            and (r.stream is null or r.stream = s.stream) and r.dry_run
+                            order by r.id desc limit 1) dry on true
          order by 1, 2",
     )
     .bind(&conns)
@@ -149,101 +200,274 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| StreamStatus {
-            connection: r.get(0),
-            stream: r.get(1),
-            last_run_id: r.get(2),
-            last_run_mode: r.get(3),
-            last_run_status: r.get(4),
-            last_run_started_at: r.get(5),
-            last_run_error: r.get(6),
-            resume_at: r.get(7),
-            pages: r.get(8),
-            pages_unloaded: r.get(9),
-            records: r.get(10),
-            watermark: r.get(11),
-            dead_letters_open: r.get(12),
-            pages_missing: r.get(13),
-            pages_corrupt: r.get(14),
-            pages_unreadable: r.get(15),
-            last_run_counts: r.get::<Option<i64>, _>(16).map(|seen| RunCounts {
-                seen,
-                changed: r.get(17),
-                unchanged: r.get(18),
-                dead: r.get(19),
-                superseded: r.get(20),
-            }),
+        .map(|r| {
+            let watermark: Option<serde_json::Value> = r.get(19);
+            let now: chrono::DateTime<chrono::Utc> = r.get(27);
+            StreamStatus {
+                connection: r.get(0),
+                stream: r.get(1),
+                last_run_id: r.get(2),
+                last_run_mode: r.get(3),
+                last_run_status: r.get(4),
+                last_run_started_at: r.get(5),
+                last_run_finished_at: r.get(6),
+                last_run_error: r.get(7),
+                resume_at: r.get(8),
+                last_run_pages: r.get::<Option<i32>, _>(9).map(i64::from),
+                last_run_counts: r.get::<Option<i64>, _>(10).map(|seen| RunCounts {
+                    seen,
+                    changed: r.get(11),
+                    unchanged: r.get(12),
+                    dead: r.get(13),
+                    superseded: r.get(14),
+                }),
+                last_dry_run_id: r.get(15),
+                last_dry_run_started_at: r.get(16),
+                records_in_model: r.get(17),
+                dead_letters_open: r.get(18),
+                watermark_text: watermark_text(watermark.as_ref(), now),
+                watermark,
+                pages_unloaded: r.get(20),
+                pages_missing: r.get(21),
+                pages_corrupt: r.get(22),
+                pages_unreadable: r.get(23),
+                lifetime: Lifetime {
+                    runs: r.get(24),
+                    pages_stored: r.get(25),
+                    bytes_stored: r.get(26),
+                },
+            }
         })
         .collect())
 }
 
+/// A watermark in words: where the next pull of the stream starts.
+pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(w) = w else {
+        return "none yet (the next sync pulls everything)".into();
+    };
+    let Ok(c) = serde_json::from_value::<crate::db::Cursor>(w.clone()) else {
+        return format!("unreadable: {w}");
+    };
+    let mut text = match (&c.next, c.high_water, c.completed_at) {
+        (Some(next), _, _) => format!(
+            "mid-pull, resumes at {next}{}",
+            c.pull_started_at
+                .map(|t| format!(" (pull started {})", age(t, now)))
+                .unwrap_or_default()
+        ),
+        (None, Some(hw), _) => format!("changes since {}", hw.format("%Y-%m-%d %H:%M:%S UTC")),
+        (None, None, Some(done)) => format!("full pull complete, {}", age(done, now)),
+        (None, None, None) => "full pull complete".into(),
+    };
+    if c.pull_skipped_pages > 0 {
+        text.push_str(&format!(
+            "; {} unreadable page(s) skipped, asked for again",
+            c.pull_skipped_pages
+        ));
+    }
+    text
+}
+
+/// `3 s ago`, `4 min ago`, `2 h ago`, `5 d ago`.
+pub fn age(then: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (now - then).num_seconds();
+    if secs < 0 {
+        return format!("in {}", span(-secs));
+    }
+    format!("{} ago", span(secs))
+}
+
+fn span(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
+    }
+}
+
+/// The table `status` prints: one line per stream, then what needs attention.
 pub fn render(status: &Status) -> String {
+    let now = status.generated_at;
     let rows = &status.streams;
     if rows.is_empty() {
-        return "no connection has been synced yet\n".into();
+        return "no connection is configured or has been synced yet\n".into();
     }
-    let mut out = String::new();
-    for s in rows {
-        let mut lost = Vec::new();
-        for (n, what) in [
-            (s.pages_unloaded, "unloaded"),
-            (s.pages_missing, "object missing"),
-            (s.pages_corrupt, "object corrupt"),
-            (s.pages_unreadable, "unreadable"),
-        ] {
-            if n > 0 || what == "unloaded" {
-                lost.push(format!("{n} {what}"));
-            }
+    let breaker = |conn: &str| {
+        let mine: Vec<&BreakerStatus> = status
+            .circuit_breakers
+            .iter()
+            .filter(|b| b.connection == conn)
+            .collect();
+        if let Some(b) = mine.iter().find(|b| b.state_now == "open") {
+            let left = b.retry_at.map(|t| span((t - now).num_seconds().max(0)));
+            format!("open ({} left)", left.unwrap_or_else(|| "?".into()))
+        } else if mine.iter().any(|b| b.state_now == "half_open") {
+            "half-open".into()
+        } else {
+            "closed".into()
         }
-        let counts = s
-            .last_run_counts
-            .filter(|c| c.seen > 0)
-            .map(|c| {
-                format!(
-                    "; {} seen = {} changed + {} unchanged + {} dead-lettered + {} superseded",
-                    c.seen, c.changed, c.unchanged, c.dead, c.superseded
-                )
-            })
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "{}/{}: last run {} ({} {}{}{}), pages {} ({}), records {}, dead letters {}, watermark {}\n",
-            s.connection,
-            s.stream,
-            s.last_run_id.map(|i| format!("#{i}")).unwrap_or_else(|| "-".into()),
-            s.last_run_mode.as_deref().unwrap_or("never run"),
-            s.last_run_status.as_deref().unwrap_or("-"),
-            counts,
-            s.last_run_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default(),
-            s.pages,
-            lost.join(", "),
-            s.records,
-            s.dead_letters_open,
-            s.watermark.as_ref().map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
-        ));
+    };
+    let mut table = vec![
+        [
+            "CONNECTION",
+            "STREAM",
+            "LAST RUN",
+            "OUTCOME",
+            "IN MODEL",
+            "CHANGED",
+            "UNCHANGED",
+            "DEAD",
+            "DEAD LETTERS",
+            "WATERMARK",
+            "BREAKER",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let mut notes = Vec::new();
+    for s in rows {
+        let name = format!("{}/{}", s.connection, s.stream);
+        let last = match (s.last_run_id, &s.last_run_mode, s.last_run_started_at) {
+            (Some(id), Some(mode), Some(at)) => format!(
+                "#{id} {}, {}",
+                if mode == "replay" { "replay" } else { "sync" },
+                age(at, now)
+            ),
+            _ => "never".into(),
+        };
+        let counts = s.last_run_counts;
+        let n = |f: fn(&RunCounts) -> i64| counts.map(|c| f(&c).to_string()).unwrap_or("-".into());
+        table.push(vec![
+            s.connection.clone(),
+            s.stream.clone(),
+            last,
+            s.last_run_status.clone().unwrap_or_else(|| "-".into()),
+            s.records_in_model.to_string(),
+            n(|c| c.changed),
+            n(|c| c.unchanged),
+            n(|c| c.dead),
+            s.dead_letters_open.to_string(),
+            s.watermark_text.clone(),
+            breaker(&s.connection),
+        ]);
+        if let (Some(id), Some(e)) = (s.last_run_id, &s.last_run_error) {
+            notes.push(format!(
+                "{name}: run #{id} {}: {e}",
+                s.last_run_status.as_deref().unwrap_or("ended")
+            ));
+        }
         if let Some(at) = s
             .resume_at
             .filter(|_| s.last_run_status.as_deref() == Some("deferred"))
         {
-            out.push_str(&format!(
-                "  deferred: resumes at or after {}\n",
-                at.format("%Y-%m-%d %H:%M:%S UTC")
+            notes.push(format!(
+                "{name}: deferred; the next sync resumes at or after {} ({})",
+                at.format("%Y-%m-%d %H:%M:%S UTC"),
+                age(at, now)
+            ));
+        }
+        if let Some(c) = counts.filter(|c| c.superseded > 0) {
+            notes.push(format!(
+                "{name}: run #{}: {} seen = {} changed + {} unchanged + {} dead-lettered + {} superseded (a later record with the same id won)",
+                s.last_run_id.unwrap_or_default(),
+                c.seen,
+                c.changed,
+                c.unchanged,
+                c.dead,
+                c.superseded
+            ));
+        }
+        if s.pages_unloaded > 0 {
+            notes.push(format!(
+                "{name}: {} stored page(s) not loaded yet; the next sync or replay loads them first",
+                s.pages_unloaded
+            ));
+        }
+        if s.pages_missing + s.pages_corrupt > 0 {
+            notes.push(format!(
+                "{name}: {} raw object(s) missing and {} corrupt; replay skips them, and a page not loaded yet is fetched again",
+                s.pages_missing, s.pages_corrupt
+            ));
+        }
+        if s.pages_unreadable > 0 {
+            notes.push(format!(
+                "{name}: {} page(s) could not be read (dead-lettered as pages)",
+                s.pages_unreadable
             ));
         }
     }
     for b in &status.circuit_breakers {
+        let when = b.updated_at.format("%H:%M:%S UTC");
+        match b.state_now.as_str() {
+            "open" => notes.push(format!(
+                "{}: circuit for {} open since the run that ended at {when}, after {} failures in a row; calls fail fast until {}",
+                b.connection,
+                b.host,
+                b.consecutive_failures,
+                b.retry_at
+                    .map(|t| format!("{} ({})", t.format("%H:%M:%S UTC"), age(t, now)))
+                    .unwrap_or_else(|| "its cool-down ends".into())
+            )),
+            "half_open" => notes.push(format!(
+                "{}: circuit for {} was open when the run ended at {when} ({} failures in a row); its cool-down is over, so the next call probes the host",
+                b.connection, b.host, b.consecutive_failures
+            )),
+            _ => {}
+        }
+    }
+    let dry = rows
+        .iter()
+        .filter_map(|s| s.last_dry_run_id.zip(s.last_dry_run_started_at))
+        .max();
+    let mut out = String::new();
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    // Numbers right-aligned, text left-aligned; the last column unpadded.
+    let numeric = [4, 5, 6, 7, 8];
+    for row in &table {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if numeric.contains(&i) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    if let Some((id, at)) = dry {
         out.push_str(&format!(
-            "{} circuit breaker for {}: {}{} (opened {} times, {} failures in a row; as of {})\n",
-            b.connection,
-            b.host,
-            b.state,
-            b.retry_at
-                .filter(|_| b.state == "open")
-                .map(|t| format!(" until {}", t.format("%H:%M:%S UTC")))
-                .unwrap_or_default(),
-            b.times_opened,
-            b.consecutive_failures,
-            b.updated_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            "\nDry runs wrote nothing and are not counted above (the last: #{id}, {}).\n",
+            age(at, now)
         ));
     }
+    out.push_str(
+        "IN MODEL: records now; CHANGED/UNCHANGED/DEAD: the last run's; DEAD LETTERS: open now; lifetime totals: status --json\n",
+    );
     out
 }
