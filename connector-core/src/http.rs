@@ -1,8 +1,9 @@
 //! The HTTP stack of one connection.
 //!
-//! Layers, outermost first (DESIGN.md §5), and why each sits where it does:
+//! Layers, outermost first, and why each sits where it does:
 //! 1. **origin check**: a URL on another origin is refused before anything else,
-//!    so no credential is ever attached to it (invariant 7);
+//!    so no credential is ever attached to it (docs/architecture.md,
+//!    "Invariants and where they hold", 7);
 //! 2. **events**: every attempt and failure is a named event with metrics;
 //! 3. **call deadline**: the whole logical call, waits included, is bounded;
 //! 4. **retry**: classifies each failure ([`Error::class`]) and waits (full

@@ -1,13 +1,29 @@
 //! Test kit (feature `testkit`): a mock source that replays recorded pages
 //! with scripted faults, and the conformance suite every connector runs.
 //!
-//! A connector's `tests/conformance.rs` is one call:
+//! A connector's `tests/conformance.rs` is one call (here for any connector
+//! `C` whose config takes a `base_url`; a real test names its own type under
+//! `#[tokio::test(start_paused = true)]`, as
+//! `examples/minimal-connector/tests/conformance.rs` does):
 //!
-//! ```ignore
-//! #[tokio::test(start_paused = true)]
-//! async fn conformance() {
-//!     Suite::new("workers", pages, "fixtures/x/expected/workers.golden.json", |base| {
-//!         Ok(Box::new(MyConnector::new(config_for(base))?))
+//! ```no_run
+//! use connector_core::testkit::{Capabilities, Suite};
+//! use connector_core::{Connector, DynConnector, Error};
+//! use std::path::PathBuf;
+//!
+//! async fn conformance<C: Connector + 'static>() {
+//!     let pages = Suite::read_pages(&[
+//!         PathBuf::from("fixtures/pages/1.json"),
+//!         PathBuf::from("fixtures/pages/2.json"),
+//!     ]);
+//!     let caps = Capabilities {
+//!         body_driven_paging: true,
+//!         next_links: true,
+//!     };
+//!     Suite::new("workers", pages, "fixtures/workers.golden.json", caps, |base| {
+//!         let config = serde_json::from_value(serde_json::json!({ "base_url": base }))
+//!             .map_err(|e| Error::Config(e.to_string()))?;
+//!         Ok(Box::new(C::new(config)?) as Box<dyn DynConnector>)
 //!     })
 //!     .run()
 //!     .await
@@ -251,7 +267,7 @@ impl MockSource {
 /// Builds the connector under test for a base URL (the mock's).
 pub type Build = Box<dyn Fn(&str) -> Result<Box<dyn DynConnector>, Error> + Send + Sync>;
 
-/// The conformance suite of DESIGN.md §11 for one stream of a connector.
+/// The conformance suite for one stream of a connector.
 pub struct Suite {
     pub stream: &'static str,
     pub pages: Vec<String>,
@@ -999,7 +1015,8 @@ fn raw_next(def: &StreamDef, body: &str) -> Result<Option<String>, String> {
 }
 
 /// Every field the entity carries has a rule in the mapping version, and one
-/// of the rule's pointers resolves in the record (invariant 4).
+/// of the rule's pointers resolves in the record (docs/architecture.md,
+/// "Invariants and where they hold", 4).
 fn provenance_covers(def: &StreamDef, e: &Entity, record: &Value) -> Result<(), String> {
     let mv = def.mapper.mapping();
     let row = e.clone().into_row();

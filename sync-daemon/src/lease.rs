@@ -1,4 +1,5 @@
-//! One writer per stream, for the whole run (DESIGN.md invariant 9).
+//! One writer per stream, for the whole run (docs/architecture.md, "Invariants
+//! and where they hold", 9; ADR 0004).
 //!
 //! Two mechanisms, each covering the other's gap:
 //! - the connection's **advisory lock**, held on a session of its own, says

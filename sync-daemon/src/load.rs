@@ -688,7 +688,8 @@ pub async fn load_batch(
     //    batch writes. A key another loader inserted since step 4 is not
     //    claimed (`on conflict do nothing`): its link is read under lock and
     //    its entity decided again against it, so an entity is only ever
-    //    written under the id its crosswalk row holds (invariant 9). The
+    //    written under the id its crosswalk row holds (docs/architecture.md,
+    //    "Invariants and where they hold", 9). The
     //    derivation foreign key is checked at commit, when step 7 has
     //    written the derivations.
     if !new_keys.is_empty() {

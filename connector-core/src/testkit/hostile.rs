@@ -2,10 +2,23 @@
 //! or malicious API gives (any status, absurd wait headers, odd bodies) and
 //! a mock that plays a scripted sequence of them.
 //!
-//! ```ignore
-//! let answers = proptest::collection::vec(answer(junk_body()), 1..5);
-//! let srv = MockServer::start().await;
-//! play(&srv, scripted_answers, fallback_answer).await;
+//! ```no_run
+//! use connector_core::testkit::hostile::{Answer, answer, junk_body, play};
+//! use proptest::prelude::*;
+//!
+//! proptest! {
+//!     #[test]
+//!     fn whatever_the_source_answers_the_run_ends(
+//!         answers in proptest::collection::vec(answer(junk_body()), 1..5),
+//!     ) {
+//!         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//!         rt.block_on(async {
+//!             let srv = wiremock::MockServer::start().await;
+//!             play(&srv, answers, Answer::ok(r#"{"data": []}"#)).await;
+//!             // … run the connector against `srv.uri()` and check how the run ended
+//!         });
+//!     }
+//! }
 //! ```
 
 use proptest::prelude::*;
