@@ -467,7 +467,8 @@ impl HttpClient {
                 last_failure: inner.breaker.last_failure(),
             });
         }
-        let _permit = match inner.limiter.acquire(inner.deadline).await {
+        let max_pause = inner.settings.retry.max_retry_after;
+        let _permit = match inner.limiter.acquire(inner.deadline, max_pause).await {
             Ok(p) => p,
             Err(wait) => {
                 inner.breaker.record(Outcome::Ignored);
@@ -504,6 +505,20 @@ impl HttpClient {
             Err(e) => {
                 if let Error::RateLimited { .. } = e {
                     inner.limiter.on_rate_limited();
+                }
+                // The source's own word on when to come back holds for the
+                // whole connection, not only for this request.
+                if let Error::RateLimited {
+                    retry_after: Some(wait),
+                    ..
+                }
+                | Error::Server {
+                    status: 503,
+                    retry_after: Some(wait),
+                    ..
+                } = e
+                {
+                    inner.limiter.pause(*wait);
                 }
                 RequestFailed {
                     connection: &inner.connection,

@@ -79,6 +79,9 @@ pub struct RateLimiter {
     clock: TokioClock,
     adaptive: Mutex<Option<Adaptive>>,
     in_flight: Option<Arc<Semaphore>>,
+    /// No request starts before this instant: the source said to wait
+    /// (`Retry-After` on a 429 or 503) and that holds for every stream.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 /// Held while a request is in flight.
@@ -111,7 +114,34 @@ impl RateLimiter {
             in_flight: settings
                 .max_in_flight
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            paused_until: Mutex::new(None),
         }
+    }
+
+    /// The source asked to wait `wait` (a 429's or 503's `Retry-After` or
+    /// reset header): no request of the connection, from any stream or
+    /// worker, starts before then. A later pause extends an earlier one,
+    /// never shortens it.
+    pub fn pause(&self, wait: Duration) {
+        let Some(until) = Instant::now().checked_add(wait) else {
+            return;
+        };
+        if let Ok(mut p) = self.paused_until.lock()
+            && p.is_none_or(|p| p < until)
+        {
+            *p = Some(until);
+            tracing::info!(event = "connection_paused", connection = %self.connection, secs = wait.as_secs());
+        }
+    }
+
+    /// How long requests of this connection are held back from now.
+    pub fn paused_for(&self) -> Duration {
+        self.paused_until
+            .lock()
+            .ok()
+            .and_then(|p| *p)
+            .map(|p| p.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
     }
 
     /// The rate currently allowed (requests per second), if limited.
@@ -119,9 +149,15 @@ impl RateLimiter {
         self.adaptive.lock().ok()?.as_ref().map(|a| a.rate)
     }
 
-    /// Waits for a token and an in-flight slot. When the wait would end after
-    /// `deadline`, returns the wait instead (the caller defers the run).
-    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Permit, Duration> {
+    /// Waits out a pause the source asked for, then for a token and an
+    /// in-flight slot. When a wait would end after `deadline`, or a pause is
+    /// longer than `max_pause`, returns the wait instead (the caller defers
+    /// the run).
+    pub async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+        max_pause: Duration,
+    ) -> Result<Permit, Duration> {
         let permit = match &self.in_flight {
             Some(s) => Some(
                 s.clone()
@@ -131,7 +167,19 @@ impl RateLimiter {
             ),
             None => None,
         };
+        // Held by a slot, a request still waits out a pause set meanwhile.
         let mut waited = Duration::ZERO;
+        loop {
+            let pause = self.paused_for();
+            if pause.is_zero() {
+                break;
+            }
+            if pause > max_pause || deadline.is_some_and(|d| Instant::now() + pause > d) {
+                return Err(pause);
+            }
+            waited += pause;
+            tokio::time::sleep(pause).await;
+        }
         while let Some(b) = self
             .adaptive
             .lock()
@@ -219,7 +267,7 @@ mod tests {
     async fn spacing(l: &RateLimiter, n: usize) -> Vec<Duration> {
         let mut times = Vec::new();
         for _ in 0..n {
-            l.acquire(None).await.unwrap();
+            l.acquire(None, Duration::MAX).await.unwrap();
             times.push(Instant::now());
         }
         times.windows(2).map(|w| w[1] - w[0]).collect()
@@ -263,14 +311,51 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_past_the_deadline_is_returned_not_slept() {
         let l = limiter(0.01, 1); // one request per 100 s
-        l.acquire(None).await.unwrap();
+        l.acquire(None, Duration::MAX).await.unwrap();
         let started = Instant::now();
         let wait = l
-            .acquire(Some(Instant::now() + Duration::from_secs(10)))
+            .acquire(
+                Some(Instant::now() + Duration::from_secs(10)),
+                Duration::MAX,
+            )
             .await
             .unwrap_err();
         assert!(wait > Duration::from_secs(90), "{wait:?}");
         assert_eq!(Instant::now(), started, "nothing slept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_until_it_ends() {
+        let l = Arc::new(limiter(1000.0, 10));
+        let started = Instant::now();
+        l.pause(Duration::from_secs(30));
+        l.pause(Duration::from_secs(5)); // a shorter pause does not shorten it
+        assert_eq!(l.paused_for(), Duration::from_secs(30));
+        let (a, b) = tokio::join!(
+            l.acquire(None, Duration::MAX),
+            l.acquire(None, Duration::MAX)
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(Instant::now() - started, Duration::from_secs(30));
+        assert_eq!(l.paused_for(), Duration::ZERO);
+        // A pause past the deadline, or longer than allowed, is returned.
+        l.pause(Duration::from_secs(300));
+        let wait = l
+            .acquire(
+                Some(Instant::now() + Duration::from_secs(60)),
+                Duration::MAX,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(wait, Duration::from_secs(300));
+        let wait = l.acquire(None, Duration::from_secs(120)).await.unwrap_err();
+        assert_eq!(wait, Duration::from_secs(300));
+        assert_eq!(
+            Instant::now() - started,
+            Duration::from_secs(30),
+            "nothing slept"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -283,10 +368,10 @@ mod tests {
                 max_in_flight: Some(2),
             },
         ));
-        let a = l.acquire(None).await.unwrap();
-        let _b = l.acquire(None).await.unwrap();
+        let a = l.acquire(None, Duration::MAX).await.unwrap();
+        let _b = l.acquire(None, Duration::MAX).await.unwrap();
         let l2 = l.clone();
-        let third = tokio::spawn(async move { l2.acquire(None).await.map(|_| ()) });
+        let third = tokio::spawn(async move { l2.acquire(None, Duration::MAX).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!third.is_finished(), "a third request waits for a slot");
         drop(a);

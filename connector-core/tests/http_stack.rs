@@ -290,6 +290,42 @@ async fn a_wait_beyond_the_budget_defers_instead_of_sleeping() {
     );
 }
 
+/// A 429 (or 503) with `Retry-After` on one request holds back every other
+/// request of the connection: here, with a run budget shorter than the wait,
+/// another stream's request defers without reaching the source.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_pauses_every_request_of_the_connection() {
+    for status in [429, 503] {
+        let srv = MockServer::start().await;
+        Mock::given(path("/a"))
+            .respond_with(ResponseTemplate::new(status).insert_header("Retry-After", "3600"))
+            .mount(&srv)
+            .await;
+        Mock::given(path("/b"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+            .mount(&srv)
+            .await;
+        let mut s = HttpSettings::default();
+        s.run_budget = Some(Duration::from_secs(600));
+        let c = client_with(&srv.uri(), AuthConfig::None, s);
+        let e = c.get(url(&srv, "/a")).await.unwrap_err();
+        assert!(matches!(e, Error::Deferred { .. }), "{e}");
+        let e = c.clone().get(url(&srv, "/b")).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Deferred { wait, .. } if wait > Duration::from_secs(3000)),
+            "{status}: {e}"
+        );
+        let sent: Vec<String> = srv
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.url.path().to_owned())
+            .collect();
+        assert_eq!(sent, ["/a"], "{status}: /b never reached the source");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_reset_headers_are_honoured() {
     let srv = MockServer::start().await;
