@@ -34,24 +34,15 @@ fi
 cargo build --release -p sync-daemon
 
 step "serving the recorded Workday fixtures on a free loopback port"
-log="$(mktemp)"
-$bin serve-fixtures --listen 127.0.0.1:0 --pages fixtures/workday/workers 2>"$log" &
+# It prints its base URL alone on stdout once it listens; nothing means it failed.
+exec 3< <(exec $bin serve-fixtures --listen 127.0.0.1:0 --pages fixtures/workday/workers)
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
-FIXTURE_URL=""
-for _ in $(seq 100); do
-  FIXTURE_URL="$(sed -nE 's#.* at (http://[0-9.]+:[0-9]+)/.*#\1#p' "$log" | head -n 1)"
-  [ -n "$FIXTURE_URL" ] && break
-  kill -0 $server 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$FIXTURE_URL" ]; then
-  cat "$log" >&2
-  echo "demo: the fixture server did not start (its output is above)" >&2
+trap 'kill $server 2>/dev/null || true' EXIT
+if ! read -r -t 60 FIXTURE_URL <&3 || [ -z "$FIXTURE_URL" ]; then
+  echo "demo: the fixture server did not start (its error is above)" >&2
   exit 1
 fi
 export FIXTURE_URL
-cat "$log"
 
 step "sync-daemon migrate (creates the database if needed)"
 $bin --config $cfg migrate

@@ -18,19 +18,11 @@ BENCH_GEN="${BENCH_GEN:-../shared/bench/gen_workers.py}"
 cargo build --release -q -p sync-daemon
 bin=$PWD/target/release/sync-daemon
 
-log=$(mktemp)
-$bin serve-fixtures --listen 127.0.0.1:0 --pages "$DATA/pages/l100" --tenant bench --api-path ccx/api/v1 2>"$log" &
+exec 3< <(exec $bin serve-fixtures --listen 127.0.0.1:0 --pages "$DATA/pages/l100" --tenant bench --api-path ccx/api/v1 2>/dev/null)
 server=$!
 cfg=$(mktemp --suffix .toml)
-trap 'kill $server 2>/dev/null || true; rm -f "$cfg" "$log"' EXIT
-base=""
-for _ in $(seq 600); do
-  base="$(sed -nE 's#.* at (http://[0-9.]+:[0-9]+)/.*#\1#p' "$log" | head -n 1)"
-  [ -n "$base" ] && break
-  kill -0 $server 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$base" ] || { cat "$log" >&2; echo "the fixture server did not start" >&2; exit 1; }
+trap 'kill $server 2>/dev/null || true; rm -f "$cfg"' EXIT
+read -r -t 120 base <&3 && [ -n "$base" ] || { echo "the fixture server did not start" >&2; exit 1; }
 
 psql "$PGBASE/postgres" -qc "drop database if exists $DB" -c "create database $DB"
 export DATABASE_URL="$PGBASE/$DB"

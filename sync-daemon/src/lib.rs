@@ -103,7 +103,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve recorded Workday pages on loopback (the demo's and the benchmark's source).
+    /// Serve recorded Workday pages on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
     ServeFixtures {
         /// Address to listen on; port 0 takes a free port (the address is printed).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -158,6 +158,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!(
             "serving {n} workers at http://{addr}/{api_path}/{tenant}/workers (Ctrl-C to stop)"
         );
+        // The base URL, alone on stdout, for scripts (`read -r url < <(…)`).
+        outln!("http://{addr}");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = handle => {}

@@ -31,34 +31,11 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A config with one Workday connection at `base`; `extra` goes into the
-/// `[[connection]]` table, secrets come from `WD_SECRET`/`WD_REFRESH`.
+/// A config with one Workday connection at `base`, secrets from
+/// `WD_SECRET`/`WD_REFRESH`.
 fn config(dir: &std::path::Path, db_url: &str, base: &str, extra: &str) -> String {
-    let raw = url::Url::from_directory_path(dir.join("raw")).unwrap();
-    let text = format!(
-        r#"[database]
-url = "{db_url}"
-[raw_store]
-url = "{raw}"
-[[connection]]
-name = "wd"
-connector = "workday"
-base_url = "{base}"
-tenant = "acme"
-{extra}
-[connection.auth]
-strategy = "oauth2_refresh_token"
-token_url = "{base}/ccx/oauth2/acme/token"
-client_id = "demo-client"
-client_secret = "${{WD_SECRET}}"
-refresh_token = "${{WD_REFRESH}}"
-[connection.http]
-retry_base_ms = 1
-retry_max_delay_secs = 0
-"#
-    );
-    let path = dir.join("sync.toml");
-    std::fs::write(&path, text).unwrap();
+    let secrets = ("${WD_SECRET}", "${WD_REFRESH}");
+    let path = write_config(dir, db_url, base, extra, secrets);
     path.to_str().unwrap().to_owned()
 }
 
@@ -94,12 +71,7 @@ fn a_missing_config_file_and_a_toml_syntax_error_are_one_clear_message() {
 #[test]
 fn a_dead_server_is_named_in_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    // A port nothing listens on: bind one, then let it go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = dead_port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/sync_x");
     let cfg = config(dir.path(), &url, "http://127.0.0.1:9", "");
     let started = Instant::now();
@@ -250,11 +222,7 @@ async fn an_unknown_stream_is_a_usage_error_and_records_no_run() {
 async fn a_source_that_is_down_is_named_with_its_cause_and_logs_have_no_colour_in_a_pipe() {
     let test_db = TestDb::migrated().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = dead_port();
     let base = format!("http://127.0.0.1:{port}");
     let cfg = config(dir.path(), &test_db.url(), &base, "");
     let o = daemon(

@@ -11,32 +11,6 @@ fn database_url(db: &str) -> String {
     common::pg::url_of(db)
 }
 
-fn write_config(dir: &std::path::Path, db_url: &str, base: &str) -> std::path::PathBuf {
-    let raw = url::Url::from_directory_path(dir.join("raw")).unwrap();
-    let cfg = format!(
-        r#"[database]
-url = "{db_url}"
-[raw_store]
-url = "{raw}"
-[[connection]]
-name = "wd"
-connector = "workday"
-base_url = "{base}"
-tenant = "acme"
-page_size = 20
-[connection.auth]
-strategy = "oauth2_refresh_token"
-token_url = "{base}/ccx/oauth2/acme/token"
-client_id = "demo-client"
-client_secret = "{CLIENT_SECRET}"
-refresh_token = "{REFRESH_TOKEN}"
-"#
-    );
-    let path = dir.join("sync.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
 fn sync(cfg: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sync-daemon"))
         .args(["--config", cfg.to_str().unwrap(), "sync", "wd"])
@@ -66,7 +40,13 @@ async fn sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_sync() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &database_url(&db), &base);
+    let cfg = write_config(
+        dir.path(),
+        &database_url(&db),
+        &base,
+        "page_size = 20",
+        (CLIENT_SECRET, REFRESH_TOKEN),
+    );
 
     let mut killed_mid_run = 0;
     for delay_ms in [40, 90, 150, 220, 300, 400, 520] {

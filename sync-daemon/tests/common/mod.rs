@@ -53,6 +53,55 @@ pub async fn fixture_ctx(
     (c, store, base, srv)
 }
 
+/// Writes a daemon config with one Workday connection `wd` at `base` (raw
+/// store under `dir`), fast retries, `conn_extra` inside its `[[connection]]`
+/// table, and `secrets` (client secret, refresh token) as written: values or
+/// `${VAR}` references. Returns its path.
+pub fn write_config(
+    dir: &std::path::Path,
+    db_url: &str,
+    base: &str,
+    conn_extra: &str,
+    secrets: (&str, &str),
+) -> PathBuf {
+    let raw = url::Url::from_directory_path(dir.join("raw")).unwrap();
+    let (client_secret, refresh_token) = secrets;
+    let text = format!(
+        r#"[database]
+url = "{db_url}"
+[raw_store]
+url = "{raw}"
+[[connection]]
+name = "wd"
+connector = "workday"
+base_url = "{base}"
+tenant = "acme"
+{conn_extra}
+[connection.auth]
+strategy = "oauth2_refresh_token"
+token_url = "{base}/ccx/oauth2/acme/token"
+client_id = "demo-client"
+client_secret = "{client_secret}"
+refresh_token = "{refresh_token}"
+[connection.http]
+retry_base_ms = 1
+retry_max_delay_secs = 0
+"#
+    );
+    let path = dir.join("sync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A loopback port nothing listens on (bound once, then let go).
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn refresh_auth(base: &str, refresh_token: &str) -> AuthConfig {
     serde_json::from_value(serde_json::json!({
         "strategy": "oauth2_refresh_token",

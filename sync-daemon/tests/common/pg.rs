@@ -165,8 +165,8 @@ impl Drop for TestDb {
     }
 }
 
-/// Drops the test databases of earlier runs (older than a minute: a test
-/// binary running beside this one keeps its own).
+/// Drops the test databases of earlier runs: older than a minute and not
+/// in use (a test binary running beside this one keeps its own).
 async fn drop_leftovers(admin: &mut PgConnection) {
     let cutoff = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -185,10 +185,12 @@ async fn drop_leftovers(admin: &mut PgConnection) {
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or(u64::MAX);
+        // Without `force`: a database still in use (a test binary of
+        // another run beside this one) is left alone.
         if secs < cutoff {
             let _ = admin
                 .execute(sqlx::AssertSqlSafe(format!(
-                    "drop database if exists \"{name}\" with (force)"
+                    "drop database if exists \"{name}\""
                 )))
                 .await;
         }
