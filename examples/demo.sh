@@ -29,7 +29,7 @@ cfg=examples/fixtures.toml
 if [ -x "$bin" ]; then
   step "building the daemon (cargo build --release; seconds when nothing changed)"
 else
-  step "building the daemon (cargo build --release; about 5 minutes the first time)"
+  step "building the daemon (cargo build --release; 5 to 8 minutes the first time on two cores)"
 fi
 cargo build --release -p sync-daemon
 
@@ -59,8 +59,9 @@ cat <<EOT
 To run more commands against this database:
   export DATABASE_URL='$DATABASE_URL' SYNC_RAW_DIR='$SYNC_RAW_DIR'
   $bin --config $cfg status
-(sync and replay also need FIXTURE_URL, WORKDAY_CLIENT_SECRET and WORKDAY_REFRESH_TOKEN, and the
-fixture server: $bin serve-fixtures prints its address.)
+(explain and status need nothing more; replay also needs FIXTURE_URL; sync needs a fixture
+server, started with \`$bin serve-fixtures &\`, which prints the FIXTURE_URL to export, and
+WORKDAY_CLIENT_SECRET and WORKDAY_REFRESH_TOKEN, any value each.)
 EOT
 if [ -f target/postgres/port ] && [[ "$DATABASE_URL" == *":$(cat target/postgres/port)/"* ]]; then
   echo "The private PostgreSQL keeps running for the next run; stop it with: bash examples/postgres.sh stop"

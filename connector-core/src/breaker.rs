@@ -267,6 +267,27 @@ impl CircuitBreaker {
         }
     }
 
+    /// Takes over the state another process saved: a breaker that was open
+    /// with `retry_in` of its cool-down left stays open that long (a closed
+    /// one, or one whose cool-down is over, starts closed). So a run started
+    /// during a cool-down fails fast instead of hammering the host again,
+    /// and `status` tells the truth.
+    pub fn restore(&self, retry_in: Duration, consecutive: u32, times_opened: u64) {
+        if retry_in.is_zero() {
+            return;
+        }
+        let mut s = self.lock();
+        if let Phase::Closed = s.phase {
+            s.phase = Phase::Open {
+                until: crate::transport::instant_after(Instant::now(), retry_in),
+            };
+            s.consecutive = consecutive;
+            s.opened_count = s.opened_count.max(times_opened);
+            drop(s);
+            self.export(BreakerState::Open);
+        }
+    }
+
     pub fn snapshot(&self) -> BreakerSnapshot {
         let s = self.lock();
         let now = Instant::now();

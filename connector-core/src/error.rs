@@ -65,7 +65,7 @@ pub enum Error {
     #[error("{endpoint}: truncated response body: {message}")]
     Truncated { endpoint: String, message: String },
     /// The circuit breaker of (host, credential) is open: failing fast.
-    #[error("{endpoint}: circuit open for {host} after repeated failures{}; next probe in {}s",
+    #[error("{endpoint}: {host} keeps failing{}; the circuit is open, next probe in {}s",
         .last_failure.as_deref().map(|f| format!(" (last: {f})")).unwrap_or_default(), .retry_in.as_secs())]
     CircuitOpen {
         endpoint: String,

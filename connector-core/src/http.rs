@@ -324,6 +324,14 @@ impl HttpClient {
         self.inner.breaker.snapshot()
     }
 
+    /// Restores a breaker state saved by an earlier process (see
+    /// [`crate::breaker::CircuitBreaker::restore`]).
+    pub fn restore_breaker(&self, retry_in: Duration, consecutive: u32, times_opened: u64) {
+        self.inner
+            .breaker
+            .restore(retry_in, consecutive, times_opened);
+    }
+
     /// Every secret the connection's auth holds now (see [`crate::auth::Auth::secrets`]).
     pub fn secrets(&self) -> Vec<secrecy::SecretString> {
         self.inner.auth.secrets()

@@ -41,11 +41,18 @@ pub struct MissingEnv {
     pub var: String,
 }
 
-/// Lists missing variables as `A (key), B (key)`.
+/// Lists missing variables as `A (key), B (key, key)`, each variable once,
+/// in the order they first appear.
 pub fn list_missing(missing: &[&MissingEnv]) -> String {
-    missing
-        .iter()
-        .map(|m| format!("{} ({})", m.var, m.key))
+    let mut vars: Vec<(&str, Vec<&str>)> = Vec::new();
+    for m in missing {
+        match vars.iter_mut().find(|(v, _)| *v == m.var) {
+            Some((_, keys)) => keys.push(&m.key),
+            None => vars.push((&m.var, vec![&m.key])),
+        }
+    }
+    vars.iter()
+        .map(|(v, keys)| format!("{v} ({})", keys.join(", ")))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -415,10 +422,18 @@ impl Config {
                 Some(toml::Value::String(s)) => s,
                 _ => return Err(invalid(format!("{} is required", at("connector")))),
             };
+            let auth_missing = missing_env.iter().any(|m| m.key.starts_with("auth."));
             let auth: AuthConfig = match table.remove("auth") {
-                Some(v) => v.try_into().map_err(|e: toml::de::Error| {
-                    invalid(format!("{}: {}", at("auth"), e.message()))
-                })?,
+                Some(v) => match v.try_into::<AuthConfig>() {
+                    Ok(a) => a,
+                    // A value from an unset variable may not parse (a URL
+                    // like `${BASE}/token`): the commands that use the
+                    // credentials refuse first, naming the variable.
+                    Err(_) if auth_missing => AuthConfig::None,
+                    Err(e) => {
+                        return Err(invalid(format!("{}: {}", at("auth"), e.message())));
+                    }
+                },
                 None => AuthConfig::None,
             };
             let http: HttpConfig = match table.remove("http") {
@@ -465,7 +480,7 @@ impl Config {
             }
             // Credentials from unset variables are checked by the commands
             // that use them, once they are set.
-            if !missing_env.iter().any(|m| m.key.starts_with("auth.")) {
+            if !auth_missing {
                 auth.validate()
                     .map_err(|e| invalid(format!("{}: {e}", at("auth"))))?;
             }
@@ -687,5 +702,22 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("os error"), "{e}");
+    }
+
+    #[test]
+    fn a_variable_used_twice_is_named_once_with_its_keys() {
+        let m = |key: &str, var: &str| MissingEnv {
+            key: key.into(),
+            var: var.into(),
+        };
+        let all = [
+            m("auth.token_url", "BASE"),
+            m("auth.client_secret", "SECRET"),
+            m("base_url", "BASE"),
+        ];
+        assert_eq!(
+            list_missing(&all.iter().collect::<Vec<_>>()),
+            "BASE (auth.token_url, base_url), SECRET (auth.client_secret)"
+        );
     }
 }

@@ -186,6 +186,32 @@ pub async fn check_schema(pool: &PgPool, config: &std::path::Path) -> anyhow::Re
     Ok(())
 }
 
+/// The cool-down left of a breaker an earlier run saved open for this
+/// connection and host, with its failure counts; `None` when it is closed
+/// or its cool-down is over.
+pub async fn open_breaker(
+    pool: &PgPool,
+    connection: &str,
+    host: &str,
+) -> anyhow::Result<Option<(std::time::Duration, u32, u64)>> {
+    let row: Option<(f64, i32, i64)> = sqlx::query_as(
+        "select extract(epoch from retry_at - now())::float8, consecutive_failures, times_opened
+         from circuit_breaker
+         where connection = $1 and host = $2 and state = 'open' and retry_at > now()",
+    )
+    .bind(connection)
+    .bind(host)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(secs, consecutive, opened)| {
+        (
+            std::time::Duration::from_secs_f64(secs.clamp(0.0, 7.0 * 86_400.0)),
+            consecutive.max(0) as u32,
+            opened.max(0) as u64,
+        )
+    }))
+}
+
 /// Registers a mapping version and its field rules; returns its id. The same
 /// version with other rules is refused: a changed mapping needs a new version.
 pub async fn register_mapping(pool: &PgPool, m: &MappingVersion) -> anyhow::Result<i32> {
@@ -665,6 +691,13 @@ pub async fn save_breaker(
     connection: &str,
     b: &connector_core::breaker::BreakerSnapshot,
 ) -> anyhow::Result<()> {
+    // A host the connection no longer calls (its base URL changed) has no
+    // breaker any more: its row would only mislead `status`.
+    sqlx::query("delete from circuit_breaker where connection = $1 and host <> $2")
+        .bind(connection)
+        .bind(&b.host)
+        .execute(pool)
+        .await?;
     sqlx::query(
         "insert into circuit_breaker (connection, host, state, consecutive_failures, times_opened, retry_at, updated_at)
          values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), now())

@@ -37,6 +37,22 @@ pub struct Explanation {
     pub fields: Vec<FieldExplain>,
 }
 
+/// Checks the entity type and field a command line names, before anything
+/// is read: a mistake there is a usage error naming the valid ones.
+pub fn check_usage(entity: &str, field: Option<&str>) -> Result<(), String> {
+    let kind: EntityKind = entity.parse()?;
+    if let Some(f) = field
+        && kind.field(f).is_none()
+    {
+        let names: Vec<_> = kind.fields().iter().map(|f| f.name).collect();
+        return Err(format!(
+            "{kind} has no field {f:?} (fields: {})",
+            names.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Explains `entity` `id` (canonical id or the source's own id), all fields or one.
 pub async fn explain(
     pool: &PgPool,

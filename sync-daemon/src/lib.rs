@@ -156,7 +156,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let fixture_server::FixtureServer { addr, handle, .. } =
             fixture_server::start(listen, records, opts).await?;
         eprintln!(
-            "serving {n} workers at http://{addr}/{api_path}/{tenant}/workers (Ctrl-C to stop)"
+            "serving {n} workers at http://{addr} (endpoint /{api_path}/{tenant}/workers; \
+             FIXTURE_URL=http://{addr}); Ctrl-C to stop"
         );
         // The base URL, alone on stdout, for scripts (`read -r url < <(…)`).
         outln!("http://{addr}");
@@ -167,7 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = config::Config::load(&cli.config)?;
-    registry::check(&cfg)?;
+    registry::check(&cfg, &cli.config)?;
     // Usage errors come before anything touches the database.
     match &cli.command {
         Command::Sync {
@@ -200,6 +201,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let ctx = context(&cfg, &pool, &store, &connection, true)?;
+            if let Some(http) = &ctx.http {
+                let host = http.breaker().host;
+                if let Some((left, consecutive, opened)) =
+                    db::open_breaker(&pool, &connection, &host).await?
+                {
+                    http.restore_breaker(left, consecutive, opened);
+                }
+            }
             let s = pipeline::sync(&ctx, stream.as_deref()).await;
             finish_progress(&ctx);
             let s = s?;
@@ -232,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             field,
             json,
         } => {
+            explain::check_usage(&entity, field.as_deref()).map_err(UsageError)?;
             let x = explain::explain(&pool, &store, &entity, &id, field.as_deref()).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&x)?);
@@ -358,11 +368,25 @@ fn print_summary(
         outln!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
+    let pages = if what.starts_with("replay") {
+        format!(
+            "{} stored pages {}",
+            s.pages_loaded,
+            if what.ends_with("--dry-run") {
+                "read, nothing written"
+            } else {
+                "replayed"
+            }
+        )
+    } else {
+        format!(
+            "{} pages fetched, {} pages loaded",
+            s.pages_fetched, s.pages_loaded
+        )
+    };
     outln!(
-        "{what} {connection}: run #{}, {} pages fetched, {} pages loaded; records: {} changed, {} unchanged, {} dead-lettered, {} superseded; {:.2}s, {:.0} records/s",
+        "{what} {connection}: run #{}, {pages}; records: {} changed, {} unchanged, {} dead-lettered, {} superseded; {:.2}s, {:.0} records/s",
         s.run_id,
-        s.pages_fetched,
-        s.pages_loaded,
         s.changed,
         s.unchanged,
         s.dead_lettered,
@@ -370,6 +394,11 @@ fn print_summary(
         s.elapsed_secs,
         s.records_per_sec()
     );
+    if what.starts_with("replay") && s.superseded > 0 {
+        outln!(
+            "  superseded: older stored copies of the same records (each sync stores its pages; the newest copy wins)"
+        );
+    }
     if s.pages_unreadable > 0 || s.pulls_incomplete > 0 {
         outln!(
             "  {} pages could not be read (stored and dead-lettered as pages){}; see `status`",

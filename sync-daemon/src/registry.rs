@@ -41,7 +41,19 @@ pub fn build(conn: &ConnectionConfig) -> anyhow::Result<Arc<dyn DynConnector>> {
 /// Checks every connection of the config, whatever the command: its connector
 /// exists, and each of its keys is one the core or the connector knows. A typo
 /// is named with the nearest valid key and the list of all of them.
-pub fn check(cfg: &Config) -> anyhow::Result<()> {
+pub fn check(cfg: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    check_keys(cfg).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    // Values too (a required key missing, a bad URL), unless they come from
+    // variables that are not set: the commands that need them say so.
+    for conn in &cfg.connections {
+        if conn.require_env(crate::config::Need::Connector).is_ok() {
+            build(conn).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_keys(cfg: &Config) -> anyhow::Result<()> {
     let all = connectors();
     for conn in &cfg.connections {
         let f = factory(&all, conn)?;

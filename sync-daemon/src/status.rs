@@ -256,9 +256,9 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
                 .map(|t| format!(" (pull started {})", age(t, now)))
                 .unwrap_or_default()
         ),
-        (None, Some(hw), _) => format!("changes since {}", hw.format("%Y-%m-%d %H:%M:%S UTC")),
-        (None, None, Some(done)) => format!("full pull complete, {}", age(done, now)),
-        (None, None, None) => "full pull complete".into(),
+        (None, Some(hw), _) => format!("changes since {}", hw.format("%Y-%m-%d %H:%M UTC")),
+        (None, None, Some(done)) => format!("complete, {}", age(done, now)),
+        (None, None, None) => "complete".into(),
     };
     if c.pull_skipped_pages > 0 {
         text.push_str(&format!(
@@ -315,10 +315,8 @@ pub fn render(status: &Status) -> String {
             "STREAM",
             "LAST RUN",
             "OUTCOME",
-            "IN MODEL",
-            "CHANGED",
-            "UNCHANGED",
-            "DEAD",
+            "RECORDS",
+            "CHANGED/SAME/DEAD",
             "DEAD LETTERS",
             "WATERMARK",
             "BREAKER",
@@ -329,25 +327,29 @@ pub fn render(status: &Status) -> String {
     let mut notes = Vec::new();
     for s in rows {
         let name = format!("{}/{}", s.connection, s.stream);
+        // A finished run's age counts from its end; a running one's from its start.
         let last = match (s.last_run_id, &s.last_run_mode, s.last_run_started_at) {
-            (Some(id), Some(mode), Some(at)) => format!(
+            (Some(id), Some(mode), Some(started)) => format!(
                 "#{id} {}, {}",
                 if mode == "replay" { "replay" } else { "sync" },
-                age(at, now)
+                match s.last_run_finished_at {
+                    Some(ended) => age(ended, now),
+                    None => format!("started {}", age(started, now)),
+                }
             ),
             _ => "never".into(),
         };
-        let counts = s.last_run_counts;
-        let n = |f: fn(&RunCounts) -> i64| counts.map(|c| f(&c).to_string()).unwrap_or("-".into());
+        let counts = s
+            .last_run_counts
+            .map(|c| format!("{}/{}/{}", c.changed, c.unchanged, c.dead))
+            .unwrap_or_else(|| "-".into());
         table.push(vec![
             s.connection.clone(),
             s.stream.clone(),
             last,
             s.last_run_status.clone().unwrap_or_else(|| "-".into()),
             s.records_in_model.to_string(),
-            n(|c| c.changed),
-            n(|c| c.unchanged),
-            n(|c| c.dead),
+            counts,
             s.dead_letters_open.to_string(),
             s.watermark_text.clone(),
             breaker(&s.connection),
@@ -368,7 +370,7 @@ pub fn render(status: &Status) -> String {
                 age(at, now)
             ));
         }
-        if let Some(c) = counts.filter(|c| c.superseded > 0) {
+        if let Some(c) = s.last_run_counts.filter(|c| c.superseded > 0) {
             notes.push(format!(
                 "{name}: run #{}: {} seen = {} changed + {} unchanged + {} dead-lettered + {} superseded (a later record with the same id won)",
                 s.last_run_id.unwrap_or_default(),
@@ -432,7 +434,7 @@ pub fn render(status: &Status) -> String {
         })
         .collect();
     // Numbers right-aligned, text left-aligned; the last column unpadded.
-    let numeric = [4, 5, 6, 7, 8];
+    let numeric = [4, 5, 6];
     for row in &table {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
@@ -467,7 +469,7 @@ pub fn render(status: &Status) -> String {
         ));
     }
     out.push_str(
-        "IN MODEL: records now; CHANGED/UNCHANGED/DEAD: the last run's; DEAD LETTERS: open now; lifetime totals: status --json\n",
+        "RECORDS: in the canonical model now; CHANGED/SAME/DEAD: the last run's records; DEAD LETTERS: open now\n(lifetime totals: status --json)\n",
     );
     out
 }

@@ -212,10 +212,71 @@ async fn an_unknown_stream_is_a_usage_error_and_records_no_run() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("configured: wd"), "{}", stderr(&o));
     }
+    for args in [["explain", "person", "1"], ["explain", "worker", "1"]] {
+        let mut all = vec!["--config", cfg.as_str()];
+        all.extend(args);
+        if args[1] == "worker" {
+            all.push("salary");
+        }
+        let o = daemon(&all, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
     assert_eq!(
         count(&test_db.pool, "select count(*) from sync_run").await,
         0
     );
+}
+
+#[tokio::test]
+async fn a_missing_required_key_is_caught_by_every_command_naming_the_file() {
+    let test_db = TestDb::migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &test_db.url(), "http://127.0.0.1:9", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("tenant = \"acme\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    for cmd in ["status", "migrate"] {
+        let e = stderr(&daemon(&["--config", &cfg, cmd], &[]));
+        assert!(
+            e.contains(&format!("config {cfg}: connection \"wd\"")) && e.contains("tenant"),
+            "{cmd}: {e}"
+        );
+    }
+}
+
+/// A breaker an earlier run left open is still open for the next run, as
+/// `status` says: the source is not called, and a cool-down longer than a
+/// run waits for defers the run to its end.
+#[tokio::test]
+async fn a_breaker_left_open_holds_for_the_next_run() {
+    let test_db = TestDb::migrated().await;
+    let srv = wiremock::MockServer::start().await;
+    let host = srv.address().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &test_db.url(), &srv.uri(), "");
+    for sql in [
+        "insert into connection (name, connector) values ('wd', 'workday')".to_owned(),
+        format!(
+            "insert into circuit_breaker (connection, host, state, consecutive_failures, times_opened, retry_at)
+             values ('wd', '{host}', 'open', 5, 1, now() + interval '10 minutes')"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&test_db.pool)
+            .await
+            .unwrap();
+    }
+    let st = stdout(&daemon(&["--config", &cfg, "status"], &[]));
+    assert!(
+        st.contains("open (9 min left)") || st.contains("open (10 min left)"),
+        "{st}"
+    );
+    // Its cool-down outlasts what a run waits for: the run defers to then.
+    let o = daemon(&["--config", &cfg, "sync", "wd"], &SECRETS);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("deferred"), "{}", stdout(&o));
+    assert!(srv.received_requests().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -332,7 +393,7 @@ async fn status_reads_at_a_glance_after_resyncs_a_dry_run_and_a_recovered_outage
     assert!(s.last_dry_run_id.is_some());
     assert_ne!(s.last_run_mode.as_deref(), Some("replay"));
     assert!(
-        s.watermark_text.starts_with("full pull complete"),
+        s.watermark_text.starts_with("complete, "),
         "{}",
         s.watermark_text
     );
@@ -349,8 +410,9 @@ async fn status_reads_at_a_glance_after_resyncs_a_dry_run_and_a_recovered_outage
         "STREAM",
         "LAST RUN",
         "OUTCOME",
-        "IN MODEL",
-        "CHANGED",
+        "RECORDS",
+        "CHANGED/SAME/DEAD",
+        "DEAD LETTERS",
         "WATERMARK",
         "BREAKER",
     ] {
@@ -369,11 +431,7 @@ async fn status_reads_at_a_glance_after_resyncs_a_dry_run_and_a_recovered_outage
         row[2].starts_with('#') && row[2].contains("sync") && row[2].ends_with("ago"),
         "{text}"
     );
-    assert_eq!(
-        row[3..9],
-        ["succeeded", "260", "0", "260", "0", "0"],
-        "{text}"
-    );
+    assert_eq!(row[3..7], ["succeeded", "260", "0/260/0", "0"], "{text}");
     assert_eq!(*row.last().unwrap(), "half-open", "{text}");
     assert!(!text.contains("null"), "{text}");
     assert!(text.contains("cool-down is over"), "{text}");
