@@ -253,11 +253,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let configured: Vec<status::Configured> = cfg
                 .connections
                 .iter()
-                .map(|c| status::Configured {
-                    connection: c.name.clone(),
-                    streams: registry::build(c)
-                        .map(|k| k.streams().iter().map(|d| d.name.to_owned()).collect())
-                        .unwrap_or_default(),
+                .map(|c| {
+                    let defs = registry::build(c).map(|k| k.streams()).unwrap_or_default();
+                    status::Configured {
+                        connection: c.name.clone(),
+                        streams: defs.iter().map(|d| d.name.to_owned()).collect(),
+                        entities: defs
+                            .iter()
+                            .map(|d| (d.name.to_owned(), d.entity.as_str().to_owned()))
+                            .collect(),
+                    }
                 })
                 .collect();
             let rows = status::status(&pool, &configured).await?;

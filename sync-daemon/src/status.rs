@@ -24,8 +24,10 @@ pub struct StreamStatus {
     /// The last `replay --dry-run`, which wrote nothing.
     pub last_dry_run_id: Option<i64>,
     pub last_dry_run_started_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Source records of this stream in the canonical model now.
-    pub records_in_model: i64,
+    /// Records of the stream's canonical entity type from this connection in
+    /// the canonical model now (deleted ones not counted); `None` for a
+    /// stream the config does not describe.
+    pub records_in_model: Option<i64>,
     pub dead_letters_open: i64,
     /// The stored watermark, as stored.
     pub watermark: Option<serde_json::Value>,
@@ -89,10 +91,13 @@ pub struct Status {
 
 /// A connection of the config and its streams (empty when its connector
 /// cannot be built: it is still listed).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Configured {
     pub connection: String,
     pub streams: Vec<String>,
+    /// The canonical entity type each stream's records are, by stream name
+    /// (what `RECORDS` counts); a stream without one shows no count.
+    pub entities: std::collections::BTreeMap<String, String>,
 }
 
 /// Every stream of the ledger and of `configured`: a configured connection
@@ -141,14 +146,17 @@ pub const ANY_STREAM: &str = "-";
 async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec<StreamStatus>> {
     let mut conns = Vec::new();
     let mut names = Vec::new();
+    let mut entities: Vec<Option<String>> = Vec::new();
     for c in configured {
         if c.streams.is_empty() {
             conns.push(c.connection.clone());
             names.push(ANY_STREAM.to_owned());
+            entities.push(None);
         }
         for s in &c.streams {
             conns.push(c.connection.clone());
             names.push(s.clone());
+            entities.push(c.entities.get(s).cloned());
         }
     }
     let rows = sqlx::query(
@@ -166,9 +174,9 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                 r.resume_at, r.pages,
                 r.records_seen, r.records_changed, r.records_unchanged, r.records_dead, r.records_superseded,
                 dry.id, dry.started_at,
-                (select count(*) from source_link l join derivation d on d.id = l.derivation_id
-                  where l.connection = s.connection and d.stream = s.stream
-                    and l.source_id = d.source_id and l.deleted_at is null),
+                case when e.entity is not null then
+                  (select count(*) from source_link l where l.entity_type = e.entity
+                     and l.connection = s.connection and l.deleted_at is null) end,
                 (select count(*) from dead_letter x where x.connection = s.connection
                    and x.stream = s.stream and x.status = 'open'),
                 w.cursor,
@@ -179,6 +187,8 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                    and (r2.stream is null or r2.stream = s.stream) and not r2.dry_run),
                 p.pages, p.bytes, now()
          from streams s
+         left join unnest($1::text[], $2::text[], $4::text[]) as e(connection, stream, entity)
+                on e.connection = s.connection and e.stream = s.stream
          left join watermark w on w.connection = s.connection and w.stream = s.stream
          left join lateral (select count(*) as pages, coalesce(sum(body_bytes), 0)::bigint as bytes,
                                    count(*) filter (where loaded_at is null and object_state = 'stored') as unloaded,
@@ -196,6 +206,7 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
     .bind(&conns)
     .bind(&names)
     .bind(ANY_STREAM)
+    .bind(&entities)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -348,7 +359,8 @@ pub fn render(status: &Status) -> String {
             s.stream.clone(),
             last,
             s.last_run_status.clone().unwrap_or_else(|| "-".into()),
-            s.records_in_model.to_string(),
+            s.records_in_model
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             counts,
             s.dead_letters_open.to_string(),
             s.watermark_text.clone(),

@@ -586,14 +586,17 @@ async fn status_lists_every_configured_connection_even_one_that_never_stored_a_p
         Configured {
             connection: "wd".into(),
             streams: vec!["workers".into()],
+            ..Default::default()
         },
         Configured {
             connection: "never-synced".into(),
             streams: vec!["workers".into()],
+            ..Default::default()
         },
         Configured {
             connection: "broken-config".into(),
             streams: vec![],
+            ..Default::default()
         },
     ];
     let st = status(&pool, &configured).await.unwrap();
