@@ -142,7 +142,7 @@ start() {
   mkdir -p "$dir"
   [ -n "$owner" ] && chown "$owner" "$dir"
   exec 9>"$dir/lock"
-  flock 9
+  command -v flock >/dev/null && flock 9   # one starter at a time (util-linux; absent on macOS)
   if running && [ -f "$dir/port" ]; then
     private_url
     return 0
