@@ -158,6 +158,41 @@ pub trait Connector: Send + Sync + fmt::Debug + Sized + 'static {
     fn new(config: Self::Config) -> Result<Self, Error>;
     fn base_url(&self) -> &Url;
     fn streams(&self) -> Vec<StreamDef>;
+    /// Reads an answer that is not a success when its status alone says too
+    /// little: a source that signals throttling with another status (NetSuite:
+    /// HTTP 400 with `o:errorCode` `CONCURRENCY_LIMIT_EXCEEDED`), or puts its
+    /// reason in a header (BambooHR: `X-BambooHR-Error-Message`). The default
+    /// reads nothing: the status decides.
+    fn read_error(answer: &ErrorAnswer<'_>) -> ErrorReading {
+        read_nothing(answer)
+    }
+}
+
+/// An answer of the source that is not a success, as a connector sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorAnswer<'a> {
+    pub status: u16,
+    pub headers: &'a reqwest::header::HeaderMap,
+    /// The body as received (at most the client's body limit).
+    pub body: &'a [u8],
+}
+
+/// What a connector reads in an error answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorReading {
+    /// The answer means "too many requests", whatever its status: it is
+    /// retried, slows the connection down and honours `Retry-After`, like a 429.
+    pub throttled: bool,
+    /// The source's own explanation, put in the error (scrubbed of secrets).
+    pub message: Option<String>,
+}
+
+/// A connector's [`Connector::read_error`].
+pub type ReadError = fn(&ErrorAnswer<'_>) -> ErrorReading;
+
+/// The default [`ReadError`]: the status decides.
+pub fn read_nothing(_answer: &ErrorAnswer<'_>) -> ErrorReading {
+    ErrorReading::default()
 }
 
 /// The object-safe face of a connector, held by the daemon.
@@ -165,6 +200,10 @@ pub trait DynConnector: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
     fn base_url(&self) -> &Url;
     fn streams(&self) -> Vec<StreamDef>;
+    /// The connector's [`Connector::read_error`].
+    fn error_reader(&self) -> ReadError {
+        read_nothing
+    }
 }
 
 impl<C: Connector> DynConnector for C {
@@ -176,6 +215,9 @@ impl<C: Connector> DynConnector for C {
     }
     fn streams(&self) -> Vec<StreamDef> {
         Connector::streams(self)
+    }
+    fn error_reader(&self) -> ReadError {
+        C::read_error
     }
 }
 

@@ -21,16 +21,22 @@ pub enum ErrorClass {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{endpoint}: rate limited (HTTP 429){}", fmt_after(.retry_after))]
+    /// Throttled: HTTP 429, or another status the connector reads as such.
+    #[error("{endpoint}: rate limited (HTTP {status}){}{}", fmt_after(.retry_after), fmt_detail(.detail))]
     RateLimited {
         endpoint: String,
+        status: u16,
         retry_after: Option<Duration>,
+        /// The source's own explanation, when the connector reads one.
+        detail: Option<String>,
     },
-    #[error("{endpoint}: server error (HTTP {status}){}", fmt_after(.retry_after))]
+    #[error("{endpoint}: server error (HTTP {status}){}{}", fmt_after(.retry_after), fmt_detail(.detail))]
     Server {
         endpoint: String,
         status: u16,
         retry_after: Option<Duration>,
+        /// The source's own explanation, when the connector reads one.
+        detail: Option<String>,
     },
     #[error("{endpoint}: transport error: {message}")]
     Transport { endpoint: String, message: String },
@@ -102,6 +108,10 @@ pub enum Error {
     Storage(String),
     #[error("configuration: {0}")]
     Config(String),
+}
+
+fn fmt_detail(d: &Option<String>) -> String {
+    d.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
 }
 
 fn fmt_after(d: &Option<Duration>) -> String {
@@ -210,6 +220,28 @@ impl Error {
                 status,
                 snippet: f(&snippet),
             },
+            Error::RateLimited {
+                endpoint,
+                status,
+                retry_after,
+                detail,
+            } => Error::RateLimited {
+                endpoint,
+                status,
+                retry_after,
+                detail: detail.map(|d| f(&d)),
+            },
+            Error::Server {
+                endpoint,
+                status,
+                retry_after,
+                detail,
+            } => Error::Server {
+                endpoint,
+                status,
+                retry_after,
+                detail: detail.map(|d| f(&d)),
+            },
             Error::Body { endpoint, message } => Error::Body {
                 endpoint,
                 message: f(&message),
@@ -233,22 +265,49 @@ impl Error {
         retry_after: Option<Duration>,
         body: &[u8],
     ) -> Self {
+        Self::from_answer(
+            endpoint,
+            status,
+            retry_after,
+            body,
+            crate::ErrorReading::default(),
+        )
+    }
+
+    /// Classifies an answer that is not a success, with what the connector
+    /// read in it ([`crate::Connector::read_error`]): a throttling answer is
+    /// rate limited whatever its status, and the source's explanation goes
+    /// into the error.
+    pub fn from_answer(
+        endpoint: &str,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: &[u8],
+        reading: crate::ErrorReading,
+    ) -> Self {
         let endpoint = endpoint.to_owned();
+        let detail = reading.message.map(|m| snippet(m.as_bytes()));
         match status {
-            429 => Error::RateLimited {
+            _ if reading.throttled || status == 429 => Error::RateLimited {
                 endpoint,
+                status,
                 retry_after,
+                detail,
             },
             401 => Error::Unauthorized { endpoint },
             500..=599 => Error::Server {
                 endpoint,
                 status,
                 retry_after,
+                detail,
             },
             _ => Error::Client {
                 endpoint,
                 status,
-                snippet: snippet(body),
+                snippet: match detail {
+                    Some(d) => format!("{d}; {}", snippet(body)),
+                    None => snippet(body),
+                },
             },
         }
     }
@@ -313,6 +372,12 @@ mod classification {
         first_401: Error::from_status(E, 401, None, b"") => ErrorClass::RefreshAuthThenRetry,
         second_401: Error::NeedsReauth { endpoint: E.into(), detail: "again".into() } => ErrorClass::Fail,
         http_400: Error::from_status(E, 400, None, b"bad") => ErrorClass::Fail,
+        http_400_read_as_throttling: Error::from_answer(E, 400, Some(Duration::from_secs(3)), b"",
+            crate::ErrorReading { throttled: true, message: None })
+            => ErrorClass::Retry { after: Some(d) } if d == Duration::from_secs(3),
+        http_403_with_a_reason: Error::from_answer(E, 403, None, b"",
+            crate::ErrorReading { throttled: false, message: Some("no access".into()) })
+            => ErrorClass::Fail,
         http_403: Error::from_status(E, 403, None, b"") => ErrorClass::Fail,
         http_404: Error::from_status(E, 404, None, b"") => ErrorClass::Fail,
         http_422: Error::from_status(E, 422, None, b"") => ErrorClass::Fail,

@@ -171,6 +171,8 @@ struct Inner {
     /// Masked in stored page tokens and request records: the settings'
     /// list plus the auth strategy's parameters.
     redact_params: Vec<String>,
+    /// The connector's reading of answers that are not a success.
+    read_error: crate::ReadError,
 }
 
 /// What [`HttpClient::new`] assembles.
@@ -190,6 +192,9 @@ pub struct ClientParts {
     /// Share breakers across clients of one process (e.g.
     /// [`CircuitBreaker::shared`]); `None` gives this client its own.
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// The connector's [`crate::Connector::read_error`] ([`crate::read_nothing`]
+    /// when the status says all).
+    pub read_error: crate::ReadError,
 }
 
 /// The breaker's host: `host:port`, so two sources on one host never share one.
@@ -253,6 +258,7 @@ impl HttpClient {
                 deadline,
                 auth_params,
                 redact_params,
+                read_error: parts.read_error,
             }),
         }
     }
@@ -308,6 +314,7 @@ impl HttpClient {
             http,
             settings,
             breaker,
+            read_error: connector.error_reader(),
         }))
     }
 
@@ -607,13 +614,20 @@ impl HttpClient {
                         .then(|| parse_rate_limit_reset(&headers, now))
                         .flatten()
                 });
+            let reading = (self.inner.read_error)(&crate::ErrorAnswer {
+                status,
+                headers: &headers,
+                body: &body,
+            });
             let text = self.scrub(&String::from_utf8_lossy(&body));
-            return Err(Error::from_status(
+            return Err(Error::from_answer(
                 endpoint,
                 status,
                 retry_after,
                 text.as_bytes(),
-            ));
+                reading,
+            )
+            .map_text(|t| self.scrub(t)));
         }
         Ok(Response {
             meta: self.meta(url, status, &headers),

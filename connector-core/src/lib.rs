@@ -41,7 +41,8 @@ pub mod transport;
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use connector::{
-    Connector, ConnectorFactory, DynConnector, Factory, StreamDef, SyncMode, struct_fields,
+    Connector, ConnectorFactory, DynConnector, ErrorAnswer, ErrorReading, Factory, ReadError,
+    StreamDef, SyncMode, read_nothing, struct_fields,
 };
 pub use error::{Error, ErrorClass, snippet, sqlstate_is_transient};
 pub use fetch::{FetchedPage, Pager};

@@ -439,3 +439,89 @@ async fn a_refused_static_credential_needs_reauthorization_at_once() {
         "nothing to refresh"
     );
 }
+
+/// NetSuite signals a concurrency limit as HTTP 400 with an error code in
+/// the body; its connector reads it as throttling.
+fn netsuite_reading(a: &connector_core::ErrorAnswer<'_>) -> connector_core::ErrorReading {
+    let v: serde_json::Value = serde_json::from_slice(a.body).unwrap_or_default();
+    let throttled = v["o:errorDetails"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|d| d["o:errorCode"] == "CONCURRENCY_LIMIT_EXCEEDED");
+    connector_core::ErrorReading {
+        throttled,
+        message: v["title"].as_str().map(str::to_owned),
+    }
+}
+
+/// BambooHR puts its reason in a header.
+fn bamboohr_reading(a: &connector_core::ErrorAnswer<'_>) -> connector_core::ErrorReading {
+    connector_core::ErrorReading {
+        throttled: false,
+        message: a
+            .headers
+            .get("x-bamboohr-error-message")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connector_reads_throttling_and_reasons_the_status_does_not_say() {
+    let concurrency = ResponseTemplate::new(400).set_body_json(serde_json::json!({
+        "type": "https://www.rfc-editor.org/rfc/rfc9110.html#section-15.5.1",
+        "title": "Concurrency limit exceeded",
+        "status": 400,
+        "o:errorDetails": [{"detail": "Too many requests at once.", "o:errorCode": "CONCURRENCY_LIMIT_EXCEEDED"}]
+    }));
+    // Without the connector's reading, a 400 is a client error: it fails at once.
+    let srv = MockServer::start().await;
+    fails_then_ok(&srv, concurrency.clone(), 1).await;
+    let e = client(&srv.uri(), AuthConfig::None)
+        .get(url(&srv, "/p"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Client { status: 400, .. }), "{e}");
+    // With it, the same answer is throttling: retried, and the rate halves.
+    let srv = MockServer::start().await;
+    fails_then_ok(&srv, concurrency, 1).await;
+    let mut s = HttpSettings::default();
+    s.rate_limit = connector_core::RateLimitSettings {
+        requests_per_sec: Some(8.0),
+        burst: 1,
+        max_in_flight: None,
+    };
+    s.attempt_timeout = None;
+    s.call_timeout = None;
+    s.retry = s.retry.with_seed(1);
+    s.retry.max_elapsed = Duration::from_secs(86_400);
+    let c = common::client_reading(&srv.uri(), AuthConfig::None, s, netsuite_reading);
+    let r = c.get(url(&srv, "/p")).await.unwrap();
+    assert_eq!(r.meta.attempts, 2);
+    assert_eq!(c.allowed_rate(), Some(4.0), "slowed down like a 429");
+
+    // BambooHR's reason, from its header, is in the error, scrubbed of the key.
+    let srv = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(ResponseTemplate::new(403).insert_header(
+            "X-BambooHR-Error-Message",
+            "API key k3y-5ecret-91a7 lacks access to report fields",
+        ))
+        .mount(&srv)
+        .await;
+    let basic: AuthConfig = serde_json::from_value(serde_json::json!({
+        "strategy": "basic", "username": "k3y-5ecret-91a7", "password": "x"
+    }))
+    .unwrap();
+    let mut s = HttpSettings::default();
+    s.attempt_timeout = None;
+    s.call_timeout = None;
+    let c = common::client_reading(&srv.uri(), basic, s, bamboohr_reading);
+    let e = c.get(url(&srv, "/p")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("HTTP 403") && e.contains("lacks access to report fields"),
+        "{e}"
+    );
+    assert!(!e.contains("k3y-5ecret-91a7"), "{e}");
+}

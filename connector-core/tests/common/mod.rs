@@ -12,6 +12,16 @@ use url::Url;
 /// A client of `base` with `auth_cfg` and settings `s` (an in-memory
 /// credential store; token requests time out after `s.attempt_timeout`).
 pub fn client_with(base: &str, auth_cfg: AuthConfig, s: HttpSettings) -> HttpClient {
+    client_reading(base, auth_cfg, s, connector_core::read_nothing)
+}
+
+/// [`client_with`], with a connector's reading of error answers.
+pub fn client_reading(
+    base: &str,
+    auth_cfg: AuthConfig,
+    s: HttpSettings,
+    read_error: connector_core::ReadError,
+) -> HttpClient {
     let c = http::base_client("test").unwrap();
     let ctx = auth::AuthContext {
         connection: "test".into(),
@@ -28,6 +38,7 @@ pub fn client_with(base: &str, auth_cfg: AuthConfig, s: HttpSettings) -> HttpCli
         http: c,
         settings: s,
         breaker: None,
+        read_error,
     })
 }
 
