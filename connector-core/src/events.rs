@@ -41,15 +41,29 @@ pub struct RequestFailed<'a> {
 }
 
 impl Emit for RequestFailed<'_> {
+    /// A failure that will be retried is INFO (the run's outcome says the
+    /// rest, and an opening breaker is a WARN of its own); one that is final
+    /// is WARN.
     fn emit(self) {
-        tracing::warn!(
-            event = "request_failed",
-            connection = self.connection,
-            endpoint = self.endpoint,
-            error_kind = self.kind,
-            "{}",
-            self.error
-        );
+        if matches!(self.error.class(), crate::ErrorClass::Fail) {
+            tracing::warn!(
+                event = "request_failed",
+                connection = self.connection,
+                endpoint = self.endpoint,
+                error_kind = self.kind,
+                "{}",
+                self.error
+            );
+        } else {
+            tracing::info!(
+                event = "request_failed",
+                connection = self.connection,
+                endpoint = self.endpoint,
+                error_kind = self.kind,
+                "{}",
+                self.error
+            );
+        }
         METRICS
             .request_failures
             .get_or_create(&conn_kind(self.connection, self.kind))
