@@ -45,24 +45,22 @@ impl Emit for RequestFailed<'_> {
     /// rest, and an opening breaker is a WARN of its own); one that is final
     /// is WARN.
     fn emit(self) {
+        macro_rules! failed {
+            ($level:ident) => {
+                tracing::$level!(
+                    event = "request_failed",
+                    connection = self.connection,
+                    endpoint = self.endpoint,
+                    error_kind = self.kind,
+                    "{}",
+                    self.error
+                )
+            };
+        }
         if matches!(self.error.class(), crate::ErrorClass::Fail) {
-            tracing::warn!(
-                event = "request_failed",
-                connection = self.connection,
-                endpoint = self.endpoint,
-                error_kind = self.kind,
-                "{}",
-                self.error
-            );
+            failed!(warn);
         } else {
-            tracing::info!(
-                event = "request_failed",
-                connection = self.connection,
-                endpoint = self.endpoint,
-                error_kind = self.kind,
-                "{}",
-                self.error
-            );
+            failed!(info);
         }
         METRICS
             .request_failures

@@ -129,11 +129,12 @@ fn windows_1252(b: u8) -> char {
 }
 
 /// The text with raw control bytes inside JSON strings escaped, or `None`
-/// when there are none.
+/// when there are none (nothing is copied until the first one).
 fn escape_controls_in_strings(text: &[u8]) -> Option<Vec<u8>> {
     let (mut in_string, mut escaped) = (false, false);
-    let mut first = None;
+    let mut out: Option<Vec<u8>> = None;
     for (i, &b) in text.iter().enumerate() {
+        let control = in_string && !escaped && b < 0x20;
         if in_string {
             if escaped {
                 escaped = false;
@@ -141,41 +142,27 @@ fn escape_controls_in_strings(text: &[u8]) -> Option<Vec<u8>> {
                 escaped = true;
             } else if b == b'"' {
                 in_string = false;
-            } else if b < 0x20 {
-                first = Some(i);
-                break;
             }
         } else if b == b'"' {
             in_string = true;
         }
-    }
-    let first = first?;
-    let mut out = Vec::with_capacity(text.len() + 16);
-    out.extend_from_slice(&text[..first]);
-    let (mut in_string, mut escaped) = (true, false);
-    for &b in &text[first..] {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            } else if b < 0x20 {
-                match b {
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-                }
-                continue;
+        if control {
+            let out = out.get_or_insert_with(|| {
+                let mut v = Vec::with_capacity(text.len() + 16);
+                v.extend_from_slice(&text[..i]);
+                v
+            });
+            match b {
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
             }
-        } else if b == b'"' {
-            in_string = true;
+        } else if let Some(out) = out.as_mut() {
+            out.push(b);
         }
-        out.push(b);
     }
-    Some(out)
+    out
 }
 
 /// Like [`split_records`], telling a body that was cut off (retry) from one

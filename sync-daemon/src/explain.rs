@@ -61,13 +61,8 @@ pub async fn explain(
     id: &str,
     field: Option<&str>,
 ) -> anyhow::Result<Explanation> {
-    let kind: EntityKind = entity.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    if let Some(f) = field
-        && kind.field(f).is_none()
-    {
-        let names: Vec<_> = kind.fields().iter().map(|f| f.name).collect();
-        anyhow::bail!("{kind} has no field {f:?} (fields: {})", names.join(", "));
-    }
+    check_usage(entity, field).map_err(anyhow::Error::msg)?;
+    let kind: EntityKind = entity.parse().map_err(anyhow::Error::msg)?;
     let table = kind.as_str();
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "select to_jsonb(t) from {table} t where t.id::text = $1
