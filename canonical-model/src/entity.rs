@@ -65,6 +65,8 @@ const WORKER_FIELDS: &[FieldDef] = &[
     FieldDef::new("job_profile", T::Text),
     FieldDef::new("time_type", T::Text),
     FieldDef::new("hire_date", T::Date),
+    FieldDef::new("termination_date", T::Date),
+    FieldDef::new("employment_status", T::Text),
     FieldDef::new("fte", T::Decimal),
     FieldDef::new("company", T::Text),
     FieldDef::new("cost_center", T::Text),
@@ -152,6 +154,11 @@ pub struct Worker {
     pub job_profile: Option<String>,
     pub time_type: Option<String>,
     pub hire_date: Option<NaiveDate>,
+    /// The last day of employment of a terminated worker (a terminated
+    /// worker is not deleted: deletion is the source removing the record).
+    pub termination_date: Option<NaiveDate>,
+    /// The source's employment status as it writes it (`Active`, `Inactive`).
+    pub employment_status: Option<String>,
     /// Full-time equivalent as an exact fraction (1 = full time).
     pub fte: Option<Decimal>,
     pub company: Option<String>,
@@ -229,6 +236,8 @@ impl Entity {
                 text(w.job_profile),
                 text(w.time_type),
                 w.hire_date.map(CanonValue::Date),
+                w.termination_date.map(CanonValue::Date),
+                text(w.employment_status),
                 w.fte.map(CanonValue::Decimal),
                 text(w.company),
                 text(w.cost_center),

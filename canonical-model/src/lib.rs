@@ -22,10 +22,12 @@
 
 mod entity;
 mod mapping;
+mod stream;
 mod transform;
 
 pub use entity::{
     CanonicalRow, Entity, EntityKind, FieldDef, FieldType, Location, OrgUnit, Worker,
 };
 pub use mapping::{FieldRule, MapError, Mapper, MappingVersion, RecordReader};
+pub use stream::{Modeled, StreamModel, golden_line};
 pub use transform::{CanonValue, MAX_ID_BYTES, MAX_TEXT_BYTES, Transform, TransformError};

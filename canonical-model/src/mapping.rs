@@ -80,9 +80,12 @@ impl MappingVersion {
                 (def.ty, r.transform),
                 (
                     FieldType::Text,
-                    Transform::Text | Transform::Lowercase | Transform::Uppercase
+                    Transform::Text
+                        | Transform::TextOrBlank
+                        | Transform::Lowercase
+                        | Transform::Uppercase
                 ) | (FieldType::Bool, Transform::Bool)
-                    | (FieldType::Date, Transform::Date)
+                    | (FieldType::Date, Transform::Date | Transform::DateOrBlank)
                     | (FieldType::Timestamp, Transform::Timestamp)
                     | (FieldType::Decimal, Transform::Decimal)
             ) || matches!((def.ty, r.transform), (FieldType::Ref(a), Transform::Ref(b)) if a == b);
@@ -218,6 +221,9 @@ impl<'a> RecordReader<'a> {
         let Some((pointer, v)) = rule.locate(self.record) else {
             return Ok(None);
         };
+        if rule.transform.is_blank(v) {
+            return Ok(None);
+        }
         rule.transform
             .apply(v)
             .map(Some)

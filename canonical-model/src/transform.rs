@@ -94,6 +94,9 @@ impl fmt::Display for CanonValue {
 pub enum Transform {
     /// A JSON string, verbatim.
     Text,
+    /// Like `text`, but an empty or blank string is no value (sources that
+    /// send every field as a string, BambooHR).
+    TextOrBlank,
     /// A JSON string, trimmed and lower-cased (e-mail addresses).
     Lowercase,
     /// A JSON string, trimmed and upper-cased (codes).
@@ -103,6 +106,9 @@ pub enum Transform {
     /// `YYYY-MM-DD`, optionally with an offset suffix as Workday writes it
     /// (`2024-01-01-07:00`, `2024-01-01Z`); the offset is dropped, the date kept.
     Date,
+    /// Like `date`, but an empty string and the zero date `0000-00-00` are
+    /// no value (BambooHR writes both for "no date").
+    DateOrBlank,
     /// RFC 3339, Workday `2024-01-01T10:00:00.000-07:00`, `+0000` without a colon,
     /// SAP `/Date(ms)/` and `/Date(ms+0000)/`; a timestamp without an offset is UTC.
     Timestamp,
@@ -125,6 +131,20 @@ impl Transform {
         }
     }
 
+    /// True when `v` means "no value" under this transform (a blank string
+    /// for `text_or_blank`, also `0000-00-00` for `date_or_blank`): the
+    /// canonical value is absent, as for `null`.
+    pub fn is_blank(&self, v: &Value) -> bool {
+        match (self, v) {
+            (Transform::TextOrBlank, Value::String(s)) => s.trim().is_empty(),
+            (Transform::DateOrBlank, Value::String(s)) => {
+                let s = s.trim();
+                s.is_empty() || s.starts_with("0000-00-00")
+            }
+            _ => false,
+        }
+    }
+
     /// Applies the transform to one source value. `null` is handled by the caller
     /// (an absent or null source value is an absent canonical value). The
     /// result is within the canonical domain ([`CanonValue::check`]).
@@ -143,7 +163,7 @@ impl Transform {
             )),
         };
         match self {
-            Transform::Text => Ok(CanonValue::Text(s()?.to_owned())),
+            Transform::Text | Transform::TextOrBlank => Ok(CanonValue::Text(s()?.to_owned())),
             Transform::Lowercase => Ok(CanonValue::Text(s()?.trim().to_lowercase())),
             Transform::Uppercase => Ok(CanonValue::Text(s()?.trim().to_uppercase())),
             Transform::Ref(_) => {
@@ -162,7 +182,7 @@ impl Transform {
                     format!("expected a boolean, found {}", kind_of(other)),
                 )),
             },
-            Transform::Date => parse_date(s()?)
+            Transform::Date | Transform::DateOrBlank => parse_date(s()?.trim())
                 .map(CanonValue::Date)
                 .map_err(|m| TransformError::new(*self, m)),
             Transform::Timestamp => parse_timestamp(s()?)
@@ -328,6 +348,24 @@ mod tests {
 
     fn ok(t: Transform, v: Value) -> String {
         t.apply(&v).unwrap().to_canonical_string()
+    }
+
+    #[test]
+    fn blank_transforms_read_blanks_and_zero_dates_as_no_value() {
+        assert!(Transform::DateOrBlank.is_blank(&json!("0000-00-00")));
+        assert!(Transform::DateOrBlank.is_blank(&json!("")));
+        assert!(!Transform::Date.is_blank(&json!("")));
+        assert!(Transform::TextOrBlank.is_blank(&json!("  ")));
+        assert!(!Transform::TextOrBlank.is_blank(&json!("x")));
+        assert_eq!(
+            Transform::DateOrBlank.apply(&json!("2024-02-29")).unwrap(),
+            CanonValue::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
+        );
+        assert!(Transform::DateOrBlank.apply(&json!("2024-02-30")).is_err());
+        assert_eq!(
+            "date_or_blank".parse::<Transform>(),
+            Ok(Transform::DateOrBlank)
+        );
     }
 
     #[test]

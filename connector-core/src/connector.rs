@@ -1,7 +1,6 @@
 //! The connector contract: a typed trait for authors, an erased trait for the
 //! daemon's registry, and a blanket impl between them.
 
-use canonical_model::{EntityKind, Mapper};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
@@ -15,48 +14,266 @@ use crate::{Error, PageToken, Pagination};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
     /// The source has no usable change stamp: every sync pulls everything and
-    /// unchanged records (same content hash) write nothing.
+    /// unchanged records (same content hash) write nothing. After a complete,
+    /// successful pull, what it did not see is swept (soft-deleted).
     FullRefresh,
-    /// Each pull asks only for records modified at or after the high-water
-    /// mark, sent as `since_param` (RFC 3339, inclusive: the overlap is
-    /// absorbed by content-hash dedupe). The mark after a complete pull is
-    /// `min(max cursor seen, server Date − lag)`; the stream's `cursor`
-    /// pointer names each record's modified time.
+    /// Each pull asks only for what changed since the stream's state, an
+    /// opaque JSON value core stores in the watermark and hands back to the
+    /// request (bounds are inclusive: the overlap is absorbed by content-hash
+    /// dedupe).
     Incremental {
-        since_param: &'static str,
+        /// The query parameter the bound is sent in, as RFC 3339 (`+` goes
+        /// out as `%2B`); `None` when the stream's [`RequestHook`] puts it in
+        /// the request itself (a body filter, an OData literal).
+        since_param: Option<&'static str>,
+        /// Where the server issues the next state itself (BambooHR's
+        /// `latest`, a delta token): the value at this pointer of the pull's
+        /// last page becomes the state. Without it the state is the time
+        /// `min(max record cursor seen, server Date − lag)`.
+        token_at: Option<&'static str>,
         lag: Duration,
     },
 }
 
-/// One stream of a connector: everything core needs to fetch, page and map it.
+impl SyncMode {
+    /// Incremental by a time bound sent in `since_param`.
+    pub fn since(since_param: &'static str, lag: Duration) -> Self {
+        Self::Incremental {
+            since_param: Some(since_param),
+            token_at: None,
+            lag,
+        }
+    }
+}
+
+/// Where a page body holds its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Records {
+    /// A JSON array at this pointer (`""`: the body is the array).
+    Array(&'static str),
+    /// The values of the object at this pointer, keyed by id
+    /// (`{"123": {...}, "124": {...}}`), in body order.
+    Values(&'static str),
+    /// The body is one record.
+    Body,
+}
+
+impl Records {
+    /// The form stored with each raw page (`raw_page.record_path`), read back
+    /// by [`crate::records::split_records`]: the pointer for an array,
+    /// `values:` + pointer, or `body:`.
+    pub fn stored(&self) -> String {
+        match self {
+            Records::Array(p) => (*p).to_owned(),
+            Records::Values(p) => format!("values:{p}"),
+            Records::Body => "body:".to_owned(),
+        }
+    }
+}
+
+/// How a source says a record was deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// A record whose value at `pointer` is one of `values` is a tombstone
+    /// of its primary key (BambooHR's changed feed: `"action": "Deleted"`).
+    When {
+        pointer: &'static str,
+        values: &'static [&'static str],
+    },
+}
+
+/// An HTTP method a stream may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// A request body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// Sent as `application/json`.
+    Json(serde_json::Value),
+    /// Sent as `application/x-www-form-urlencoded` (and signed by OAuth 1).
+    Form(Vec<(String, String)>),
+}
+
+impl Body {
+    /// The bytes sent and their content type.
+    pub fn encode(&self) -> (Vec<u8>, &'static str) {
+        match self {
+            Body::Json(v) => (v.to_string().into_bytes(), "application/json"),
+            Body::Form(pairs) => (
+                url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs)
+                    .finish()
+                    .into_bytes(),
+                "application/x-www-form-urlencoded",
+            ),
+        }
+    }
+}
+
+/// One page's request, as a stream builds it and the HTTP stack sends it
+/// (auth is added by the stack, never here).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub method: Method,
+    /// On the connector's origin; carries the query.
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Body>,
+    /// Safe to send again after a timeout or a dropped connection: every
+    /// GET, and a POST that only reads (a report, a query). A request that
+    /// is not idempotent is not retried once it may have reached the source.
+    pub idempotent: bool,
+}
+
+impl Request {
+    /// A GET of `url`.
+    pub fn get(url: Url) -> Self {
+        Self {
+            method: Method::Get,
+            url,
+            headers: Vec::new(),
+            body: None,
+            idempotent: true,
+        }
+    }
+}
+
+/// What a page's request is built from, besides the page token.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageCtx<'a> {
+    /// The stream's incremental state (`None` on a first, full pull): an
+    /// RFC 3339 string for time bounds, the server's token otherwise.
+    pub since: Option<&'a serde_json::Value>,
+}
+
+impl PageCtx<'_> {
+    /// The state as text (a time bound or a string token).
+    pub fn since_text(&self) -> Option<String> {
+        self.since.map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// The function of a [`RequestHook`].
+pub type BuildRequest = dyn Fn(&mut Request, &PageCtx<'_>) -> Result<(), Error> + Send + Sync;
+
+/// A stream's own step in building each page's request: it receives the
+/// request core built from the declaration and changes what it needs
+/// (method, body, headers, a bound formatted the source's way).
+#[derive(Clone)]
+pub struct RequestHook(pub Arc<BuildRequest>);
+
+impl RequestHook {
+    pub fn new(
+        f: impl Fn(&mut Request, &PageCtx<'_>) -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for RequestHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestHook")
+    }
+}
+
+/// One stream of a connector, declared as data: everything core needs to
+/// request, page, decode and checkpoint it. Start from [`StreamDef::get`] or
+/// [`StreamDef::post`] and set what differs:
+///
+/// ```
+/// use connector_core::{Pagination, Records, StreamDef};
+/// let s = StreamDef {
+///     records: Records::Array("/data"),
+///     pagination: Pagination::offset_limit(100),
+///     ..StreamDef::get("workers", "v1/workers")
+/// };
+/// assert_eq!(s.primary_key, "/id");
+/// ```
 #[derive(Clone, Debug)]
 pub struct StreamDef {
     pub name: &'static str,
-    /// Path of the endpoint relative to the connector's base URL (no leading `/`).
+    pub method: Method,
+    /// Path of the endpoint relative to the connector's base URL (no leading
+    /// `/`; the base is taken as a directory, with or without a final `/`).
     pub path: String,
     /// Fixed query parameters sent with every page.
     pub query: Vec<(String, String)>,
-    /// JSON pointer of the records array in a page body.
-    pub records_at: &'static str,
+    /// Fixed headers sent with every page (`Accept: application/json` is core's).
+    pub headers: Vec<(String, String)>,
+    /// The body sent with every page (a report definition, a query).
+    pub body: Option<Body>,
+    /// A POST that only reads is declared idempotent, so it is retried
+    /// (GETs always are).
+    pub idempotent: bool,
+    /// Where a page body holds its records.
+    pub records: Records,
     pub pagination: Pagination,
     /// JSON pointer of a record's primary key (a string or a number).
     pub primary_key: &'static str,
     /// JSON pointer of a record's source-modified time, when it has one.
     pub cursor: Option<&'static str>,
+    /// How the source says a record was deleted, when it does.
+    pub deleted: Option<Deleted>,
     pub mode: SyncMode,
-    /// The canonical entity a record of this stream is (the mapper's first output).
-    pub entity: EntityKind,
-    pub mapper: Arc<dyn Mapper>,
+    /// The stream's own step in building each request.
+    pub request: Option<RequestHook>,
 }
 
 impl StreamDef {
+    /// A full-refresh GET of `path` whose body is an array of records with
+    /// an `/id`, on one page.
+    pub fn get(name: &'static str, path: impl Into<String>) -> Self {
+        Self {
+            name,
+            method: Method::Get,
+            path: path.into(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: None,
+            idempotent: true,
+            records: Records::Array(""),
+            pagination: Pagination::Single,
+            primary_key: "/id",
+            cursor: None,
+            deleted: None,
+            mode: SyncMode::FullRefresh,
+            request: None,
+        }
+    }
+
+    /// Like [`get`](Self::get), a POST of `body` that only reads (idempotent).
+    pub fn post(name: &'static str, path: impl Into<String>, body: Body) -> Self {
+        Self {
+            method: Method::Post,
+            body: Some(body),
+            ..Self::get(name, path)
+        }
+    }
+
     /// Checks the definition as data, whenever a connector is built from
     /// config ([`Factory`]) and in the conformance suite:
     /// JSON pointers are pointers, an incremental stream names its record
-    /// cursor, and it does not page by offset or page number. Records
-    /// modified during such a pull move within the result set, shifting
-    /// every later page: a record is skipped, and the next pull's lower
-    /// bound is already past it. Errors name the stream and the fix.
+    /// cursor (or the server's token), and it does not page by offset or page
+    /// number. Records modified during such a pull move within the result
+    /// set, shifting every later page: a record is skipped, and the next
+    /// pull's lower bound is already past it. Errors name the stream and the fix.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Error::Config(format!("stream {}: {m}", self.name));
         let pointer = |what: &str, p: &str, may_be_root: bool| {
@@ -68,20 +285,46 @@ impl StreamDef {
                 )))
             }
         };
-        pointer("records_at", self.records_at, true)?;
+        match self.records {
+            Records::Array(p) | Records::Values(p) => pointer("records", p, true)?,
+            Records::Body => {}
+        }
         pointer("primary_key", self.primary_key, false)?;
         if let Some(c) = self.cursor {
             pointer("cursor", c, false)?;
         }
-        if self.name.is_empty() || self.name.contains(['/', ' ']) {
+        if let Some(Deleted::When { pointer: p, values }) = self.deleted {
+            pointer("deleted pointer", p, false)?;
+            if values.is_empty() {
+                return Err(bad("`deleted` names no value that marks a tombstone".into()));
+            }
+        }
+        if self.name.is_empty() || self.name.contains(['/', ' ', ':']) {
             return Err(bad(
-                "the name must be non-empty, without '/' or spaces".into()
+                "the name must be non-empty, without '/', ':' or spaces".into(),
             ));
         }
-        if let SyncMode::Incremental { .. } = self.mode {
-            if self.cursor.is_none() {
+        if let SyncMode::Incremental {
+            token_at,
+            since_param,
+            ..
+        } = self.mode
+        {
+            if let Some(t) = token_at {
+                pointer("token_at", t, false)?;
+            }
+            if since_param.is_none() && self.request.is_none() {
                 return Err(bad(
-                    "an incremental stream needs `cursor`, the pointer of each record's modified time".into(),
+                    "an incremental stream sends its bound somewhere: set `since_param`, or a \
+                     `request` hook that puts it in the request"
+                        .into(),
+                ));
+            }
+            if self.cursor.is_none() && token_at.is_none() {
+                return Err(bad(
+                    "an incremental stream needs `cursor`, the pointer of each record's modified \
+                     time, or `token_at`, where the server issues the next state"
+                        .into(),
                 ));
             }
             if matches!(
@@ -100,45 +343,80 @@ impl StreamDef {
         Ok(())
     }
 
-    /// The URL of the page at `token`: the link itself for link tokens (it
+    /// The request of the page at `token`: a link token's URL as is (it
     /// carries its own query), else the stream's path with its fixed query,
-    /// the incremental `since` bound, and the pagination parameters.
-    pub fn page_url(
+    /// the incremental bound and the pagination parameters; then the
+    /// stream's [`RequestHook`].
+    pub fn request(
         &self,
         base: &Url,
         token: &PageToken,
-        since: Option<&str>,
-    ) -> Result<Url, Error> {
-        if let PageToken::Link { url } = token {
-            return Url::parse(url).map_err(|e| {
+        page: &PageCtx<'_>,
+    ) -> Result<Request, Error> {
+        let url = if let PageToken::Link { url } = token {
+            Url::parse(url).map_err(|e| {
                 Error::Config(format!(
                     "stream {}: stored next link is not a URL: {e}",
                     self.name
                 ))
-            });
-        }
-        let mut url = base.join(&self.path).map_err(|e| {
-            Error::Config(format!(
-                "stream {}: bad path {:?}: {e}",
-                self.name, self.path
-            ))
-        })?;
-        {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in &self.query {
-                q.append_pair(k, v);
+            })?
+        } else {
+            // The base is a directory, whether or not its path ends in `/`.
+            let mut dir = base.clone();
+            if !dir.path().ends_with('/') {
+                dir.set_path(&format!("{}/", dir.path()));
             }
-            if let (SyncMode::Incremental { since_param, .. }, Some(since)) = (self.mode, since) {
-                q.append_pair(since_param, since);
+            let mut url = dir.join(&self.path).map_err(|e| {
+                Error::Config(format!(
+                    "stream {}: bad path {:?}: {e}",
+                    self.name, self.path
+                ))
+            })?;
+            {
+                let mut q = url.query_pairs_mut();
+                for (k, v) in &self.query {
+                    q.append_pair(k, v);
+                }
+                if let (
+                    SyncMode::Incremental {
+                        since_param: Some(param),
+                        ..
+                    },
+                    Some(since),
+                ) = (self.mode, page.since_text())
+                {
+                    q.append_pair(param, &since);
+                }
+                for (k, v) in self.pagination.params(token) {
+                    q.append_pair(k, &v);
+                }
             }
-            for (k, v) in self.pagination.params(token) {
-                q.append_pair(k, &v);
+            if url.query() == Some("") {
+                url.set_query(None);
             }
+            url
+        };
+        let mut req = Request {
+            method: self.method,
+            url,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            idempotent: self.method == Method::Get || self.idempotent,
+        };
+        if let Some(hook) = &self.request {
+            (hook.0)(&mut req, page)?;
         }
-        if url.query() == Some("") {
-            url.set_query(None);
-        }
-        Ok(url)
+        Ok(req)
+    }
+
+    /// The URL of the page at `token` (see [`request`](Self::request)).
+    pub fn page_url(
+        &self,
+        base: &Url,
+        token: &PageToken,
+        since: Option<&serde_json::Value>,
+    ) -> Result<Url, Error> {
+        Ok(self.request(base, token, &PageCtx { since })?.url)
     }
 }
 
@@ -147,8 +425,10 @@ impl StreamDef {
 /// # Contract
 /// - `new` validates the config and fails with [`Error::Config`] naming the key.
 /// - `streams` describes each stream as data (endpoint, records pointer,
-///   pagination, primary key, cursor, mapper); it does no I/O. Auth, retries,
-///   timeouts, paging, raw storage, watermarks and loading are core's.
+///   pagination, primary key, cursor, deletes); it does no I/O. Auth, retries,
+///   timeouts, paging, raw storage and watermarks are core's. The canonical
+///   entity and mapper a stream feeds are wired outside core (the connector
+///   crate implements `canonical_model::Modeled`).
 /// - Stream names are stable: they key watermarks and raw objects.
 pub trait Connector: Send + Sync + fmt::Debug + Sized + 'static {
     /// The `connector = "..."` name in the daemon's config.

@@ -36,6 +36,12 @@ pub struct FetchedPage {
     pub facts: PageFacts,
     /// The latest record cursor (modified time) on the page, for incremental streams.
     pub max_cursor: Option<DateTime<Utc>>,
+    /// The next state the server issued on this page (`SyncMode::Incremental::token_at`).
+    pub state_token: Option<String>,
+    /// The request as sent (without auth).
+    pub request: crate::Request,
+    /// The incremental state the request carried, as text.
+    pub since: Option<String>,
     /// Why the body could not be read as a page (it is still the verbatim
     /// response, to be stored and dead-lettered as a page).
     pub unparseable: Option<String>,
@@ -48,6 +54,7 @@ pub struct FetchedPage {
 struct Checked {
     facts: PageFacts,
     max_cursor: Option<DateTime<Utc>>,
+    state_token: Option<String>,
     /// The body is not a page (complete, but not what the stream reads).
     unparseable: Option<String>,
     /// The records are readable but the next-page value is not.
@@ -58,14 +65,23 @@ struct Checked {
 /// stops guessing where the next page is.
 const MAX_BLIND_PAGES: u32 = 3;
 
-type Inflight =
-    Pin<Box<dyn Future<Output = (PageToken, Result<(Response, Checked), Error>)> + Send>>;
+type Inflight = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    PageToken,
+                    crate::Request,
+                    Result<(Response, Checked), Error>,
+                ),
+            > + Send,
+    >,
+>;
 
 /// Walks one stream's pages from a start token.
 pub struct Pager {
     http: HttpClient,
     def: StreamDef,
-    since: Option<String>,
+    since: Option<serde_json::Value>,
     concurrency: usize,
     queue: VecDeque<PageToken>,
     /// Predicted pages not requested yet (lazy: never materialized whole).
@@ -94,16 +110,17 @@ impl std::fmt::Debug for Pager {
 }
 
 impl Pager {
-    /// `since` is the incremental lower bound (RFC 3339), sent on every page
-    /// of an incremental stream; `concurrency` bounds the pages in flight.
+    /// `since` is the stream's incremental state (an RFC 3339 string for a
+    /// time bound, the server's token otherwise), put in every page's
+    /// request of an incremental stream; `concurrency` bounds the pages in flight.
     pub fn new(
         http: HttpClient,
         def: StreamDef,
         start: PageToken,
-        since: Option<String>,
+        since: Option<serde_json::Value>,
         concurrency: usize,
     ) -> Self {
-        let endpoint = format!("{} GET {}", http.connection(), def.path);
+        let endpoint = format!("{} {} {}", http.connection(), def.method.as_str(), def.path);
         Self {
             http,
             def,
@@ -156,11 +173,11 @@ impl Pager {
                     token: token.to_string(),
                 }));
             }
-            let url = match self
-                .def
-                .page_url(self.http.base_url(), &token, self.since.as_deref())
-            {
-                Ok(u) => u,
+            let page = crate::PageCtx {
+                since: self.since.as_ref(),
+            };
+            let req = match self.def.request(self.http.base_url(), &token, &page) {
+                Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };
             let http = self.http.clone();
@@ -168,21 +185,21 @@ impl Pager {
             let endpoint = format!("{} ({token})", self.endpoint);
             self.inflight_tokens.push_back(token.clone());
             self.inflight.push_back(Box::pin(async move {
-                let page_url = url.clone();
                 let r = http
-                    .get_checked(url.clone(), |resp| {
-                        check_page(&def, &page_url, &http, resp, &endpoint)
+                    .send_checked(&req, |resp| {
+                        check_page(&def, &req.url, &http, resp, &endpoint)
                     })
                     .await;
                 // A body that ends early on every attempt is what the source
                 // serves for this page: it is handed over as unreadable (and
                 // stored), not asked for forever.
                 let r = match r {
-                    Err(Error::Truncated { message, .. }) => http.get(url).await.map(|resp| {
+                    Err(Error::Truncated { message, .. }) => http.send(&req).await.map(|resp| {
                         let why = format!("the body ended early on every attempt ({message})");
                         let checked = Checked {
                             facts: PageFacts::default(),
                             max_cursor: None,
+                            state_token: None,
                             unparseable: Some(http.scrub(&why)),
                             bad_next: None,
                         };
@@ -190,10 +207,10 @@ impl Pager {
                     }),
                     other => other,
                 };
-                (token, r)
+                (token, req, r)
             }));
         }
-        let (token, result) = self.inflight.next().await?;
+        let (token, request, result) = self.inflight.next().await?;
         self.inflight_tokens.pop_front();
         let (response, checked) = match result {
             Ok(ok) => ok,
@@ -291,6 +308,12 @@ impl Pager {
             response,
             facts: checked.facts,
             max_cursor: checked.max_cursor,
+            state_token: checked.state_token,
+            request,
+            since: crate::PageCtx {
+                since: self.since.as_ref(),
+            }
+            .since_text(),
             unparseable: checked.unparseable,
             stuck,
         }))
@@ -369,7 +392,7 @@ fn facts_of(
 ) -> Result<Checked, Error> {
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
     let text = crate::records::readable(body, content_type);
-    let split = match split_page(&text, def.records_at, def.pagination.total_at()) {
+    let split = match split_page(&text, &def.records.stored(), def.pagination.total_at()) {
         Ok(split) => split,
         Err(e) if e.truncated => {
             return Err(Error::Truncated {
@@ -390,6 +413,7 @@ fn facts_of(
                     ..PageFacts::default()
                 },
                 max_cursor: None,
+                state_token: None,
                 unparseable: Some(e.message),
                 bad_next,
             });
@@ -400,7 +424,9 @@ fn facts_of(
         Pagination::NextLink(LinkAt::Pointer(p)) => string_at(split.root, p),
         Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(split.root, p),
         Pagination::LinkHeader => Ok(link_from_headers(headers)),
-        Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. } => Ok(None),
+        Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. } | Pagination::Single => {
+            Ok(None)
+        }
     };
     let (next, bad_next) = resolve_next(def, page_url, base, raw_next, endpoint)?;
     let max_cursor = match def.cursor {
@@ -413,6 +439,22 @@ fn facts_of(
             .max(),
         None => None,
     };
+    // The server's own next state: a page that should carry it and does not
+    // (or carries something else) cannot end the pull as complete.
+    let (state_token, bad_next) = match def.mode {
+        crate::SyncMode::Incremental {
+            token_at: Some(at), ..
+        } => match string_at(split.root, at) {
+            Ok(Some(t)) if !t.is_empty() && !t.contains('\0') => (Some(t), bad_next),
+            Ok(_) if next.is_some() => (None, bad_next),
+            Ok(_) => (
+                None,
+                bad_next.or_else(|| Some(format!("the page has no next state at {at:?}"))),
+            ),
+            Err(e) => (None, bad_next.or(Some(e))),
+        },
+        _ => (None, bad_next),
+    };
     Ok(Checked {
         facts: PageFacts {
             records: split.records.len(),
@@ -420,6 +462,7 @@ fn facts_of(
             next,
         },
         max_cursor,
+        state_token,
         unparseable: None,
         bad_next,
     })

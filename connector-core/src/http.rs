@@ -38,7 +38,7 @@ use crate::events::{Emit, RequestFailed, RequestSent};
 use crate::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::retry::{Decision, RetryPolicy, parse_rate_limit_reset, parse_retry_after};
 use crate::secret::redact;
-use crate::{Error, ErrorClass};
+use crate::{Body, Error, ErrorClass, Method, Request};
 
 /// Response headers kept in the run ledger (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -125,6 +125,10 @@ pub struct RequestMeta {
     pub method: String,
     pub path: String,
     pub params: Vec<(String, String)>,
+    /// SHA-256 of the request body, when there was one (never the body
+    /// itself: a body may carry secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub attempts: u32,
@@ -388,26 +392,47 @@ impl HttpClient {
 
     /// `GET url` through the whole stack; `url` must be on the base URL's origin.
     pub async fn get(&self, url: Url) -> Result<Response, Error> {
-        self.get_checked(url, |_| Ok(())).await.map(|(r, ())| r)
+        self.send(&Request::get(url)).await
     }
 
-    /// `GET url`, with `check` run on each successful answer inside the retry
-    /// loop: a check that fails with a retryable error (e.g.
-    /// [`Error::Truncated`]) fetches again. Returns the response and what
-    /// `check` made of it.
+    /// `req` through the whole stack; its URL must be on the base URL's origin.
+    pub async fn send(&self, req: &Request) -> Result<Response, Error> {
+        self.send_checked(req, |_| Ok(())).await.map(|(r, ())| r)
+    }
+
+    /// `GET url`, checked (see [`send_checked`](Self::send_checked)).
     pub async fn get_checked<T>(
         &self,
         url: Url,
         check: impl Fn(&Response) -> Result<T, Error>,
     ) -> Result<(Response, T), Error> {
-        let endpoint = format!("{} GET {}", self.inner.connector, url.path());
+        self.send_checked(&Request::get(url), check).await
+    }
+
+    /// Sends `req`, with `check` run on each successful answer inside the
+    /// retry loop: a check that fails with a retryable error (e.g.
+    /// [`Error::Truncated`]) fetches again. Returns the response and what
+    /// `check` made of it. A request that is not idempotent is not sent
+    /// again after a timeout.
+    pub async fn send_checked<T>(
+        &self,
+        req: &Request,
+        check: impl Fn(&Response) -> Result<T, Error>,
+    ) -> Result<(Response, T), Error> {
+        let url = &req.url;
+        let endpoint = format!(
+            "{} {} {}",
+            self.inner.connector,
+            req.method.as_str(),
+            url.path()
+        );
         if url.origin() != self.inner.base.origin() {
             return Err(Error::CrossOrigin {
                 endpoint,
                 origin: url.origin().ascii_serialization(),
             });
         }
-        let call = self.call(&endpoint, &url, &check);
+        let call = self.call(&endpoint, req, &check);
         match self.inner.settings.call_timeout {
             Some(t) => tokio::time::timeout(t, call)
                 .await
@@ -419,7 +444,7 @@ impl HttpClient {
     async fn call<T>(
         &self,
         endpoint: &str,
-        url: &Url,
+        url: &Request,
         check: &impl Fn(&Response) -> Result<T, Error>,
     ) -> Result<(Response, T), Error> {
         let policy = &self.inner.settings.retry;
@@ -469,7 +494,7 @@ impl HttpClient {
     async fn guarded_attempt<T>(
         &self,
         endpoint: &str,
-        url: &Url,
+        url: &Request,
         check: &impl Fn(&Response) -> Result<T, Error>,
         attempt: u32,
     ) -> Result<(Response, T), Error> {
@@ -547,7 +572,7 @@ impl HttpClient {
         result
     }
 
-    async fn attempt_with_auth(&self, endpoint: &str, url: &Url) -> Result<Response, Error> {
+    async fn attempt_with_auth(&self, endpoint: &str, url: &Request) -> Result<Response, Error> {
         match self.attempt(endpoint, url).await {
             Err(Error::Unauthorized { endpoint }) if !self.inner.auth.refreshes() => {
                 // Nothing to refresh: asking again with the same credential
@@ -571,8 +596,17 @@ impl HttpClient {
         }
     }
 
-    async fn attempt(&self, endpoint: &str, url: &Url) -> Result<Response, Error> {
-        let creds = self.inner.auth.credentials("GET", url).await?;
+    async fn attempt(&self, endpoint: &str, req: &Request) -> Result<Response, Error> {
+        let url = &req.url;
+        let form: &[(String, String)] = match &req.body {
+            Some(Body::Form(pairs)) => pairs,
+            _ => &[],
+        };
+        let creds = self
+            .inner
+            .auth
+            .credentials(req.method.as_str(), url, form)
+            .await?;
         // Query credentials go on the outgoing URL only; `url` (what is
         // recorded) never carries them.
         let mut target = url.clone();
@@ -582,13 +616,27 @@ impl HttpClient {
                 q.append_pair(k, v.expose_secret());
             }
         }
-        let mut req = self
+        let method = match req.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+        };
+        let mut out = self
             .inner
             .http
-            .get(target)
+            .request(method, target)
             .header("Accept", "application/json");
+        for (k, v) in &req.headers {
+            out = out.header(k.as_str(), v.as_str());
+        }
+        let sent = req.body.as_ref().map(Body::encode);
+        if let Some((bytes, content_type)) = &sent {
+            // Exactly this content type: some sources refuse any parameter.
+            out = out
+                .header("Content-Type", *content_type)
+                .body(bytes.clone());
+        }
         for (k, v) in &creds.headers {
-            req = req.header(k.clone(), v.expose_secret());
+            out = out.header(k.clone(), v.expose_secret());
         }
         drop(creds);
         let crate::transport::Exchange {
@@ -596,10 +644,10 @@ impl HttpClient {
             headers,
             body,
         } = crate::transport::exchange(
-            req,
+            out,
             endpoint,
             self.inner.settings.attempt_timeout,
-            true,
+            req.idempotent,
             self.inner.settings.max_body_bytes,
         )
         .await?;
@@ -629,8 +677,11 @@ impl HttpClient {
             )
             .map_text(|t| self.scrub(t)));
         }
+        let mut meta = self.meta(url, status, &headers);
+        meta.method = req.method.as_str().to_owned();
+        meta.body_sha256 = sent.map(|(b, _)| crate::RawStore::sha256_hex(&b));
         Ok(Response {
-            meta: self.meta(url, status, &headers),
+            meta,
             headers,
             body,
         })
@@ -671,6 +722,7 @@ impl HttpClient {
                         .map(|v| ((*k).to_owned(), v.to_owned()))
                 })
                 .collect(),
+            body_sha256: None,
             attempts: 1,
         }
     }

@@ -1,7 +1,10 @@
 //! The connector core: what every source connector inherits.
 //!
 //! - the connector contract ([`Connector`] for authors, [`DynConnector`] for the
-//!   daemon, joined by a blanket impl; [`Factory`] for the registry);
+//!   daemon, joined by a blanket impl; [`Factory`] for the registry), whose
+//!   streams are declared as data ([`StreamDef`]: the [`Request`] of each
+//!   page, where its [`Records`] are, how it says a record was [`Deleted`],
+//!   its incremental state);
 //! - the HTTP stack ([`HttpClient`]): origin check → events → call deadline →
 //!   retry (full jitter, `Retry-After`, reset headers, deferral) → circuit
 //!   breaker → rate limiter (token bucket, in-flight cap, AIMD) → auth (every
@@ -41,8 +44,9 @@ pub mod transport;
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use connector::{
-    Connector, ConnectorFactory, DynConnector, ErrorAnswer, ErrorReading, Factory, ReadError,
-    StreamDef, SyncMode, read_nothing, struct_fields,
+    Body, Connector, ConnectorFactory, Deleted, DynConnector, ErrorAnswer, ErrorReading, Factory,
+    Method, PageCtx, ReadError, Records, Request, RequestHook, StreamDef, SyncMode, read_nothing,
+    struct_fields,
 };
 pub use error::{Error, ErrorClass, snippet, sqlstate_is_transient};
 pub use fetch::{FetchedPage, Pager};

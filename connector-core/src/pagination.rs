@@ -56,6 +56,8 @@ pub enum Pagination {
     NextLink(LinkAt),
     /// The `Link` response header names the next page's URL (RFC 8288).
     LinkHeader,
+    /// One answer holds everything (a report, a change feed): no paging.
+    Single,
 }
 
 /// Where a page starts. Stored in the watermark while a pull is in progress,
@@ -210,9 +212,10 @@ impl Pagination {
         match self {
             Pagination::OffsetLimit { .. } => PageToken::Offset { offset: 0 },
             Pagination::PageNumber { first_page, .. } => PageToken::Page { page: *first_page },
-            Pagination::Cursor { .. } | Pagination::NextLink(_) | Pagination::LinkHeader => {
-                PageToken::Start
-            }
+            Pagination::Cursor { .. }
+            | Pagination::NextLink(_)
+            | Pagination::LinkHeader
+            | Pagination::Single => PageToken::Start,
         }
     }
 

@@ -106,20 +106,46 @@ impl RawStore {
         &self.url
     }
 
-    /// The object key of a body: `{tenant}/{connection}/{stream}/{yyyy}/{mm}/{dd}/{sha256}.json`.
+    /// The object key of a body:
+    /// `{tenant}/{connection}/{stream}/{yyyy}/{mm}/{dd}/{sha256}.{ext}`, the
+    /// extension following the body's content type ([`Self::extension`]).
     pub fn key_for(
         tenant: &str,
         connection: &str,
         stream: &str,
         fetched_at: DateTime<Utc>,
         sha256: &str,
+        content_type: Option<&str>,
     ) -> String {
         format!(
-            "{tenant}/{connection}/{stream}/{:04}/{:02}/{:02}/{sha256}.json",
+            "{tenant}/{connection}/{stream}/{:04}/{:02}/{:02}/{sha256}.{}",
             fetched_at.year(),
             fetched_at.month(),
-            fetched_at.day()
+            fetched_at.day(),
+            Self::extension(content_type)
         )
+    }
+
+    /// The object extension of a content type: `json` (also the default: a
+    /// source that sends none is read as JSON), `xml`, `csv`, `txt`, else `bin`.
+    pub fn extension(content_type: Option<&str>) -> &'static str {
+        let Some(ct) = content_type else {
+            return "json";
+        };
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "" => "json",
+            e if e == "application/json" || e.ends_with("+json") || e == "text/json" => "json",
+            e if e.ends_with("/xml") || e.ends_with("+xml") => "xml",
+            "text/csv" => "csv",
+            "text/plain" => "txt",
+            _ => "bin",
+        }
     }
 
     pub fn sha256_hex(body: &[u8]) -> String {
@@ -141,10 +167,18 @@ impl RawStore {
         connection: &str,
         stream: &str,
         fetched_at: DateTime<Utc>,
+        content_type: Option<&str>,
         body: Bytes,
     ) -> Result<StoredObject, Error> {
         let sha256 = Self::sha256_hex(&body);
-        let key = Self::key_for(tenant, connection, stream, fetched_at, &sha256);
+        let key = Self::key_for(
+            tenant,
+            connection,
+            stream,
+            fetched_at,
+            &sha256,
+            content_type,
+        );
         let bytes = body.len();
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -198,8 +232,8 @@ impl RawStore {
         let expect = key
             .rsplit('/')
             .next()
-            .and_then(|f| f.strip_suffix(".json"))
-            .unwrap_or("");
+            .and_then(|f| f.split_once('.'))
+            .map_or("", |(hash, _)| hash);
         if !expect.is_empty() && Self::sha256_hex(&body) != expect {
             return Ok(Err(ObjectProblem::Corrupt));
         }
@@ -226,11 +260,11 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let a = s
-            .put("t", "c", "workers", at, Bytes::from_static(b"{}"))
+            .put("t", "c", "workers", at, None, Bytes::from_static(b"{}"))
             .await
             .unwrap();
         let b = s
-            .put("t", "c", "workers", at, Bytes::from_static(b"{}"))
+            .put("t", "c", "workers", at, None, Bytes::from_static(b"{}"))
             .await
             .unwrap();
         assert_eq!(a, b);
@@ -246,7 +280,7 @@ mod tests {
         let s = RawStore::from_url(&url, &[]).unwrap();
         let at = Utc::now();
         let o = s
-            .put("t", "c", "s", at, Bytes::from_static(b"[1]"))
+            .put("t", "c", "s", at, None, Bytes::from_static(b"[1]"))
             .await
             .unwrap();
         assert!(dir.join("nested").join(&o.key).exists());
@@ -258,7 +292,7 @@ mod tests {
             Err(ObjectProblem::Corrupt)
         );
         // Storing the same body again repairs it.
-        s.put("t", "c", "s", at, Bytes::from_static(b"[1]"))
+        s.put("t", "c", "s", at, None, Bytes::from_static(b"[1]"))
             .await
             .unwrap();
         assert_eq!(s.get(&o.key).await.unwrap().as_ref(), b"[1]");

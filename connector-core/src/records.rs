@@ -186,9 +186,10 @@ pub fn split_page<'a>(
     Ok(split_root(root, records_at, total_at)?)
 }
 
-/// Splits `body` into the records found at JSON pointer `records_at` (e.g.
-/// `/data`, `/d/results`; `""` for a top-level array) and reads the total at
-/// `total_at`. Errors name the pointer that did not match.
+/// Splits `body` into the records found at `records_at` (the stored form of
+/// [`crate::Records`]: a JSON pointer such as `/data`, `/d/results` or `""`
+/// for a top-level array; `values:/employees`; `body:`) and reads the total
+/// at `total_at`. Errors name the pointer that did not match.
 pub fn split_records<'a>(
     body: &'a [u8],
     records_at: &str,
@@ -197,25 +198,48 @@ pub fn split_records<'a>(
     split_page(body, records_at, total_at).map_err(|e| e.message)
 }
 
-/// Splits an already parsed body.
+/// Splits an already parsed body. `records_at` is the stored form of
+/// [`crate::Records`]: a pointer to an array, `values:` + a pointer to an
+/// object keyed by id (its values are the records, in body order), or
+/// `body:` (the body is one record).
 pub fn split_root<'a>(
     root: &'a RawValue,
     records_at: &str,
     total_at: Option<&str>,
 ) -> Result<PageRecords<'a>, String> {
-    let list =
-        pointer(root, records_at)?.ok_or_else(|| format!("no records array at {records_at:?}"))?;
-    let records = serde_json::from_str::<Capped>(list.get())
-        .map_err(|e| {
-            if e.to_string().contains(TOO_MANY) {
-                format!(
-                    "the records array at {records_at:?} holds more than {MAX_RECORDS_PER_PAGE} records, the limit per page"
-                )
-            } else {
-                format!("value at {records_at:?} is not an array")
-            }
-        })?
-        .0;
+    let records = if records_at == "body:" {
+        if !root.get().trim_start().starts_with('{') {
+            return Err("the body is not a JSON object (one record)".into());
+        }
+        vec![root]
+    } else if let Some(at) = records_at.strip_prefix("values:") {
+        let obj = pointer(root, at)?.ok_or_else(|| format!("no records object at {at:?}"))?;
+        serde_json::from_str::<CappedValues>(obj.get())
+            .map_err(|e| {
+                if e.to_string().contains(TOO_MANY) {
+                    format!(
+                        "the records object at {at:?} holds more than {MAX_RECORDS_PER_PAGE} records, the limit per page"
+                    )
+                } else {
+                    format!("value at {at:?} is not an object of records keyed by id")
+                }
+            })?
+            .0
+    } else {
+        let list = pointer(root, records_at)?
+            .ok_or_else(|| format!("no records array at {records_at:?}"))?;
+        serde_json::from_str::<Capped>(list.get())
+            .map_err(|e| {
+                if e.to_string().contains(TOO_MANY) {
+                    format!(
+                        "the records array at {records_at:?} holds more than {MAX_RECORDS_PER_PAGE} records, the limit per page"
+                    )
+                } else {
+                    format!("value at {records_at:?} is not an array")
+                }
+            })?
+            .0
+    };
     let total = match total_at {
         None => None,
         Some(p) => self::pointer(root, p)?.and_then(|v| parse_total(v.get())),
@@ -225,6 +249,67 @@ pub fn split_root<'a>(
         records,
         total,
     })
+}
+
+/// The values of an object keyed by id, in body order, without collecting
+/// more than [`MAX_RECORDS_PER_PAGE`] of them.
+struct CappedValues<'a>(Vec<&'a RawValue>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for CappedValues<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = Vec<&'de RawValue>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of records keyed by id")
+            }
+            // Sources that key records by id often answer an empty list
+            // when there is none (`[]` for `{}`): an array is read as records.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(r) = seq.next_element::<&'de RawValue>()? {
+                    if out.len() == MAX_RECORDS_PER_PAGE {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    out.push(r);
+                }
+                Ok(out)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((_, r)) = map.next_entry::<serde::de::IgnoredAny, &'de RawValue>()? {
+                    if out.len() == MAX_RECORDS_PER_PAGE {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    out.push(r);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Map).map(CappedValues)
+    }
+}
+
+/// True when `record` is a tombstone under a stream's [`crate::Deleted`]
+/// rule: the value at its pointer (a string) is one of the listed values.
+pub fn is_tombstone(record: &RawValue, rule: &crate::Deleted) -> bool {
+    let crate::Deleted::When {
+        pointer: at,
+        values,
+    } = rule;
+    match pointer(record, at) {
+        Ok(Some(v)) => match serde_json::from_str::<String>(v.get()) {
+            Ok(s) => values.contains(&s.as_str()),
+            Err(_) => false,
+        },
+        _ => false,
+    }
 }
 
 /// A total as a source may write it: a non-negative integer, or one quoted
@@ -288,6 +373,43 @@ mod tests {
                 .records
                 .len(),
             2
+        );
+    }
+
+    #[test]
+    fn keyed_objects_and_whole_bodies_are_records_too() {
+        let body = br#"{"employees": {"7": {"id": "7", "action": "Deleted"}, "3": {"id": "3", "action": "Updated"}}, "latest": "x"}"#;
+        let s = split_records(body, "values:/employees", None).unwrap();
+        let ids: Vec<&str> = s.records.iter().map(|r| r.get()).collect();
+        assert_eq!(
+            ids,
+            [
+                r#"{"id": "7", "action": "Deleted"}"#,
+                r#"{"id": "3", "action": "Updated"}"#
+            ],
+            "body order"
+        );
+        let rule = crate::Deleted::When {
+            pointer: "/action",
+            values: &["Deleted", "Removed"],
+        };
+        assert!(is_tombstone(s.records[0], &rule));
+        assert!(!is_tombstone(s.records[1], &rule));
+        assert!(
+            split_records(br#"{"employees": []}"#, "values:/employees", None)
+                .unwrap()
+                .records
+                .is_empty()
+        );
+        assert!(split_records(br#"{"employees": "x"}"#, "values:/employees", None).is_err());
+        let one = split_records(br#"{"id": 1}"#, "body:", None).unwrap();
+        assert_eq!(one.records.len(), 1);
+        assert!(split_records(b"[1]", "body:", None).is_err());
+        assert!(
+            split_records(b"{}", "values:", None)
+                .unwrap()
+                .records
+                .is_empty()
         );
     }
 

@@ -375,10 +375,7 @@ async fn an_unreadable_page_is_handed_over_and_skipped_only_under_a_total() {
 fn incremental_streams_cannot_page_by_offset() {
     let mut def = stream(Pagination::offset_limit(100));
     def.cursor = Some("/updated");
-    def.mode = SyncMode::Incremental {
-        since_param: "since",
-        lag: Duration::from_secs(60),
-    };
+    def.mode = SyncMode::since("since", Duration::from_secs(60));
     let e = def.validate().unwrap_err().to_string();
     assert!(
         e.contains("items") && e.contains("cursor or next link"),

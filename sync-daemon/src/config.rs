@@ -31,6 +31,7 @@ pub const CORE_KEYS: &[&str] = &[
     "burst",
     "max_in_flight",
     "run_budget_secs",
+    "max_sweep_share",
 ];
 
 /// A `${NAME}` whose variable is not set, and the key that refers to it.
@@ -283,7 +284,15 @@ pub struct Limits {
     /// A run that would have to wait past this many seconds from its start
     /// (a long `Retry-After`, a slow rate limit) checkpoints and ends `deferred`.
     pub run_budget_secs: Option<u64>,
+    /// The largest share of a full-refresh stream's live rows one sweep may
+    /// soft-delete (default 0.5): a run that would delete more deletes
+    /// nothing and fails, so a source that suddenly answers an empty list
+    /// cannot wipe the model.
+    pub max_sweep_share: Option<f64>,
 }
+
+/// The default of [`Limits::max_sweep_share`].
+pub const DEFAULT_MAX_SWEEP_SHARE: f64 = 0.5;
 
 impl ConnectionConfig {
     /// The HTTP settings of this connection: `[connection.http]` plus its limits.
@@ -448,6 +457,7 @@ impl Config {
                 "burst",
                 "max_in_flight",
                 "run_budget_secs",
+                "max_sweep_share",
             ] {
                 if let Some(v) = table.remove(k) {
                     limit_keys.insert(k.to_owned(), v);
@@ -472,6 +482,15 @@ impl Config {
             }
             http.validate()
                 .map_err(|e| invalid(format!("{}: {e}", at("http"))))?;
+            if limits
+                .max_sweep_share
+                .is_some_and(|s| !(0.0..=1.0).contains(&s))
+            {
+                return Err(invalid(format!(
+                    "{}: max_sweep_share must be within 0..1 (the share of a stream's rows one sweep may delete)",
+                    at("max_sweep_share")
+                )));
+            }
             if limits.run_budget_secs.is_some_and(|b| b > 30 * 86_400) {
                 return Err(invalid(format!(
                     "{}: run_budget_secs must be at most 2592000 (30 days)",

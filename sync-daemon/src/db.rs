@@ -408,6 +408,13 @@ pub struct Cursor {
     /// records must be asked for again).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pull_skipped_pages: u32,
+    /// Incremental streams whose server issues the next state (`token_at`):
+    /// the state the next pull sends, opaque to core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+    /// The latest state the server issued during the pull in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_token: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -34,7 +34,26 @@ pub struct Explanation {
     pub entity: String,
     pub id: i64,
     pub source_id: String,
+    /// Set when the row is (or was) soft-deleted: what said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Deletion>,
     pub fields: Vec<FieldExplain>,
+}
+
+/// The provenance of a deletion: a tombstone (the raw page and position
+/// that said so) or a sweep (the complete run that no longer listed it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Deletion {
+    /// `None` when a newer record revived the row since.
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub connection: String,
+    /// `tombstone` or `sweep`.
+    pub by: &'static str,
+    pub stream: Option<String>,
+    pub raw_page_id: Option<i64>,
+    pub record_position: Option<i32>,
+    pub raw_object_key: Option<String>,
+    pub run_id: Option<i64>,
 }
 
 /// Checks the entity type and field a command line names, before anything
@@ -88,8 +107,10 @@ pub async fn explain(
     let field_src: Option<Vec<Option<i16>>> =
         serde_json::from_value(row["prov_field_src"].clone()).ok();
     let mut fields = Vec::new();
-    let mut record_cache: std::collections::HashMap<i64, Result<serde_json::Value, String>> =
-        Default::default();
+    let mut record_cache: std::collections::HashMap<
+        (i64, i32),
+        Result<Option<serde_json::Value>, String>,
+    > = Default::default();
     for (i, def) in kind.fields().iter().enumerate() {
         if field.is_some_and(|f| f != def.name) {
             continue;
@@ -126,14 +147,16 @@ pub async fn explain(
         let key: String = d.get(3);
         let record_path: String = d.get(4);
         let pointers: Option<Vec<String>> = d.get(8);
-        if let std::collections::hash_map::Entry::Vacant(slot) = record_cache.entry(page_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            record_cache.entry((page_id, ordinal))
+        {
             slot.insert(match store.get_verified(&key).await? {
-                Ok(body) => Ok(serde_json::from_slice(&body)?),
+                Ok(body) => Ok(record_at(&body, &record_path, ordinal)),
                 Err(problem) => Err(problem.as_str().to_owned()),
             });
         }
-        let (record, raw_object_problem) = match &record_cache[&page_id] {
-            Ok(v) => (v.pointer(&format!("{record_path}/{ordinal}")), None),
+        let (record, raw_object_problem) = match &record_cache[&(page_id, ordinal)] {
+            Ok(v) => (v.as_ref(), None),
             Err(p) => (None, Some(p.clone())),
         };
         let located = pointers.as_ref().and_then(|ps| {
@@ -157,9 +180,17 @@ pub async fn explain(
             raw_object_key: key,
             raw_page_id: page_id,
             record_position: ordinal,
-            object_pointer: located
-                .as_ref()
-                .map(|(p, _)| format!("{record_path}/{ordinal}{p}")),
+            object_pointer: located.as_ref().and_then(|(p, _)| {
+                // Records of an array sit at their position; a body that is
+                // the record at the root; keyed records under a key.
+                if record_path == "body:" {
+                    Some(p.clone())
+                } else if record_path.starts_with("values:") {
+                    None
+                } else {
+                    Some(format!("{record_path}/{ordinal}{p}"))
+                }
+            }),
             json_pointer: located
                 .as_ref()
                 .map(|(p, _)| p.clone())
@@ -178,12 +209,50 @@ pub async fn explain(
         anyhow::bail!("{kind} {id}: field {f} has no provenance");
     }
     let source_id = row["source_id"].as_str().unwrap_or_default().to_owned();
+    let deletion = sqlx::query(
+        "select l.connection, l.deleted_at, l.deleted_page_id, l.deleted_ordinal, l.deleted_run_id,
+                p.object_key, coalesce(p.stream, r.stream)
+         from source_link l
+         left join raw_page p on p.id = l.deleted_page_id
+         left join sync_run r on r.id = l.deleted_run_id
+         where l.canonical_id = $1 and l.entity_type = $2
+           and (l.deleted_page_id is not null or l.deleted_run_id is not null)
+         order by l.deleted_at desc nulls last limit 1",
+    )
+    .bind(canonical_id)
+    .bind(table)
+    .fetch_optional(pool)
+    .await?
+    .map(|d| Deletion {
+        connection: d.get(0),
+        deleted_at: d.get(1),
+        by: if d.get::<Option<i64>, _>(2).is_some() {
+            "tombstone"
+        } else {
+            "sweep"
+        },
+        raw_page_id: d.get(2),
+        record_position: d.get(3),
+        run_id: d.get(4),
+        raw_object_key: d.get(5),
+        stream: d.get(6),
+    });
     Ok(Explanation {
         entity: table.to_owned(),
         id: canonical_id,
         source_id,
+        deletion,
         fields,
     })
+}
+
+/// Record `ordinal` of a stored page body, whatever the page's shape (an
+/// array at a pointer, an object keyed by id, the body itself).
+fn record_at(body: &[u8], record_path: &str, ordinal: i32) -> Option<serde_json::Value> {
+    let text = connector_core::records::readable(body, None);
+    let split = connector_core::records::split_records(&text, record_path, None).ok()?;
+    let raw = split.records.get(usize::try_from(ordinal).ok()?)?;
+    serde_json::from_str(raw.get()).ok()
 }
 
 impl std::fmt::Display for Explanation {
@@ -194,6 +263,34 @@ impl std::fmt::Display for Explanation {
             "{} {} (source id {})",
             self.entity, self.id, self.source_id
         )?;
+        if let Some(d) = &self.deletion {
+            let what = match (d.by, d.raw_page_id, d.run_id) {
+                ("tombstone", Some(page), _) => format!(
+                    "a tombstone from {} stream {}: record #{} of raw page {page} (object {})",
+                    d.connection,
+                    d.stream.as_deref().unwrap_or("?"),
+                    d.record_position.unwrap_or(0),
+                    d.raw_object_key.as_deref().unwrap_or("?"),
+                ),
+                (_, _, Some(run)) => format!(
+                    "the sweep of run {run} ({} stream {}): its complete pull no longer listed it",
+                    d.connection,
+                    d.stream.as_deref().unwrap_or("?"),
+                ),
+                _ => "a deletion".to_owned(),
+            };
+            match d.deleted_at {
+                Some(at) => writeln!(
+                    f,
+                    "  DELETED {} by {what}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )?,
+                None => writeln!(
+                    f,
+                    "  revived: deleted earlier by {what}; a newer record wrote it again"
+                )?,
+            }
+        }
         let width = self.fields.iter().map(|x| x.field.len()).max().unwrap_or(0);
         let mut last = None;
         for x in &self.fields {

@@ -29,6 +29,7 @@ pub mod load;
 pub mod pipeline;
 pub mod registry;
 pub mod status;
+pub mod sweep;
 
 use clap::{Parser, Subcommand};
 use connector_core::{HttpClient, RawStore};
@@ -254,13 +255,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .connections
                 .iter()
                 .map(|c| {
-                    let defs = registry::build(c).map(|k| k.streams()).unwrap_or_default();
+                    let models = registry::build(c).map(|b| b.models).unwrap_or_default();
                     status::Configured {
                         connection: c.name.clone(),
-                        streams: defs.iter().map(|d| d.name.to_owned()).collect(),
-                        entities: defs
+                        streams: models.iter().map(|m| m.stream.to_owned()).collect(),
+                        entities: models
                             .iter()
-                            .map(|d| (d.name.to_owned(), d.entity.as_str().to_owned()))
+                            .map(|m| (m.stream.to_owned(), m.entity.as_str().to_owned()))
                             .collect(),
                     }
                 })
@@ -291,6 +292,7 @@ fn check_usage(
     conn.require_env(need)?;
     if let Some(stream) = stream {
         let names: Vec<String> = registry::build(conn)?
+            .connector
             .streams()
             .iter()
             .map(|d| d.name.to_owned())
@@ -314,7 +316,7 @@ fn context(
     with_http: bool,
 ) -> anyhow::Result<pipeline::Ctx> {
     let conn = cfg.connection(name).map_err(anyhow::Error::msg)?;
-    let connector = registry::build(conn)?;
+    let registry::Built { connector, models } = registry::build(conn)?;
     let http = if with_http {
         let store = Arc::new(db::PgCredentialStore {
             pool: pool.clone(),
@@ -349,6 +351,11 @@ fn context(
         tenant: cfg.tenant.clone(),
         connection: name.to_owned(),
         connector,
+        models,
+        max_sweep_share: conn
+            .limits
+            .max_sweep_share
+            .unwrap_or(config::DEFAULT_MAX_SWEEP_SHARE),
         http,
         fetch_concurrency: conn.http.fetch_concurrency,
         progress,

@@ -46,6 +46,10 @@ pub struct LoadCtx<'a> {
     pub entity: EntityKind,
     pub mapper: &'a dyn Mapper,
     pub mapping_id: i32,
+    /// How the stream says a record was deleted.
+    pub deleted: Option<connector_core::Deleted>,
+    /// JSON pointer of a record's modified time (a tombstone's version).
+    pub cursor: Option<&'a str>,
     /// Checked first in every load transaction (none for a dry run).
     pub lease: Option<&'a Lease>,
     /// Scrubs dead-letter messages (they quote what the source sent).
@@ -56,6 +60,7 @@ impl<'a> LoadCtx<'a> {
     pub fn new(
         connection: &'a str,
         def: &'a connector_core::StreamDef,
+        model: &'a canonical_model::StreamModel,
         mapping_id: i32,
         lease: Option<&'a Lease>,
     ) -> Self {
@@ -63,9 +68,11 @@ impl<'a> LoadCtx<'a> {
             connection,
             stream: def.name,
             primary_key: def.primary_key,
-            entity: def.entity,
-            mapper: def.mapper.as_ref(),
+            entity: model.entity,
+            mapper: model.mapper.as_ref(),
             mapping_id,
+            deleted: def.deleted,
+            cursor: def.cursor,
             lease,
             scrubber: None,
         }
@@ -145,6 +152,8 @@ enum Status {
     Superseded,
     /// Left out of a probe: neither loaded nor counted.
     Ignored,
+    /// A tombstone: the source says the record's entity was deleted.
+    Tombstone,
 }
 
 struct Cand {
@@ -179,6 +188,8 @@ struct Link {
     record_hash: Option<Vec<u8>>,
     mapping_id: Option<i32>,
     version: Option<Version>,
+    /// The entity is soft-deleted: a record of it revives it (a write).
+    deleted: bool,
 }
 
 impl Link {
@@ -190,6 +201,7 @@ impl Link {
             record_hash: None,
             mapping_id: None,
             version: None,
+            deleted: false,
         }
     }
 }
@@ -223,7 +235,7 @@ fn decide<'c>(
             plan.stale.insert(c.rec);
             continue;
         }
-        if link.row_hash.as_deref() == Some(&c.row_hash[..]) {
+        if link.row_hash.as_deref() == Some(&c.row_hash[..]) && !link.deleted {
             let rec_hash = recs[c.rec].hash;
             if link.mapping_id != Some(mapping_id)
                 || link.record_hash.as_deref() != Some(&rec_hash[..])
@@ -243,6 +255,18 @@ pub struct BatchOutcome {
     pub per_page: Vec<(i64, Counts)>,
     pub total: Counts,
     pub diff: DiffReport,
+    /// Hashes of the source ids the batch's records carry (for mark and sweep).
+    pub seen: Vec<u64>,
+    /// Records without a usable id (a sweep cannot tell whom they were).
+    pub anonymous: i64,
+}
+
+/// The hash of a source id in a sweep's "seen" set ([`BatchOutcome::seen`]).
+pub fn id_hash(source_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    source_id.hash(&mut h);
+    h.finish()
 }
 
 /// The record's primary key (a non-empty string or a number), read without
@@ -345,7 +369,18 @@ fn split<'a>(
                 rec.status = Status::Ignored;
             }
             match primary_key(raw, ctx.primary_key) {
-                Ok(id) => rec.source_id = id,
+                Ok(id) => {
+                    rec.source_id = id;
+                    if rec.status == Status::Pending
+                        && ctx
+                            .deleted
+                            .as_ref()
+                            .is_some_and(|d| connector_core::records::is_tombstone(raw, d))
+                    {
+                        rec.status = Status::Tombstone;
+                        rec.modified = ctx.cursor.and_then(|c| modified_at(raw, c));
+                    }
+                }
                 Err(message) => {
                     if rec.status != Status::Ignored {
                         rec.status = Status::Dead;
@@ -378,7 +413,9 @@ fn split<'a>(
         let winners: HashSet<usize> = last.into_values().collect();
         for r in (first..out.recs.len()).filter(|i| !winners.contains(i)) {
             let rec = &mut out.recs[r];
-            if !rec.source_id.is_empty() && rec.status == Status::Pending {
+            if !rec.source_id.is_empty()
+                && matches!(rec.status, Status::Pending | Status::Tombstone)
+            {
                 rec.status = Status::Superseded;
             }
         }
@@ -422,6 +459,15 @@ fn dead_record(
             ctx.connection, ctx.stream, r.page_id, r.ordinal, r.source_id
         ),
     }
+}
+
+/// The time at `ptr` in a record (RFC 3339), if any.
+fn modified_at(raw: &RawValue, ptr: &str) -> Option<DateTime<Utc>> {
+    let v = connector_core::records::pointer(raw, ptr).ok().flatten()?;
+    let s: String = serde_json::from_str(v.get()).ok()?;
+    DateTime::parse_from_rfc3339(&s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
 }
 
 /// The dead-letter key of an unreadable page: its position (token), so a
@@ -575,7 +621,9 @@ pub async fn load_batch(
         // from flattening it): with `= any($3)` and stale or missing statistics
         // (autovacuum may be off) Postgres scans the whole (type, connection)
         // prefix and compares each row with the array, quadratic in practice.
-        "select s.source_id, s.record_hash, s.mapping_version_id, s.raw_page_id, s.record_ordinal
+        // A deleted entity's record is never "unchanged": it revives it.
+        "select s.source_id, case when s.deleted_at is null then s.record_hash end,
+                s.mapping_version_id, s.raw_page_id, s.record_ordinal
          from unnest($3::text[]) as u(sid),
          lateral (select * from source_link s
                   where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid offset 0) s",
@@ -839,7 +887,8 @@ pub async fn load_batch(
                 derivation_id = coalesce(u.deriv, s.derivation_id),
                 source_modified_at = case when u.deriv is not null then u.modified else s.source_modified_at end,
                 raw_page_id = coalesce(u.page, s.raw_page_id),
-                record_ordinal = coalesce(u.ord, s.record_ordinal)
+                record_ordinal = coalesce(u.ord, s.record_ordinal),
+                deleted_at = case when u.deriv is not null then null else s.deleted_at end
              from unnest($2::text[], $3::text[], $4::bytea[], $5::int[], $6::bytea[], $7::bigint[],
                          $8::timestamptz[], $9::bigint[], $10::int[])
                   as u(et, sid, rh, mv, row_hash, deriv, modified, page, ord)
@@ -857,6 +906,84 @@ pub async fn load_batch(
         .bind(upd.iter().map(|(c, full)| full.then_some(c.version.2)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
+    }
+
+    // 9b. Tombstones: the entity is soft-deleted, with the page and position
+    //     that said so, unless a version newer than the tombstone is stored
+    //     (or written by this batch): then the tombstone is superseded. The
+    //     link's version moves to the tombstone's, so an older record loaded
+    //     later cannot revive it, and a newer one does.
+    let seen: Vec<u64> = recs
+        .iter()
+        .filter(|r| !r.source_id.is_empty() && r.status != Status::Tombstone)
+        .map(|r| id_hash(&r.source_id))
+        .collect();
+    let anonymous = recs.iter().filter(|r| r.source_id.is_empty()).count() as i64
+        + page_of.iter().map(|p| p.3).sum::<i64>();
+    let tombs: Vec<usize> = (0..recs.len())
+        .filter(|&i| recs[i].status == Status::Tombstone)
+        .collect();
+    if !tombs.is_empty() {
+        let keys: Vec<(EntityKind, String)> = tombs
+            .iter()
+            .map(|&i| (ctx.entity, recs[i].source_id.clone()))
+            .collect();
+        let now = read_links(tx, ctx.connection, &keys).await?;
+        let mut apply: Vec<usize> = Vec::new();
+        for &i in &tombs {
+            let r = &recs[i];
+            let mine = (r.modified, r.page_id, r.ordinal);
+            recs[i].status = match now.get(&(ctx.entity, r.source_id.clone())) {
+                None => Status::Unchanged,
+                Some(l) if l.deleted => Status::Unchanged,
+                Some(l) => {
+                    // Without a time of its own, a tombstone is placed by fetch order.
+                    let newer = l.version.is_some_and(|v| match mine.0 {
+                        Some(_) => v > mine,
+                        None => (v.1, v.2) > (mine.1, mine.2),
+                    });
+                    if newer {
+                        Status::Superseded
+                    } else {
+                        apply.push(i);
+                        Status::Changed
+                    }
+                }
+            };
+        }
+        if !apply.is_empty() {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "update source_link s set deleted_at = now(), deleted_page_id = u.page,
+                        deleted_ordinal = u.ord, deleted_run_id = null, raw_page_id = u.page,
+                        record_ordinal = u.ord,
+                        source_modified_at = coalesce(u.modified, s.source_modified_at)
+                 from unnest($3::text[], $4::bigint[], $5::int[], $6::timestamptz[])
+                      as u(sid, page, ord, modified)
+                 where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid
+                 returning s.canonical_id",
+            )
+            .bind(ctx.entity.as_str())
+            .bind(ctx.connection)
+            .bind(
+                apply
+                    .iter()
+                    .map(|&i| recs[i].source_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(apply.iter().map(|&i| recs[i].page_id).collect::<Vec<_>>())
+            .bind(apply.iter().map(|&i| recs[i].ordinal).collect::<Vec<_>>())
+            .bind(apply.iter().map(|&i| recs[i].modified).collect::<Vec<_>>())
+            .fetch_all(&mut **tx)
+            .await?;
+            // Table names come from the closed EntityKind catalogue.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "update {} set deleted_at = now(), updated_at = now() where id = any($1)",
+                ctx.entity.as_str()
+            )))
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await?;
+        }
     }
 
     // 10. Dead letters. A failing record older than a version of the same id
@@ -922,6 +1049,8 @@ pub async fn load_batch(
     // 11. Pages are loaded, with counts that add up.
     let mut out = BatchOutcome {
         diff,
+        seen,
+        anonymous,
         ..Default::default()
     };
     for (page_id, a, b, page_dead) in page_of {
@@ -934,7 +1063,7 @@ pub async fn load_batch(
                 Status::Changed => c.changed += 1,
                 Status::Dead => c.dead += 1,
                 Status::Superseded => c.superseded += 1,
-                Status::Unchanged | Status::Pending => c.unchanged += 1,
+                Status::Unchanged | Status::Pending | Status::Tombstone => c.unchanged += 1,
                 Status::Ignored => {}
             }
         }
@@ -993,7 +1122,7 @@ async fn read_links(
     for r in sqlx::query(
         // A primary-key probe per key (see the `known` query and ADR 0003).
         "select s.entity_type, s.source_id, s.canonical_id, s.row_hash, s.record_hash, s.mapping_version_id,
-                s.source_modified_at, s.raw_page_id, s.record_ordinal
+                s.source_modified_at, s.raw_page_id, s.record_ordinal, s.deleted_at is not null
          from unnest($2::text[], $3::text[]) as u(et, sid),
          lateral (select * from source_link s
                   where s.entity_type = u.et and s.connection = $1 and s.source_id = u.sid offset 0) s
@@ -1017,6 +1146,7 @@ async fn read_links(
                 record_hash: r.get(4),
                 mapping_id: r.get(5),
                 version: page.map(|p| (r.get(6), p, ord.unwrap_or(0))),
+                deleted: r.get(9),
             },
         );
     }
@@ -1153,7 +1283,7 @@ async fn upsert_rows(
          select u.id, {casts}, array[u.deriv], null, u.row_hash, ${mv}, now()
          from unnest($1::bigint[], {params}, ${d}::bigint[], ${h}::bytea[]) as u(id, {names}, deriv, row_hash)
          on conflict (id) do update set {set}, prov_contributors = excluded.prov_contributors,
-            prov_field_src = null, row_hash = excluded.row_hash,
+            prov_field_src = null, row_hash = excluded.row_hash, deleted_at = null,
             mapping_version_id = excluded.mapping_version_id, updated_at = now()",
         t = kind.as_str(),
         cols = cols.join(", "),

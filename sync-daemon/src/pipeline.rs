@@ -70,18 +70,36 @@ pub struct Ctx {
     pub tenant: String,
     pub connection: String,
     pub connector: Arc<dyn DynConnector>,
+    /// What each stream of the connector feeds (entity and mapper).
+    pub models: Vec<canonical_model::StreamModel>,
     pub http: Option<HttpClient>,
     pub fetch_concurrency: usize,
     /// Called after each loaded batch with (pages, records) so far.
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
     /// SIGINT / SIGTERM end the run as `interrupted` (the command line sets it).
     pub stop_on_signal: bool,
+    /// The largest share of a full-refresh stream's rows one sweep may
+    /// delete (`max_sweep_share`; see [`crate::sweep`]).
+    pub max_sweep_share: f64,
     /// The secret values of the connection's config (`AuthConfig::secret_values`):
     /// scrubbed from dead-letter messages, which quote what the source sent.
     pub secrets: Vec<secrecy::SecretString>,
 }
 
 impl Ctx {
+    /// The model of stream `name`.
+    pub fn model(&self, name: &str) -> anyhow::Result<&canonical_model::StreamModel> {
+        self.models
+            .iter()
+            .find(|m| m.stream == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "connection {:?}: stream {name} feeds no canonical entity",
+                    self.connection
+                )
+            })
+    }
+
     /// A scrubber of every secret known now: the config's and, during a
     /// sync, the tokens the HTTP client holds.
     pub fn scrubber(&self) -> connector_core::secret::Scrubber {
@@ -121,6 +139,8 @@ pub struct Summary {
     pub dead_lettered: i64,
     /// Records another record with the same source id won over.
     pub superseded: i64,
+    /// Rows soft-deleted because a complete full pull no longer listed them.
+    pub swept: u64,
     pub elapsed_secs: f64,
     pub diff: Option<DiffReport>,
     /// `succeeded` or `deferred` (failures are errors).
@@ -431,15 +451,17 @@ async fn sync_stream(
         .http
         .clone()
         .ok_or_else(|| anyhow::anyhow!("sync needs an HTTP client"))?;
-    let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
-    let lctx = LoadCtx::new(&ctx.connection, def, mapping_id, Some(run.lease));
+    let model = ctx.model(def.name)?;
+    let mapping_id = db::register_mapping(&ctx.pool, model.mapper.mapping()).await?;
+    let lctx = LoadCtx::new(&ctx.connection, def, model, mapping_id, Some(run.lease));
     // Pages fetched by an earlier, interrupted run are loaded first, in fetch
     // order; one whose object is gone or corrupt is fetched again.
     recover_leftovers(ctx, &http, run, def, &lctx, summary).await?;
     let (tx, rx) = mpsc::channel::<Fetched>(QUEUE_PAGES);
     let mut fetched = Fetching::default();
     let fetch = fetch_stream(ctx, &http, run, def, tx, &mut fetched);
-    let load = load_stream(ctx, &lctx, rx, summary);
+    let mut seen = crate::sweep::Seen::default();
+    let load = load_stream(ctx, &lctx, rx, summary, &mut seen);
     // The loader drains whatever the fetcher stored even when the fetcher fails.
     let (fetch_result, loaded) = tokio::join!(fetch, load);
     summary.pages_fetched += fetched.pages;
@@ -451,6 +473,11 @@ async fn sync_stream(
         // unreadable pages, and of records without an id, that this run
         // did not see again are about records read since (or gone).
         db::sweep_dead_letters(&ctx.pool, run.lease, &ctx.connection, def.name, run.id).await?;
+        // A full pull this run made from its first page to its last saw
+        // every row the source still has: the others are gone.
+        if def.mode == SyncMode::FullRefresh && fetched.from_start {
+            summary.swept += crate::sweep::sweep(ctx, run, def.name, model.entity, seen).await?;
+        }
     } else {
         summary.pulls_incomplete += 1;
     }
@@ -462,6 +489,8 @@ async fn sync_stream(
 struct Fetching {
     pages: u64,
     unreadable: u64,
+    /// The pull started at the first page in this run (not resumed).
+    from_start: bool,
     /// The pull reached its last page without skipping any.
     complete: bool,
 }
@@ -501,7 +530,7 @@ async fn recover_leftovers(
             }
         }
         if !bodies.is_empty() {
-            load_and_count(ctx, lctx, &bodies, summary, false, None).await?;
+            load_and_count(ctx, lctx, &bodies, summary, false, None, None).await?;
         }
     }
     Ok(())
@@ -520,12 +549,13 @@ async fn refetch(
     if token.is_redacted() {
         anyhow::bail!("its stored link has masked parameters and cannot be requested again");
     }
-    let mut pager = Pager::new(http.clone(), def.clone(), token, page.since.clone(), 1);
+    let since = page.since.clone().map(serde_json::Value::String);
+    let mut pager = Pager::new(http.clone(), def.clone(), token, since, 1);
     let fetched = pager
         .next_page()
         .await
         .ok_or_else(|| anyhow::anyhow!("the source returned no page"))??;
-    let stored = store_page(ctx, http, run, def, &fetched, page.since.as_deref(), None).await?;
+    let stored = store_page(ctx, http, run, def, &fetched, None).await?;
     db::mark_replaced(&ctx.pool, page.id, stored.page.id).await?;
     tracing::info!(
         event = "page_refetched", connection = %ctx.connection, stream = def.name,
@@ -548,11 +578,21 @@ async fn give_up_page(
         .await?
         .unwrap_or_default();
     cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
-    if let (SyncMode::Incremental { .. }, Some(since)) = (def.mode, page.since.as_deref())
-        && let Ok(since) = DateTime::parse_from_rfc3339(since)
-    {
-        let since = since.with_timezone(&Utc);
-        cursor.high_water = Some(cursor.high_water.map_or(since, |h| h.min(since)));
+    match (def.mode, page.since.as_deref()) {
+        // A server-issued state: ask again from the page's own.
+        (
+            SyncMode::Incremental {
+                token_at: Some(_), ..
+            },
+            Some(since),
+        ) => cursor.state = Some(serde_json::Value::String(since.to_owned())),
+        (SyncMode::Incremental { .. }, Some(since)) => {
+            if let Ok(since) = DateTime::parse_from_rfc3339(since) {
+                let since = since.with_timezone(&Utc);
+                cursor.high_water = Some(cursor.high_water.map_or(since, |h| h.min(since)));
+            }
+        }
+        _ => {}
     }
     db::set_watermark(
         &mut tx,
@@ -575,11 +615,16 @@ async fn store_page(
     run: &Run<'_>,
     def: &StreamDef,
     page: &connector_core::FetchedPage,
-    since: Option<&str>,
     cursor: Option<&db::Cursor>,
 ) -> anyhow::Result<PageBody> {
     let fetched_at = Utc::now();
     let body = page.response.body.clone();
+    let content_type = page
+        .response
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let obj = ctx
         .store
         .put(
@@ -587,16 +632,13 @@ async fn store_page(
             &ctx.connection,
             def.name,
             fetched_at,
+            content_type.as_deref(),
             body.clone(),
         )
         .await?;
     let token = http.storable_token(&page.token);
-    let content_type = page
-        .response
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let since = page.since.as_deref();
+    let record_path = def.records.stored();
     let shown = token.to_string();
     PageStored {
         connection: &ctx.connection,
@@ -619,7 +661,7 @@ async fn store_page(
             bytes: obj.bytes,
             fetched_at,
             meta: &page.response.meta,
-            record_path: def.records_at,
+            record_path: &record_path,
             record_count: page.facts.records,
             parse_error: page.unparseable.as_deref(),
             since,
@@ -633,7 +675,7 @@ async fn store_page(
             id,
             object_key: obj.key,
             body_sha256: obj.sha256,
-            record_path: def.records_at.to_owned(),
+            record_path,
             record_count: i32::try_from(page.facts.records).unwrap_or(i32::MAX),
             parse_error: page.unparseable.clone(),
             page_token: serde_json::to_value(&token)?,
@@ -672,12 +714,18 @@ async fn fetch_stream(
         cursor.pull_max_cursor = None;
         cursor.pull_skipped_pages = 0;
     }
+    // The stream's state, as its requests carry it: the server's own token,
+    // or the time bound (RFC 3339, whole seconds, UTC).
     let since = match def.mode {
-        SyncMode::Incremental { .. } => cursor
-            .high_water
-            .map(|h| h.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        SyncMode::Incremental {
+            token_at: Some(_), ..
+        } => cursor.state.clone(),
+        SyncMode::Incremental { .. } => cursor.high_water.map(|h| {
+            serde_json::Value::String(h.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        }),
         SyncMode::FullRefresh => None,
     };
+    out.from_start = cursor.next.is_none();
     let mut pager = Pager::new(
         http.clone(),
         def.clone(),
@@ -711,6 +759,9 @@ async fn fetch_stream(
             .unwrap_or_else(Utc::now);
         cursor.pull_started_at.get_or_insert(server_now);
         cursor.pull_max_cursor = cursor.pull_max_cursor.max(page.max_cursor);
+        if page.state_token.is_some() {
+            cursor.pull_token.clone_from(&page.state_token);
+        }
         if page.unparseable.is_some() {
             out.unreadable += 1;
             if page.stuck.is_none() {
@@ -725,7 +776,20 @@ async fn fetch_stream(
         } else if page.next.is_none() {
             let pull_started = cursor.pull_started_at.take();
             cursor.completed_at = pull_started;
-            if let (SyncMode::Incremental { lag, .. }, Some(started)) = (def.mode, pull_started) {
+            if let (
+                SyncMode::Incremental {
+                    token_at: Some(_), ..
+                },
+                Some(token),
+            ) = (def.mode, cursor.pull_token.take())
+            {
+                // The server issued the next state itself (its clock, not ours).
+                if cursor.pull_skipped_pages == 0 {
+                    cursor.state = Some(serde_json::Value::String(token));
+                }
+            } else if let (SyncMode::Incremental { lag, .. }, Some(started)) =
+                (def.mode, pull_started)
+            {
                 // High water = min(max seen, server now − lag); a pull that saw
                 // nothing keeps the old mark, and so does a pull that skipped
                 // pages it could not read.
@@ -742,8 +806,7 @@ async fn fetch_stream(
         } else {
             cursor.next = page.next.as_ref().map(|n| http.storable_token(n));
         }
-        let stored =
-            store_page(ctx, http, run, def, &page, since.as_deref(), Some(&cursor)).await?;
+        let stored = store_page(ctx, http, run, def, &page, Some(&cursor)).await?;
         let page_id = stored.page.id;
         let next = cursor.next.as_ref().map(|n| n.to_string());
         WatermarkAdvanced {
@@ -775,6 +838,7 @@ async fn load_stream(
     lctx: &LoadCtx<'_>,
     mut rx: mpsc::Receiver<Fetched>,
     summary: &mut Summary,
+    seen: &mut crate::sweep::Seen,
 ) -> anyhow::Result<u64> {
     let mut pages = 0u64;
     // A page that would have made the last batch too large starts the next.
@@ -802,7 +866,7 @@ async fn load_stream(
                 Err(_) => break,
             }
         }
-        pages += load_and_count(ctx, lctx, &batch, summary, false, None).await?;
+        pages += load_and_count(ctx, lctx, &batch, summary, false, None, Some(&mut *seen)).await?;
     }
     Ok(pages)
 }
@@ -873,6 +937,7 @@ async fn load_and_count(
     summary: &mut Summary,
     replay: bool,
     mut outer: Option<&mut Transaction<'static, Postgres>>,
+    seen: Option<&mut crate::sweep::Seen>,
 ) -> anyhow::Result<u64> {
     let scrubber = ctx.scrubber();
     let lctx = &LoadCtx {
@@ -902,6 +967,10 @@ async fn load_and_count(
                     .emit();
                 }
                 let pages = batch.len() as u64;
+                if let Some(seen) = seen {
+                    seen.ids.extend_from_slice(&out.seen);
+                    seen.anonymous += out.anonymous;
+                }
                 summary.absorb(out, pages, replay, ctx);
                 return Ok(pages);
             }
@@ -1062,10 +1131,12 @@ async fn replay_streams(
 ) -> anyhow::Result<()> {
     summary.diff = Some(DiffReport::default());
     for def in defs {
-        let mapping_id = db::register_mapping(&ctx.pool, def.mapper.mapping()).await?;
+        let model = ctx.model(def.name)?;
+        let mapping_id = db::register_mapping(&ctx.pool, model.mapper.mapping()).await?;
         let lctx = LoadCtx::new(
             &ctx.connection,
             def,
+            model,
             mapping_id,
             (!dry_run).then_some(run.lease),
         );
@@ -1083,7 +1154,7 @@ async fn replay_streams(
             if bodies.is_empty() {
                 continue;
             }
-            load_and_count(ctx, &lctx, &bodies, summary, true, dry.as_mut()).await?;
+            load_and_count(ctx, &lctx, &bodies, summary, true, dry.as_mut(), None).await?;
         }
         if let Some(tx) = dry {
             tx.rollback().await?;

@@ -2,24 +2,89 @@
 //! entry in [`connectors`] plus the dependency on its crate
 //! (docs/writing-a-connector.md, step 5).
 
-use connector_core::{ConnectorFactory, DynConnector, Factory};
+use canonical_model::{Modeled, StreamModel};
+use connector_core::{Connector, ConnectorFactory, DynConnector, Error, Factory};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::config::{CORE_KEYS, Config, ConnectionConfig};
 
-pub fn connectors() -> Vec<Box<dyn ConnectorFactory>> {
-    vec![Box::new(Factory::<workday::Workday>::new())]
+/// Every connector this daemon knows: one line per source.
+pub fn connectors() -> Vec<Box<dyn Source>> {
+    vec![
+        Box::new(Registered::<workday::Workday>::new()),
+        Box::new(Registered::<bamboohr::BambooHr>::new()),
+    ]
+}
+
+/// A connection's connector and what each of its streams feeds.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub connector: Arc<dyn DynConnector>,
+    pub models: Vec<StreamModel>,
+}
+
+impl Built {
+    /// Pairs a connector with its models, refusing a stream without one.
+    pub fn new<C: Connector + Modeled>(connector: C) -> Result<Self, Error> {
+        let models = connector.models();
+        for s in Connector::streams(&connector) {
+            if !models.iter().any(|m| m.stream == s.name) {
+                return Err(Error::Config(format!(
+                    "connector {}: stream {} feeds no canonical entity (no StreamModel)",
+                    C::NAME,
+                    s.name
+                )));
+            }
+        }
+        Ok(Self {
+            connector: Arc::new(connector),
+            models,
+        })
+    }
+}
+
+/// A connector the daemon can build from config: core's factory plus the
+/// models the connector crate wires to its streams.
+pub trait Source: Send + Sync {
+    fn factory(&self) -> &dyn ConnectorFactory;
+    fn build(&self, settings: serde_json::Value) -> Result<Built, Error>;
+}
+
+/// The [`Source`] of a connector type that is [`Modeled`].
+struct Registered<C>(Factory<C>, PhantomData<fn() -> C>);
+
+impl<C> Registered<C> {
+    fn new() -> Self {
+        Self(Factory::new(), PhantomData)
+    }
+}
+
+impl<C: Connector + Modeled> Source for Registered<C> {
+    fn factory(&self) -> &dyn ConnectorFactory {
+        &self.0
+    }
+    fn build(&self, settings: serde_json::Value) -> Result<Built, Error> {
+        let typed: C::Config = serde_json::from_value(settings)
+            .map_err(|e| Error::Config(format!("connector {}: {e}", C::NAME)))?;
+        let connector = C::new(typed)?;
+        for s in Connector::streams(&connector) {
+            s.validate()
+                .map_err(|e| Error::Config(format!("connector {}: {e}", C::NAME)))?;
+        }
+        Built::new(connector)
+    }
 }
 
 fn factory<'a>(
-    all: &'a [Box<dyn ConnectorFactory>],
+    all: &'a [Box<dyn Source>],
     conn: &ConnectionConfig,
-) -> anyhow::Result<&'a dyn ConnectorFactory> {
+) -> anyhow::Result<&'a dyn Source> {
     all.iter()
-        .find(|f| f.name() == conn.connector)
+        .find(|f| f.factory().name() == conn.connector)
         .map(|f| f.as_ref())
         .ok_or_else(|| {
-            let names: Vec<_> = all.iter().map(|f| f.name()).collect();
+            let names: Vec<_> = all.iter().map(|f| f.factory().name()).collect();
             anyhow::anyhow!(
                 "connection {:?}: unknown connector {:?} (available: {})",
                 conn.name,
@@ -31,7 +96,7 @@ fn factory<'a>(
 
 /// Builds the connector of a configured connection; an unknown connector name
 /// is an error listing the valid ones.
-pub fn build(conn: &ConnectionConfig) -> anyhow::Result<Arc<dyn DynConnector>> {
+pub fn build(conn: &ConnectionConfig) -> anyhow::Result<Built> {
     let all = connectors();
     factory(&all, conn)?
         .build(conn.settings.clone())
@@ -57,7 +122,7 @@ fn check_keys(cfg: &Config) -> anyhow::Result<()> {
     let all = connectors();
     for conn in &cfg.connections {
         let f = factory(&all, conn)?;
-        let own = f.settings_keys();
+        let own = f.factory().settings_keys();
         if own.is_empty() {
             continue; // Unknown shape: the connector's own parsing checks it.
         }

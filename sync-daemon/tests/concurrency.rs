@@ -45,7 +45,8 @@ async fn two_loaders_on_the_same_pages_at_once_create_each_entity_once() {
     pipeline::sync(&c, None).await.unwrap();
     empty_model(&pool).await;
     let def = c.connector.streams().remove(0);
-    let mapping = db::register_mapping(&pool, def.mapper.mapping())
+    let model = c.model(def.name).unwrap().clone();
+    let mapping = db::register_mapping(&pool, model.mapper.mapping())
         .await
         .unwrap();
     let mut bodies = Vec::new();
@@ -55,15 +56,16 @@ async fn two_loaders_on_the_same_pages_at_once_create_each_entity_once() {
     }
 
     // Loader A writes everything but does not commit yet.
-    let lctx = LoadCtx::new("wd", &def, mapping, None);
+    let lctx = LoadCtx::new("wd", &def, &model, mapping, None);
     let mut a = pool.begin().await.unwrap();
     load_batch(&mut a, &lctx, &bodies, LoadOpts::default())
         .await
         .unwrap();
     // Loader B starts on the same pages meanwhile.
-    let (pool_b, def_b, bodies_b) = (pool.clone(), def.clone(), bodies.clone());
+    let (pool_b, def_b, bodies_b, model_b) =
+        (pool.clone(), def.clone(), bodies.clone(), model.clone());
     let b = tokio::spawn(async move {
-        let lctx = LoadCtx::new("wd", &def_b, mapping, None);
+        let lctx = LoadCtx::new("wd", &def_b, &model_b, mapping, None);
         let mut tx = pool_b.begin().await.unwrap();
         load_batch(&mut tx, &lctx, &bodies_b, LoadOpts::default())
             .await

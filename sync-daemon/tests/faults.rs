@@ -217,16 +217,9 @@ impl connector_core::DynConnector for Cursored {
     }
     fn streams(&self) -> Vec<connector_core::StreamDef> {
         vec![connector_core::StreamDef {
-            name: "workers",
-            path: "workers".into(),
-            query: Vec::new(),
-            records_at: "/data",
+            records: connector_core::Records::Array("/data"),
             pagination: connector_core::Pagination::cursor("cursor", "/next"),
-            primary_key: "/id",
-            cursor: None,
-            mode: connector_core::SyncMode::FullRefresh,
-            entity: canonical_model::EntityKind::Worker,
-            mapper: Arc::new(workday::WorkersMapper::new()),
+            ..connector_core::StreamDef::get("workers", "workers")
         }]
     }
 }
@@ -400,7 +393,7 @@ async fn a_rotated_refresh_token_is_saved_before_use_and_survives_a_restart() {
     };
     let url = url::Url::parse(&srv.uri()).unwrap();
     let first = provider();
-    first.credentials("GET", &url).await.unwrap();
+    first.credentials("GET", &url, &[]).await.unwrap();
     let saved: String = sqlx::query_scalar("select value from credential")
         .fetch_one(&pool)
         .await
@@ -412,7 +405,7 @@ async fn a_rotated_refresh_token_is_saved_before_use_and_survives_a_restart() {
     drop(first); // the process dies before using at-1
     let restarted = provider();
     let c = restarted
-        .credentials("GET", &url)
+        .credentials("GET", &url, &[])
         .await
         .expect("the restart uses rt-1, not the spent rt-0");
     assert!(format!("{c:?}").contains("authorization"));

@@ -363,7 +363,12 @@ async fn a_mapper_panic_dead_letters_its_record_and_other_panics_fail_the_run() 
     let connector = workday_sized(&srv.uri(), 100)
         .with_workers_mapper(Arc::new(PanicsOnOne(workday::WorkersMapper::new())));
     let store = RawStore::in_memory();
-    let c = ctx(&pool, &store, Arc::new(connector), &bearer());
+    let c = common::ctx_built(
+        &pool,
+        &store,
+        sync_daemon::registry::Built::new(connector).unwrap(),
+        &bearer(),
+    );
     let s = pipeline::sync(&c, None).await.expect("the stream goes on");
     assert_eq!((s.changed, s.dead_lettered), (2, 1));
     let (class, msg): (String, String) =
@@ -737,10 +742,11 @@ async fn a_source_id_on_two_pages_of_one_batch_does_not_flip() {
         bodies.push(PageBody { page: p, body });
     }
     let def = c.connector.streams().remove(0);
-    let mapping = sync_daemon::db::register_mapping(&pool, def.mapper.mapping())
+    let model = c.model(def.name).unwrap();
+    let mapping = sync_daemon::db::register_mapping(&pool, model.mapper.mapping())
         .await
         .unwrap();
-    let lctx = LoadCtx::new("wd", &def, mapping, None);
+    let lctx = LoadCtx::new("wd", &def, model, mapping, None);
     let mut tx = pool.begin().await.unwrap();
     let out = load_batch(&mut tx, &lctx, &bodies, LoadOpts::default())
         .await

@@ -6,9 +6,7 @@
 mod common;
 
 use common::*;
-use connector_core::{
-    AuthConfig, Connector, Error, LinkAt, Pagination, RawStore, StreamDef, SyncMode,
-};
+use connector_core::{AuthConfig, Connector, Error, LinkAt, Pagination, RawStore, StreamDef};
 use serde_json::json;
 use std::sync::Arc;
 use sync_daemon::pipeline;
@@ -156,16 +154,9 @@ impl Connector for Linked {
     }
     fn streams(&self) -> Vec<StreamDef> {
         vec![StreamDef {
-            name: "workers",
-            path: "workers".into(),
-            query: Vec::new(),
-            records_at: "/data",
+            records: connector_core::Records::Array("/data"),
             pagination: Pagination::NextLink(LinkAt::Pointer("/next")),
-            primary_key: "/id",
-            cursor: None,
-            mode: SyncMode::FullRefresh,
-            entity: canonical_model::EntityKind::Worker,
-            mapper: Arc::new(workday::WorkersMapper::new()),
+            ..StreamDef::get("workers", "workers")
         }]
     }
 }

@@ -173,10 +173,10 @@ async fn replay_after_a_mapping_change_rewrites_only_changed_rows() {
     )
     .await;
 
-    let mut c2 = ctx(
+    let mut c2 = ctx_built(
         &pool,
         &store,
-        Arc::new(workday(&base).with_workers_mapper(v2())),
+        sync_daemon::registry::Built::new(workday(&base).with_workers_mapper(v2())).unwrap(),
         &auth,
     );
     c2.http = None; // replay never calls the source

@@ -285,7 +285,12 @@ impl Credentials {
 #[async_trait]
 pub trait Auth: Send + Sync + fmt::Debug {
     /// The credentials for `method url`.
-    async fn credentials(&self, method: &str, url: &Url) -> Result<Credentials, Error>;
+    async fn credentials(
+        &self,
+        method: &str,
+        url: &Url,
+        form: &[(String, String)],
+    ) -> Result<Credentials, Error>;
     /// Drops the cached credential after the source refused it.
     async fn invalidate(&self);
     /// Every secret value this provider holds or has handed out (config
@@ -413,7 +418,12 @@ impl fmt::Debug for Static {
 
 #[async_trait]
 impl Auth for Static {
-    async fn credentials(&self, _method: &str, _url: &Url) -> Result<Credentials, Error> {
+    async fn credentials(
+        &self,
+        _method: &str,
+        _url: &Url,
+        _form: &[(String, String)],
+    ) -> Result<Credentials, Error> {
         Ok(match &self.creds {
             None => Credentials::default(),
             Some(c) => Credentials {
@@ -457,7 +467,7 @@ mod tests {
     async fn creds(c: &AuthConfig) -> Credentials {
         let p = provider(c, ctx()).unwrap();
         let url = Url::parse("https://api.example.test/v1/x?a=1").unwrap();
-        p.credentials("GET", &url).await.unwrap()
+        p.credentials("GET", &url, &[]).await.unwrap()
     }
 
     #[test]

@@ -86,7 +86,14 @@ pub fn signature_base_string(
 
 impl Tba {
     /// The `Authorization` header for one request at `timestamp` with `nonce`.
-    pub(crate) fn header(&self, method: &str, url: &Url, timestamp: u64, nonce: &str) -> String {
+    pub(crate) fn header(
+        &self,
+        method: &str,
+        url: &Url,
+        form: &[(String, String)],
+        timestamp: u64,
+        nonce: &str,
+    ) -> String {
         let oauth = [
             (
                 "oauth_consumer_key",
@@ -98,7 +105,7 @@ impl Tba {
             ("oauth_token", self.token_id.expose_secret().to_owned()),
             ("oauth_version", "1.0".to_owned()),
         ];
-        let base = signature_base_string(method, url, &[], &oauth);
+        let base = signature_base_string(method, url, form, &oauth);
         let key = format!(
             "{}&{}",
             percent_encode(self.consumer_secret.expose_secret()),
@@ -125,7 +132,12 @@ impl Tba {
 
 #[async_trait]
 impl super::Auth for Tba {
-    async fn credentials(&self, method: &str, url: &Url) -> Result<Credentials, Error> {
+    async fn credentials(
+        &self,
+        method: &str,
+        url: &Url,
+        form: &[(String, String)],
+    ) -> Result<Credentials, Error> {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -136,7 +148,7 @@ impl super::Auth for Tba {
         Ok(Credentials {
             headers: vec![(
                 reqwest::header::AUTHORIZATION,
-                self.header(method, url, timestamp, &nonce).into(),
+                self.header(method, url, form, timestamp, &nonce).into(),
             )],
             query: Vec::new(),
         })
@@ -219,7 +231,7 @@ mod tests {
             "https://1234567-sb1.suitetalk.api.netsuite.com/services/rest/record/v1/employee?limit=2&offset=0",
         )
         .unwrap();
-        let header = tba.header("GET", &url, 1_700_000_000, "abcDEF123");
+        let header = tba.header("GET", &url, &[], 1_700_000_000, "abcDEF123");
         assert!(
             header.starts_with("OAuth realm=\"1234567_SB1\", "),
             "{header}"

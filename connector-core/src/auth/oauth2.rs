@@ -341,7 +341,12 @@ impl TokenAuth {
 
 #[async_trait]
 impl super::Auth for TokenAuth {
-    async fn credentials(&self, _method: &str, _url: &Url) -> Result<Credentials, Error> {
+    async fn credentials(
+        &self,
+        _method: &str,
+        _url: &Url,
+        _form: &[(String, String)],
+    ) -> Result<Credentials, Error> {
         // Holding the lock across the refresh makes concurrent callers wait for
         // one refresh and then reuse its token (single flight).
         let mut cached = self.cached.lock().await;

@@ -1,9 +1,8 @@
 //! Helpers shared by the integration tests of the HTTP stack.
 #![allow(dead_code)]
 
-use canonical_model::{Entity, EntityKind, FieldRule, MapError, Mapper, MappingVersion, Transform};
 use connector_core::{
-    AuthConfig, ClientParts, HttpClient, HttpSettings, Pagination, StreamDef, SyncMode, auth, http,
+    AuthConfig, ClientParts, HttpClient, HttpSettings, Pagination, Records, StreamDef, auth, http,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,37 +54,11 @@ pub fn quick_settings(seed: u64) -> HttpSettings {
     s
 }
 
-/// A mapper that maps nothing (for tests of paging only).
-#[derive(Debug)]
-struct Nothing(MappingVersion);
-
-impl Mapper for Nothing {
-    fn mapping(&self) -> &MappingVersion {
-        &self.0
-    }
-    fn map(&self, _: &serde_json::Value) -> Result<Vec<Entity>, MapError> {
-        Ok(Vec::new())
-    }
-}
-
 /// A full-refresh stream `items` at `/items`, records at `/data`, keyed by `/id`.
 pub fn stream(pagination: Pagination) -> StreamDef {
-    let rules = vec![FieldRule::new(
-        EntityKind::Worker,
-        "source_id",
-        &["/id"],
-        Transform::Text,
-    )];
     StreamDef {
-        name: "items",
-        path: "items".into(),
-        query: Vec::new(),
-        records_at: "/data",
+        records: Records::Array("/data"),
         pagination,
-        primary_key: "/id",
-        cursor: None,
-        mode: SyncMode::FullRefresh,
-        entity: EntityKind::Worker,
-        mapper: Arc::new(Nothing(MappingVersion::new("t", "1", rules).unwrap())),
+        ..StreamDef::get("items", "items")
     }
 }

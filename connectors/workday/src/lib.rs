@@ -18,8 +18,8 @@
 mod config;
 pub mod mapper;
 
-use canonical_model::{EntityKind, Mapper};
-use connector_core::{Connector, Error, Pagination, StreamDef, SyncMode};
+use canonical_model::{EntityKind, Mapper, Modeled, StreamModel};
+use connector_core::{Connector, Error, Pagination, Records, StreamDef};
 use std::sync::Arc;
 use url::Url;
 
@@ -66,15 +66,20 @@ impl Connector for Workday {
     }
 
     fn streams(&self) -> Vec<StreamDef> {
+        // No change stamp: a full pull, diffed by hash and swept after a
+        // complete run (workers it no longer lists are soft-deleted).
         vec![StreamDef {
-            name: "workers",
-            path: self.config.workers_path(),
-            query: Vec::new(),
-            records_at: "/data",
+            records: Records::Array("/data"),
             pagination: Pagination::offset_limit(self.config.page_size),
-            primary_key: "/id",
-            cursor: None,
-            mode: SyncMode::FullRefresh,
+            ..StreamDef::get("workers", self.config.workers_path())
+        }]
+    }
+}
+
+impl Modeled for Workday {
+    fn models(&self) -> Vec<StreamModel> {
+        vec![StreamModel {
+            stream: "workers",
             entity: EntityKind::Worker,
             mapper: self.workers_mapper.clone(),
         }]

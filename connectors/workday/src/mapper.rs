@@ -129,6 +129,8 @@ impl Mapper for WorkersMapper {
             job_profile: r.text(W, "job_profile")?,
             time_type: r.text(W, "time_type")?,
             hire_date: r.date(W, "hire_date")?,
+            termination_date: None,
+            employment_status: None,
             fte: r.decimal(W, "fte")?,
             company: r.text(W, "company")?,
             cost_center: r.text(W, "cost_center")?,

@@ -11,17 +11,19 @@ async fn peoplebox_employees_conform() {
     let caps = Capabilities {
         body_driven_paging: true,
         next_links: true,
+        incremental: true,
+        deletes: false,
     };
-    Suite::new(
-        "employees",
-        pages,
+    let mapper = minimal_connector::mapper::EmployeesMapper::new();
+    Suite::new("employees", pages, caps, |base| {
+        let config = serde_json::from_value(serde_json::json!({ "base_url": base }))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Box::new(minimal_connector::Peoplebox::new(config)?) as Box<dyn DynConnector>)
+    })
+    .golden(
         dir.join("employees.golden.json"),
-        caps,
-        |base| {
-            let config = serde_json::from_value(serde_json::json!({ "base_url": base }))
-                .map_err(|e| Error::Config(e.to_string()))?;
-            Ok(Box::new(minimal_connector::Peoplebox::new(config)?) as Box<dyn DynConnector>)
-        },
+        "peoplebox.employees@1",
+        move |r| canonical_model::golden_line(&mapper, r),
     )
     .run()
     .await

@@ -121,6 +121,30 @@ pub fn workday(base: &str) -> workday::Workday {
     .unwrap()
 }
 
+/// The model of a `workers` stream mapped by the Workday workers mapper.
+pub fn workers_model() -> Vec<canonical_model::StreamModel> {
+    vec![canonical_model::StreamModel {
+        stream: "workers",
+        entity: canonical_model::EntityKind::Worker,
+        mapper: Arc::new(workday::WorkersMapper::new()),
+    }]
+}
+
+/// [`ctx`] for a connector with its own models.
+pub fn ctx_built(
+    pool: &sqlx::PgPool,
+    store: &RawStore,
+    built: sync_daemon::registry::Built,
+    auth: &AuthConfig,
+) -> Ctx {
+    Ctx {
+        models: built.models,
+        ..ctx(pool, store, built.connector, auth)
+    }
+}
+
+/// A context for `connector`, whose `workers` stream is mapped by the
+/// Workday workers mapper.
 pub fn ctx(
     pool: &sqlx::PgPool,
     store: &RawStore,
@@ -142,6 +166,8 @@ pub fn ctx(
         tenant: "test".into(),
         connection: "wd".into(),
         connector,
+        models: workers_model(),
+        max_sweep_share: 0.5,
         http: Some(http),
         fetch_concurrency: 3,
         progress: None,
