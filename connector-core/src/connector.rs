@@ -158,6 +158,8 @@ pub struct PageCtx<'a> {
     /// The stream's incremental state (`None` on a first, full pull): an
     /// RFC 3339 string for time bounds, the server's token otherwise.
     pub since: Option<&'a serde_json::Value>,
+    /// The partition this run of the stream pulls ([`StreamDef::partition`]).
+    pub partition: Option<&'a str>,
 }
 
 impl PageCtx<'_> {
@@ -234,6 +236,12 @@ pub struct StreamDef {
     pub mode: SyncMode,
     /// The stream's own step in building each request.
     pub request: Option<RequestHook>,
+    /// The partition this instance of the stream pulls (a company code, a
+    /// subsidiary): a connector returns one `StreamDef` per configured
+    /// partition ([`StreamDef::partitions`]), each with its own watermark,
+    /// raw object keys and lease, under [`StreamDef::key`]. The
+    /// [`RequestHook`] reads it from [`PageCtx::partition`].
+    pub partition: Option<String>,
 }
 
 impl StreamDef {
@@ -255,7 +263,31 @@ impl StreamDef {
             deleted: None,
             mode: SyncMode::FullRefresh,
             request: None,
+            partition: None,
         }
+    }
+
+    /// The stream's identity where state is kept (watermark, raw objects,
+    /// lease, ledger): its name, or `name@partition`.
+    pub fn key(&self) -> String {
+        match &self.partition {
+            Some(p) => format!("{}@{p}", self.name),
+            None => self.name.to_owned(),
+        }
+    }
+
+    /// One copy of this stream per partition (none: the stream as it is).
+    pub fn partitions<S: AsRef<str>>(self, partitions: &[S]) -> Vec<StreamDef> {
+        if partitions.is_empty() {
+            return vec![self];
+        }
+        partitions
+            .iter()
+            .map(|p| StreamDef {
+                partition: Some(p.as_ref().to_owned()),
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// Like [`get`](Self::get), a POST of `body` that only reads (idempotent).
@@ -416,7 +448,11 @@ impl StreamDef {
         token: &PageToken,
         since: Option<&serde_json::Value>,
     ) -> Result<Url, Error> {
-        Ok(self.request(base, token, &PageCtx { since })?.url)
+        let page = PageCtx {
+            since,
+            partition: self.partition.as_deref(),
+        };
+        Ok(self.request(base, token, &page)?.url)
     }
 }
 

@@ -175,6 +175,7 @@ impl Pager {
             }
             let page = crate::PageCtx {
                 since: self.since.as_ref(),
+                partition: self.def.partition.as_deref(),
             };
             let req = match self.def.request(self.http.base_url(), &token, &page) {
                 Ok(r) => r,
@@ -312,6 +313,7 @@ impl Pager {
             request,
             since: crate::PageCtx {
                 since: self.since.as_ref(),
+                partition: None,
             }
             .since_text(),
             unparseable: checked.unparseable,

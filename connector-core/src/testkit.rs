@@ -164,7 +164,14 @@ impl MockSource {
         for (i, raw) in bodies.iter().enumerate() {
             let body = raw.replace("{{base}}", &uri);
             let req = def
-                .request(base, &token, &crate::PageCtx::default())
+                .request(
+                    base,
+                    &token,
+                    &crate::PageCtx {
+                        partition: def.partition.as_deref(),
+                        ..Default::default()
+                    },
+                )
                 .map_err(|e| e.to_string())?;
             let facts = page_facts(def, &req.url, base, &body, &Default::default())
                 .map_err(|e| format!("fixture page {i}: {e}"))?;
@@ -1091,6 +1098,7 @@ impl Suite {
                 &def.pagination.first(),
                 &crate::PageCtx {
                     since: Some(&state),
+                    ..Default::default()
                 },
             )
             .map_err(|e| e.to_string())?;

@@ -255,14 +255,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .connections
                 .iter()
                 .map(|c| {
-                    let models = registry::build(c).map(|b| b.models).unwrap_or_default();
+                    // Each stream (each partition of one) with the entity it feeds.
+                    let streams: Vec<(String, String)> = registry::build(c)
+                        .map(|b| {
+                            b.connector
+                                .streams()
+                                .iter()
+                                .filter_map(|d| {
+                                    let m = b.models.iter().find(|m| m.stream == d.name)?;
+                                    Some((d.key(), m.entity.as_str().to_owned()))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     status::Configured {
                         connection: c.name.clone(),
-                        streams: models.iter().map(|m| m.stream.to_owned()).collect(),
-                        entities: models
-                            .iter()
-                            .map(|m| (m.stream.to_owned(), m.entity.as_str().to_owned()))
-                            .collect(),
+                        streams: streams.iter().map(|s| s.0.clone()).collect(),
+                        entities: streams.into_iter().collect(),
                     }
                 })
                 .collect();
@@ -291,13 +300,9 @@ fn check_usage(
         .map_err(|e| UsageError(e.to_string()))?;
     conn.require_env(need)?;
     if let Some(stream) = stream {
-        let names: Vec<String> = registry::build(conn)?
-            .connector
-            .streams()
-            .iter()
-            .map(|d| d.name.to_owned())
-            .collect();
-        if !names.iter().any(|n| n == stream) {
+        let defs = registry::build(conn)?.connector.streams();
+        let names: Vec<String> = defs.iter().map(|d| d.key()).collect();
+        if !defs.iter().any(|d| d.name == stream || d.key() == stream) {
             return Err(UsageError(format!(
                 "connection {connection:?} has no stream {stream:?} (its streams: {})",
                 names.join(", ")

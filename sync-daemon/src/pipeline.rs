@@ -182,8 +182,12 @@ fn streams(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
     match only {
         None => Ok(all),
         Some(s) => {
-            let names: Vec<_> = all.iter().map(|d| d.name).collect();
-            let found: Vec<_> = all.into_iter().filter(|d| d.name == s).collect();
+            // A stream's name selects all its partitions; `name@partition` one.
+            let names: Vec<String> = all.iter().map(StreamDef::key).collect();
+            let found: Vec<_> = all
+                .into_iter()
+                .filter(|d| d.name == s || d.key() == s)
+                .collect();
             if found.is_empty() {
                 anyhow::bail!(
                     "connection {:?} has no stream {s:?} (streams: {})",
@@ -246,7 +250,8 @@ async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyho
         ..Default::default()
     };
     // From here on, the run is finished in the ledger whatever happens.
-    let names: Vec<&str> = defs.iter().map(|d| d.name).collect();
+    let keys: Vec<String> = defs.iter().map(StreamDef::key).collect();
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
     let ended = match Lease::take(&ctx.pool, session, &ctx.connection, &names, run).await {
         Err(e) => (Ended::Done(Err(e)), None),
         Ok(lease) => {
@@ -372,7 +377,8 @@ async fn sync_streams(
         sync_stream(ctx, run, def, summary).await.map_err(|e| {
             e.context(format!(
                 "connection {:?}, stream {}",
-                ctx.connection, def.name
+                ctx.connection,
+                def.key()
             ))
         })?;
     }
@@ -452,8 +458,12 @@ async fn sync_stream(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("sync needs an HTTP client"))?;
     let model = ctx.model(def.name)?;
+    let key = def.key();
     let mapping_id = db::register_mapping(&ctx.pool, model.mapper.mapping()).await?;
-    let lctx = LoadCtx::new(&ctx.connection, def, model, mapping_id, Some(run.lease));
+    let lctx = LoadCtx {
+        stream: &key,
+        ..LoadCtx::new(&ctx.connection, def, model, mapping_id, Some(run.lease))
+    };
     // Pages fetched by an earlier, interrupted run are loaded first, in fetch
     // order; one whose object is gone or corrupt is fetched again.
     recover_leftovers(ctx, &http, run, def, &lctx, summary).await?;
@@ -472,11 +482,11 @@ async fn sync_stream(
         // Every page of this pull was read and loaded: dead letters of
         // unreadable pages, and of records without an id, that this run
         // did not see again are about records read since (or gone).
-        db::sweep_dead_letters(&ctx.pool, run.lease, &ctx.connection, def.name, run.id).await?;
+        db::sweep_dead_letters(&ctx.pool, run.lease, &ctx.connection, &key, run.id).await?;
         // A full pull this run made from its first page to its last saw
         // every row the source still has: the others are gone.
         if def.mode == SyncMode::FullRefresh && fetched.from_start {
-            summary.swept += crate::sweep::sweep(ctx, run, def.name, model.entity, seen).await?;
+            summary.swept += crate::sweep::sweep(ctx, run, &key, model.entity, seen).await?;
         }
     } else {
         summary.pulls_incomplete += 1;
@@ -509,7 +519,7 @@ async fn recover_leftovers(
     lctx: &LoadCtx<'_>,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
-    let leftovers = db::pages(&ctx.pool, &ctx.connection, def.name, true).await?;
+    let leftovers = db::pages(&ctx.pool, &ctx.connection, lctx.stream, true).await?;
     for chunk in batches(&leftovers) {
         let (mut bodies, bad) = read_bodies(ctx, chunk).await?;
         summary.pages_missing += bad.len() as u64;
@@ -522,7 +532,7 @@ async fn recover_leftovers(
                 }
                 Err(e) => {
                     tracing::warn!(
-                        event = "refetch_failed", connection = %ctx.connection, stream = def.name,
+                        event = "refetch_failed", connection = %ctx.connection, stream = lctx.stream,
                         raw_page = page.id, "{e:#}"
                     );
                     give_up_page(ctx, run, def, page).await?;
@@ -558,7 +568,7 @@ async fn refetch(
     let stored = store_page(ctx, http, run, def, &fetched, None).await?;
     db::mark_replaced(&ctx.pool, page.id, stored.page.id).await?;
     tracing::info!(
-        event = "page_refetched", connection = %ctx.connection, stream = def.name,
+        event = "page_refetched", connection = %ctx.connection, stream = %def.key(),
         raw_page = page.id, new_raw_page = stored.page.id
     );
     Ok(stored)
@@ -574,7 +584,8 @@ async fn give_up_page(
 ) -> anyhow::Result<()> {
     let mut tx = ctx.pool.begin().await?;
     run.lease.check(&mut tx).await?;
-    let mut cursor = db::watermark(&ctx.pool, &ctx.connection, def.name)
+    let key = def.key();
+    let mut cursor = db::watermark(&ctx.pool, &ctx.connection, &key)
         .await?
         .unwrap_or_default();
     cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
@@ -597,7 +608,7 @@ async fn give_up_page(
     db::set_watermark(
         &mut tx,
         &ctx.connection,
-        def.name,
+        &key,
         &cursor,
         Some(run.id),
         "recovery",
@@ -618,6 +629,7 @@ async fn store_page(
     cursor: Option<&db::Cursor>,
 ) -> anyhow::Result<PageBody> {
     let fetched_at = Utc::now();
+    let key = def.key();
     let body = page.response.body.clone();
     let content_type = page
         .response
@@ -630,7 +642,7 @@ async fn store_page(
         .put(
             &ctx.tenant,
             &ctx.connection,
-            def.name,
+            &key,
             fetched_at,
             content_type.as_deref(),
             body.clone(),
@@ -642,7 +654,7 @@ async fn store_page(
     let shown = token.to_string();
     PageStored {
         connection: &ctx.connection,
-        stream: def.name,
+        stream: &key,
         page: &shown,
         records: page.facts.records,
         bytes: obj.bytes as u64,
@@ -654,7 +666,7 @@ async fn store_page(
         &NewPage {
             run: run.id,
             connection: &ctx.connection,
-            stream: def.name,
+            stream: &key,
             token: &token,
             object_key: &obj.key,
             sha256: &obj.sha256,
@@ -694,13 +706,14 @@ async fn fetch_stream(
     tx: mpsc::Sender<Fetched>,
     out: &mut Fetching,
 ) -> anyhow::Result<()> {
-    let mut cursor = db::watermark(&ctx.pool, &ctx.connection, def.name)
+    let key = def.key();
+    let mut cursor = db::watermark(&ctx.pool, &ctx.connection, &key)
         .await?
         .unwrap_or_default();
     if cursor.next.as_ref().is_some_and(PageToken::is_redacted) {
         // The stored link was masked (it carried a secret): start the pull over.
         tracing::info!(
-            event = "pull_restarted", connection = %ctx.connection, stream = def.name,
+            event = "pull_restarted", connection = %ctx.connection, stream = %key,
             "the stored next link has masked parameters; the pull starts over"
         );
         cursor.next = None;
@@ -736,7 +749,7 @@ async fn fetch_stream(
     loop {
         if let Some(why) = run.lease.lost() {
             anyhow::bail!(connector_core::Error::LeaseLost {
-                scope: format!("{}/{}", ctx.connection, def.name),
+                scope: format!("{}/{key}", ctx.connection),
                 detail: why,
             });
         }
@@ -811,7 +824,7 @@ async fn fetch_stream(
         let next = cursor.next.as_ref().map(|n| n.to_string());
         WatermarkAdvanced {
             connection: &ctx.connection,
-            stream: def.name,
+            stream: &key,
             next: next.as_deref(),
         }
         .emit();
@@ -1132,15 +1145,19 @@ async fn replay_streams(
     summary.diff = Some(DiffReport::default());
     for def in defs {
         let model = ctx.model(def.name)?;
+        let key = def.key();
         let mapping_id = db::register_mapping(&ctx.pool, model.mapper.mapping()).await?;
-        let lctx = LoadCtx::new(
-            &ctx.connection,
-            def,
-            model,
-            mapping_id,
-            (!dry_run).then_some(run.lease),
-        );
-        let all = db::pages(&ctx.pool, &ctx.connection, def.name, false).await?;
+        let lctx = LoadCtx {
+            stream: &key,
+            ..LoadCtx::new(
+                &ctx.connection,
+                def,
+                model,
+                mapping_id,
+                (!dry_run).then_some(run.lease),
+            )
+        };
+        let all = db::pages(&ctx.pool, &ctx.connection, lctx.stream, false).await?;
         // A dry run loads every batch in one transaction and rolls it back, so
         // later batches see what earlier ones would have written.
         let mut dry = if dry_run {

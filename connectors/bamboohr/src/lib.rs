@@ -206,6 +206,7 @@ mod tests {
                 &PageToken::Start,
                 &PageCtx {
                     since: Some(&since),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -233,6 +234,7 @@ mod tests {
                 &PageToken::Start,
                 &PageCtx {
                     since: Some(&latest),
+                    ..Default::default()
                 },
             )
             .unwrap();
