@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: find or start a PostgreSQL server, build the
-# daemon, serve the recorded Workday fixtures on a free loopback port, sync
-# them, show `status`, then `explain` one worker.
+# daemon, serve the recorded Workday and BambooHR fixtures on a free loopback
+# port, sync both, show `status`, then `explain` a worker of each (the
+# BambooHR one was deleted in its source).
 #
 # DATABASE_URL, when set, names the database to use (created if missing);
 # otherwise the local server at 127.0.0.1:5432 is used if it lets
@@ -23,6 +24,7 @@ echo "database: $(echo "$DATABASE_URL" | sed -E 's#://([^:@/]*):[^@/]*@#://\1:**
 export SYNC_RAW_DIR="${SYNC_RAW_DIR:-$PWD/target/demo-raw}"
 export WORKDAY_CLIENT_SECRET="${WORKDAY_CLIENT_SECRET:-demo-client-secret}"
 export WORKDAY_REFRESH_TOKEN="${WORKDAY_REFRESH_TOKEN:-demo-refresh-token}"
+export BAMBOOHR_API_KEY="${BAMBOOHR_API_KEY:-demo-bamboo-key}"
 bin=target/release/sync-daemon
 cfg=examples/fixtures.toml
 
@@ -33,7 +35,7 @@ else
 fi
 cargo build --release -p sync-daemon
 
-step "serving the recorded Workday fixtures on a free loopback port"
+step "serving the recorded Workday and BambooHR fixtures on a free loopback port"
 # It prints its base URL alone on stdout once it listens; nothing means it failed.
 exec 3< <(exec $bin serve-fixtures --listen 127.0.0.1:0 --pages fixtures/workday/workers)
 server=$!
@@ -48,11 +50,16 @@ step "sync-daemon migrate (creates the database if needed)"
 $bin --config $cfg migrate
 step "sync-daemon sync workday-acme"
 $bin --config $cfg sync workday-acme
+step "sync-daemon sync bamboo-acme (the report, then the changed feed with a deletion)"
+$bin --config $cfg sync bamboo-acme
 step "sync-daemon status"
 $bin --config $cfg status
 # Logan McNeil, by Workday id (the first recorded worker)
 step "sync-daemon explain worker c3dd75f6808578e6ec925f09a227f039"
 $bin --config $cfg explain worker c3dd75f6808578e6ec925f09a227f039
+# BambooHR employee 6, deleted in the changed feed: the deletion's provenance
+step "sync-daemon explain worker 6 --connection bamboo-acme"
+$bin --config $cfg explain worker 6 --connection bamboo-acme
 
 step "done"
 cat <<EOT
@@ -61,7 +68,7 @@ To run more commands against this database:
   $bin --config $cfg status
 (explain and status need nothing more; replay also needs FIXTURE_URL; sync needs a fixture
 server, started with \`$bin serve-fixtures &\`, which prints the FIXTURE_URL to export, and
-WORKDAY_CLIENT_SECRET and WORKDAY_REFRESH_TOKEN, any value each.)
+WORKDAY_CLIENT_SECRET and WORKDAY_REFRESH_TOKEN, any value each, and BAMBOOHR_API_KEY=demo-bamboo-key.)
 EOT
 if [ -f target/postgres/port ] && [[ "$DATABASE_URL" == *":$(cat target/postgres/port)/"* ]]; then
   echo "The private PostgreSQL keeps running for the next run; stop it with: bash examples/postgres.sh stop"

@@ -80,25 +80,53 @@ pub async fn explain(
     id: &str,
     field: Option<&str>,
 ) -> anyhow::Result<Explanation> {
+    explain_in(pool, store, entity, id, field, None).await
+}
+
+/// Like [`explain`]; with `connection`, `id` is that connection's source id.
+pub async fn explain_in(
+    pool: &PgPool,
+    store: &RawStore,
+    entity: &str,
+    id: &str,
+    field: Option<&str>,
+    connection: Option<&str>,
+) -> anyhow::Result<Explanation> {
     check_usage(entity, field).map_err(anyhow::Error::msg)?;
     let kind: EntityKind = entity.parse().map_err(anyhow::Error::msg)?;
     let table = kind.as_str();
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "select to_jsonb(t) from {table} t where t.id::text = $1
-         union all
-         select to_jsonb(t) from {table} t join source_link l on l.canonical_id = t.id and l.entity_type = $2
-         where l.source_id = $1 and t.id::text <> $1
-         limit 2"
-    )))
-    .bind(id)
-    .bind(table)
-    .fetch_all(pool)
-    .await?;
+    let row = match connection {
+        None => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select to_jsonb(t) from {table} t where t.id::text = $1
+             union all
+             select to_jsonb(t) from {table} t join source_link l on l.canonical_id = t.id and l.entity_type = $2
+             where l.source_id = $1 and t.id::text <> $1
+             limit 2"
+        )))
+        .bind(id)
+        .bind(table)
+        .fetch_all(pool)
+        .await?,
+        Some(c) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select to_jsonb(t) from {table} t join source_link l on l.canonical_id = t.id and l.entity_type = $2
+             where l.source_id = $1 and l.connection = $3"
+        )))
+        .bind(id)
+        .bind(table)
+        .bind(c)
+        .fetch_all(pool)
+        .await?,
+    };
     let row: serde_json::Value = match row.len() {
+        0 if connection.is_some() => anyhow::bail!(
+            "no {kind} with source id {id:?} in connection {:?}",
+            connection.unwrap_or_default()
+        ),
         0 => anyhow::bail!("no {kind} with canonical or source id {id:?}"),
         1 => row[0].get(0),
         _ => anyhow::bail!(
-            "{id:?} matches several {kind} rows (from several connections); use the canonical id"
+            "{id:?} matches several {kind} rows (a canonical id and a source id, or source ids of \
+             several connections); use the canonical id, or name the source's connection with --connection"
         ),
     };
     let canonical_id = row["id"].as_i64().unwrap_or_default();

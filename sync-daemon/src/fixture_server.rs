@@ -1,6 +1,11 @@
-//! A Workday-shaped mock source on loopback, serving recorded pages: the token
-//! endpoint (refresh-token grant, client authenticated with HTTP Basic), a
-//! bearer check, and `workers?limit&offset` sliced from the recorded records.
+//! Mock sources on loopback, serving recorded data:
+//! - Workday-shaped: the token endpoint (refresh-token grant, client
+//!   authenticated with HTTP Basic), a bearer check, and
+//!   `workers?limit&offset` sliced from the recorded records;
+//! - BambooHR-shaped (when given its fixtures): HTTP Basic with the API key,
+//!   `POST /api/gateway.php/{company}/v1/reports/custom` (filtered by
+//!   `filters.lastChanged`) and `GET …/employees/changed/?since=` (an object
+//!   keyed by id, with `latest`), over the recorded runs merged in order.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -27,6 +32,70 @@ pub struct FixtureOptions {
     /// whatever its announced lifetime, like a revoked one); `None`: no limit.
     pub token_max_requests: Option<u32>,
     pub max_limit: usize,
+    /// The BambooHR-shaped source, when served.
+    pub bamboohr: Option<BambooData>,
+}
+
+/// The BambooHR company served: its employees and change entries as of
+/// the last recorded run served (the latest version of each by `lastChanged`).
+#[derive(Clone, Debug, Default)]
+pub struct BambooData {
+    pub company: String,
+    /// The API key (Basic user name) the server accepts; any password.
+    pub api_key: String,
+    pub fields: serde_json::Value,
+    pub employees: Vec<serde_json::Value>,
+    pub changes: Vec<serde_json::Value>,
+}
+
+/// Reads `report-1.json` … `report-N.json` and `changed-1.json` …
+/// `changed-N.json` from `dir` (the first `runs` of each), keeping the latest
+/// version of each employee and change entry by `lastChanged`.
+pub fn load_bamboohr(
+    dir: &Path,
+    runs: u32,
+    company: &str,
+    api_key: &str,
+) -> anyhow::Result<BambooData> {
+    let read = |name: String| -> anyhow::Result<serde_json::Value> {
+        let p = dir.join(&name);
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| anyhow::anyhow!("BambooHR fixture {}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let mut data = BambooData {
+        company: company.to_owned(),
+        api_key: api_key.to_owned(),
+        ..Default::default()
+    };
+    let newest = |all: &mut Vec<serde_json::Value>, v: serde_json::Value| match all
+        .iter_mut()
+        .find(|e| e["id"] == v["id"])
+    {
+        Some(old) if changed_at(old) <= changed_at(&v) => *old = v,
+        Some(_) => {}
+        None => all.push(v),
+    };
+    for run in 1..=runs.max(1) {
+        let report = read(format!("report-{run}.json"))?;
+        data.fields = report["fields"].clone();
+        for e in report["employees"].as_array().cloned().unwrap_or_default() {
+            newest(&mut data.employees, e);
+        }
+        let changed = read(format!("changed-{run}.json"))?;
+        if let Some(m) = changed["employees"].as_object() {
+            for e in m.values() {
+                newest(&mut data.changes, e.clone());
+            }
+        }
+    }
+    Ok(data)
+}
+
+fn changed_at(v: &serde_json::Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    v["lastChanged"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
 }
 
 /// What the server saw, for tests and the demo.
@@ -56,6 +125,7 @@ impl Default for FixtureOptions {
             token_ttl: Duration::from_secs(3600),
             token_max_requests: None,
             max_limit: 100,
+            bamboohr: None,
         }
     }
 }
@@ -152,12 +222,146 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// A BambooHR error: its reason in `X-BambooHR-Error-Message`, an empty body.
+fn bamboo_error(status: StatusCode, why: &str) -> Response<Full<Bytes>> {
+    let mut r = reply(status, Bytes::new());
+    if let Ok(v) = why.parse() {
+        r.headers_mut().insert("x-bamboohr-error-message", v);
+    }
+    r
+}
+
+/// Serves the BambooHR-shaped endpoints; `None` when the request is not one.
+async fn bamboo(
+    data: &BambooData,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Request<hyper::body::Incoming>> {
+    let root = format!("/api/gateway.php/{}/v1/", data.company);
+    let Some(rest) = req.uri().path().strip_prefix(&root).map(str::to_owned) else {
+        return Err(req);
+    };
+    // The API key is the user name; any password.
+    let auth_ok = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|d| String::from_utf8(d).ok())
+        .is_some_and(|d| {
+            d.split_once(':')
+                .is_some_and(|(user, _)| user == data.api_key)
+        });
+    if !auth_ok {
+        return Ok(bamboo_error(
+            StatusCode::UNAUTHORIZED,
+            "Your API key is missing or invalid",
+        ));
+    }
+    let json_accepted =
+        req.headers().get("accept").and_then(|v| v.to_str().ok()) == Some("application/json");
+    let params: HashMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let after = |bound: &str, e: &serde_json::Value| -> bool {
+        match (chrono::DateTime::parse_from_rfc3339(bound), changed_at(e)) {
+            (Ok(b), Some(at)) => at >= b,
+            _ => false,
+        }
+    };
+    match (req.method().clone(), rest.as_str()) {
+        (hyper::Method::POST, "reports/custom") => {
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if !params
+                .get("format")
+                .is_some_and(|f| f.eq_ignore_ascii_case("json"))
+                && !json_accepted
+            {
+                return Ok(bamboo_error(StatusCode::NOT_FOUND, "unsupported format"));
+            }
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            // BambooHR reads any other content type as XML.
+            if ct.as_deref() != Some("application/json") {
+                return Ok(bamboo_error(StatusCode::BAD_REQUEST, "Malformed XML"));
+            }
+            let Ok(def) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return Ok(bamboo_error(StatusCode::BAD_REQUEST, "Malformed JSON"));
+            };
+            let filter = def["filters"]["lastChanged"]["value"]
+                .as_str()
+                .map(str::to_owned);
+            if let Some(f) = &filter
+                && chrono::DateTime::parse_from_rfc3339(f).is_err()
+            {
+                return Ok(bamboo_error(
+                    StatusCode::BAD_REQUEST,
+                    "lastChanged is not a valid ISO 8601 date",
+                ));
+            }
+            let employees: Vec<&serde_json::Value> = data
+                .employees
+                .iter()
+                .filter(|e| filter.as_deref().is_none_or(|f| after(f, e)))
+                .collect();
+            let out = serde_json::json!({
+                "title": def["title"], "fields": data.fields, "employees": employees,
+            });
+            Ok(reply(StatusCode::OK, out.to_string()))
+        }
+        (hyper::Method::GET, "employees/changed" | "employees/changed/") => {
+            let Some(since) = params.get("since") else {
+                return Ok(bamboo_error(StatusCode::BAD_REQUEST, "since is required"));
+            };
+            if chrono::DateTime::parse_from_rfc3339(since).is_err() {
+                return Ok(bamboo_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("since {since} is not a valid ISO 8601 date"),
+                ));
+            }
+            let entries: Vec<&serde_json::Value> =
+                data.changes.iter().filter(|e| after(since, e)).collect();
+            let latest = entries
+                .iter()
+                .filter_map(|e| e["lastChanged"].as_str())
+                .max_by_key(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .unwrap_or(since);
+            let mut map = serde_json::Map::new();
+            for e in &entries {
+                map.insert(
+                    e["id"].as_str().unwrap_or_default().to_owned(),
+                    (*e).clone(),
+                );
+            }
+            let out = serde_json::json!({"latest": latest, "employees": map});
+            Ok(reply(StatusCode::OK, out.to_string()))
+        }
+        _ => Ok(bamboo_error(StatusCode::NOT_FOUND, "not a valid API")),
+    }
+}
+
 fn oauth_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
     reply(status, format!("{{\"error\":\"{code}\"}}"))
 }
 
 async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let o = &state.opts;
+    let req = match &o.bamboohr {
+        Some(data) => match bamboo(data, req).await {
+            Ok(resp) => return resp,
+            Err(req) => req,
+        },
+        None => req,
+    };
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     if req.method() == hyper::Method::POST && path == format!("/ccx/oauth2/{}/token", o.tenant) {

@@ -94,6 +94,10 @@ pub enum Command {
         id: String,
         /// Explain only this field (default: every field).
         field: Option<String>,
+        /// Read `id` as this connection's source id (source ids of two
+        /// connections, or a source id and a canonical id, can be equal).
+        #[arg(long)]
+        connection: Option<String>,
         /// Print the explanation as JSON.
         #[arg(long)]
         json: bool,
@@ -124,6 +128,17 @@ pub enum Command {
         /// Page requests an access token is good for (tokens that expire mid-run).
         #[arg(long)]
         token_max_requests: Option<u32>,
+        /// Folder of BambooHR payloads (`report-N.json`, `changed-N.json`)
+        /// to serve as a BambooHR company too; `none` to serve none.
+        #[arg(long, default_value = "fixtures/bamboohr")]
+        bamboohr: PathBuf,
+        /// How many recorded BambooHR runs the company has gone through (the
+        /// second deletes an employee).
+        #[arg(long, default_value_t = 2)]
+        bamboohr_runs: u32,
+        /// The BambooHR API key the server accepts (the Basic user name).
+        #[arg(long, default_value = "demo-bamboo-key")]
+        bamboohr_api_key: String,
     },
 }
 
@@ -143,15 +158,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         api_path,
         token_ttl_secs,
         token_max_requests,
+        bamboohr,
+        bamboohr_runs,
+        bamboohr_api_key,
     } = &cli.command
     {
         let records = fixture_server::load_records(pages)?;
         let n = records.len();
+        let bamboo = if bamboohr.as_os_str() == "none" {
+            None
+        } else {
+            Some(fixture_server::load_bamboohr(
+                bamboohr,
+                *bamboohr_runs,
+                tenant,
+                bamboohr_api_key,
+            )?)
+        };
+        if let Some(b) = &bamboo {
+            eprintln!(
+                "serving BambooHR company {tenant} ({} employees, {} change entries) at \
+                 /api/gateway.php/{tenant}/v1/ (API key {bamboohr_api_key:?})",
+                b.employees.len(),
+                b.changes.len()
+            );
+        }
         let opts = fixture_server::FixtureOptions {
             tenant: tenant.clone(),
             api_path: api_path.clone(),
             token_ttl: std::time::Duration::from_secs(*token_ttl_secs),
             token_max_requests: *token_max_requests,
+            bamboohr: bamboo,
             ..Default::default()
         };
         let fixture_server::FixtureServer { addr, handle, .. } =
@@ -240,10 +277,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             entity,
             id,
             field,
+            connection,
             json,
         } => {
             explain::check_usage(&entity, field.as_deref()).map_err(UsageError)?;
-            let x = explain::explain(&pool, &store, &entity, &id, field.as_deref()).await?;
+            let x = explain::explain_in(
+                &pool,
+                &store,
+                &entity,
+                &id,
+                field.as_deref(),
+                connection.as_deref(),
+            )
+            .await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&x)?);
             } else {

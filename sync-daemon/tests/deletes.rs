@@ -200,7 +200,7 @@ async fn bamboohr_end_to_end_tombstones_delete_and_a_newer_record_revives() {
         .await
         .unwrap();
     assert_eq!((stream.as_str(), ordinal), ("employee_changes", 0));
-    let x = explain::explain(&pool, &store, "worker", "6", None)
+    let x = explain::explain_in(&pool, &store, "worker", "6", None, Some("wd"))
         .await
         .unwrap();
     let d = x.deletion.as_ref().expect("the deletion's provenance");
@@ -239,7 +239,7 @@ async fn bamboohr_end_to_end_tombstones_delete_and_a_newer_record_revives() {
             .await
             .unwrap();
     assert_eq!(title, "Senior Analyst");
-    let x = explain::explain(&pool, &store, "worker", "6", None)
+    let x = explain::explain_in(&pool, &store, "worker", "6", None, Some("wd"))
         .await
         .unwrap();
     assert!(x.deletion.as_ref().is_some_and(|d| d.deleted_at.is_none()));
