@@ -82,6 +82,19 @@ pub enum Deleted {
     },
 }
 
+/// A stream whose requests come from another stream's records: the ids
+/// at `id_at` in the records of stream `of` (of the same connection, synced
+/// before it in the same run), asked for `batch` at a time. The stream's
+/// [`RequestHook`] puts each batch in the request ([`PageCtx::ids`]: a
+/// filter, a path, a query). Its state is how far it got in `of`'s stored
+/// pages, so ids of a run that failed are asked for again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Details {
+    pub of: &'static str,
+    pub id_at: &'static str,
+    pub batch: usize,
+}
+
 /// An HTTP method a stream may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Method {
@@ -160,6 +173,8 @@ pub struct PageCtx<'a> {
     pub since: Option<&'a serde_json::Value>,
     /// The partition this run of the stream pulls ([`StreamDef::partition`]).
     pub partition: Option<&'a str>,
+    /// The batch of ids a detail stream asks for ([`StreamDef::details`]).
+    pub ids: Option<&'a [String]>,
 }
 
 impl PageCtx<'_> {
@@ -242,6 +257,9 @@ pub struct StreamDef {
     /// raw object keys and lease, under [`StreamDef::key`]. The
     /// [`RequestHook`] reads it from [`PageCtx::partition`].
     pub partition: Option<String>,
+    /// Requests made from another stream's records (ids from a change feed
+    /// → detail requests, batched) instead of from a state of its own.
+    pub details: Option<Details>,
 }
 
 impl StreamDef {
@@ -264,6 +282,7 @@ impl StreamDef {
             mode: SyncMode::FullRefresh,
             request: None,
             partition: None,
+            details: None,
         }
     }
 
@@ -324,6 +343,31 @@ impl StreamDef {
         pointer("primary_key", self.primary_key, false)?;
         if let Some(c) = self.cursor {
             pointer("cursor", c, false)?;
+        }
+        if let Some(d) = self.details {
+            pointer("details id_at", d.id_at, false)?;
+            if d.batch == 0 || d.batch > 10_000 {
+                return Err(bad(format!(
+                    "details batch {} must be between 1 and 10000",
+                    d.batch
+                )));
+            }
+            if d.of == self.name {
+                return Err(bad("a detail stream cannot read its own records".into()));
+            }
+            if self.request.is_none() {
+                return Err(bad(
+                    "a detail stream needs a `request` hook that puts each batch of ids in the request"
+                        .into(),
+                ));
+            }
+            if !matches!(self.mode, SyncMode::FullRefresh) {
+                return Err(bad(
+                    "a detail stream's state is its place in the other stream's pages: declare it \
+                     SyncMode::FullRefresh"
+                        .into(),
+                ));
+            }
         }
         if let Some(Deleted::When { pointer: p, values }) = self.deleted {
             pointer("deleted pointer", p, false)?;
@@ -451,6 +495,7 @@ impl StreamDef {
         let page = PageCtx {
             since,
             partition: self.partition.as_deref(),
+            ids: None,
         };
         Ok(self.request(base, token, &page)?.url)
     }

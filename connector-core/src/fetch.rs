@@ -82,6 +82,8 @@ pub struct Pager {
     http: HttpClient,
     def: StreamDef,
     since: Option<serde_json::Value>,
+    /// The batch of ids of a detail stream's request.
+    ids: Option<Vec<String>>,
     concurrency: usize,
     queue: VecDeque<PageToken>,
     /// Predicted pages not requested yet (lazy: never materialized whole).
@@ -125,6 +127,7 @@ impl Pager {
             http,
             def,
             since,
+            ids: None,
             concurrency: concurrency.max(1),
             queue: VecDeque::from([start]),
             ahead: Box::new(std::iter::empty()),
@@ -153,6 +156,13 @@ impl Pager {
         r
     }
 
+    /// Asks for these ids ([`crate::StreamDef::details`]): every page's
+    /// request carries them in [`crate::PageCtx::ids`].
+    pub fn with_ids(mut self, ids: Vec<String>) -> Self {
+        self.ids = Some(ids);
+        self
+    }
+
     /// The page whose fetch failed, after `next_page` returned an error.
     pub fn failed_page(&self) -> Option<&PageToken> {
         self.failed.as_ref()
@@ -176,6 +186,7 @@ impl Pager {
             let page = crate::PageCtx {
                 since: self.since.as_ref(),
                 partition: self.def.partition.as_deref(),
+                ids: self.ids.as_deref(),
             };
             let req = match self.def.request(self.http.base_url(), &token, &page) {
                 Ok(r) => r,
@@ -313,7 +324,7 @@ impl Pager {
             request,
             since: crate::PageCtx {
                 since: self.since.as_ref(),
-                partition: None,
+                ..Default::default()
             }
             .since_text(),
             unparseable: checked.unparseable,

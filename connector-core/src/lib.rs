@@ -44,7 +44,7 @@ pub mod transport;
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use connector::{
-    Body, Connector, ConnectorFactory, Deleted, DynConnector, ErrorAnswer, ErrorReading, Factory,
+    Body, Connector, ConnectorFactory, Deleted, Details, DynConnector, ErrorAnswer, ErrorReading, Factory,
     Method, PageCtx, ReadError, Records, Request, RequestHook, StreamDef, SyncMode, read_nothing,
     struct_fields,
 };

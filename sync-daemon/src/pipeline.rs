@@ -706,6 +706,9 @@ async fn fetch_stream(
     tx: mpsc::Sender<Fetched>,
     out: &mut Fetching,
 ) -> anyhow::Result<()> {
+    if let Some(d) = def.details {
+        return fetch_details(ctx, http, run, def, d, tx, out).await;
+    }
     let key = def.key();
     let mut cursor = db::watermark(&ctx.pool, &ctx.connection, &key)
         .await?
@@ -843,6 +846,140 @@ async fn fetch_stream(
             );
         }
     }
+    Ok(())
+}
+
+/// A detail stream's pull ([`connector_core::Details`]): the ids in the
+/// records of the stream it details that were stored after its mark (the
+/// last of that stream's raw pages it covered), asked for a batch at a time.
+/// The mark moves only once every batch is stored, so a run that fails asks
+/// for all of them again (content-hash dedupe absorbs the repeats). A detail
+/// stream only sees what changed: it is never swept.
+async fn fetch_details(
+    ctx: &Ctx,
+    http: &HttpClient,
+    run: &Run<'_>,
+    def: &StreamDef,
+    d: connector_core::Details,
+    tx: mpsc::Sender<Fetched>,
+    out: &mut Fetching,
+) -> anyhow::Result<()> {
+    let key = def.key();
+    let mut cursor = db::watermark(&ctx.pool, &ctx.connection, &key)
+        .await?
+        .unwrap_or_default();
+    let after = cursor
+        .state
+        .as_ref()
+        .and_then(|s| s["after_page"].as_i64())
+        .unwrap_or(0);
+    let parent = ctx
+        .connector
+        .streams()
+        .into_iter()
+        .find(|s| s.name == d.of && s.partition == def.partition)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "stream {key} details the records of stream {}, which the connector does not have",
+                d.of
+            )
+        })?;
+    let pages: Vec<PageRef> = db::pages(&ctx.pool, &ctx.connection, &parent.key(), false)
+        .await?
+        .into_iter()
+        .filter(|p| p.id > after)
+        .collect();
+    let last = pages.last().map(|p| p.id);
+    let mut ids: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut unread = 0u64;
+    for p in &pages {
+        let body = match ctx.store.get_verified(&p.object_key).await? {
+            Ok(b) if p.parse_error.is_none() => b,
+            // Its records were never read: the pull is incomplete.
+            _ => {
+                unread += 1;
+                continue;
+            }
+        };
+        let text = connector_core::records::readable(&body, p.content_type.as_deref());
+        let Ok(split) = connector_core::records::split_records(&text, &p.record_path, None) else {
+            unread += 1;
+            continue;
+        };
+        for r in split.records {
+            if parent
+                .deleted
+                .as_ref()
+                .is_some_and(|rule| connector_core::records::is_tombstone(r, rule))
+            {
+                continue;
+            }
+            let id = connector_core::records::pointer(r, d.id_at)
+                .ok()
+                .flatten()
+                .and_then(|v| match serde_json::from_str::<serde_json::Value>(v.get()) {
+                    Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+                    Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                });
+            if let Some(id) = id
+                && seen.insert(id.clone())
+            {
+                ids.push(id);
+            }
+        }
+    }
+    tracing::info!(
+        event = "details_pull", connection = %ctx.connection, stream = %key, of = d.of,
+        ids = ids.len(), pages = pages.len(), "asking for the details of {} ids", ids.len()
+    );
+    for batch in ids.chunks(d.batch) {
+        let mut pager = Pager::new(
+            http.clone(),
+            def.clone(),
+            def.pagination.first(),
+            None,
+            ctx.fetch_concurrency,
+        )
+        .with_ids(batch.to_vec());
+        loop {
+            if let Some(why) = run.lease.lost() {
+                anyhow::bail!(connector_core::Error::LeaseLost {
+                    scope: format!("{}/{key}", ctx.connection),
+                    detail: why,
+                });
+            }
+            let Some(page) = pager.next_page().await else {
+                break;
+            };
+            let page = page.map_err(|e| anyhow::Error::new(e).context("fetching details"))?;
+            if page.unparseable.is_some() {
+                out.unreadable += 1;
+            }
+            let stored = store_page(ctx, http, run, def, &page, None).await?;
+            out.pages += 1;
+            if tx.send(Fetched { page: stored }).await.is_err() {
+                anyhow::bail!("the loader stopped");
+            }
+            if let Some(why) = page.stuck {
+                anyhow::bail!("{why}; the next sync asks for this batch again");
+            }
+        }
+    }
+    // Every batch is stored: the mark moves past the pages they came from.
+    if let Some(last) = last
+        && unread == 0
+    {
+        cursor.state = Some(serde_json::json!({ "after_page": last }));
+        cursor.completed_at = Some(Utc::now());
+        let mut wtx = ctx.pool.begin().await?;
+        run.lease.check(&mut wtx).await?;
+        db::set_watermark(&mut wtx, &ctx.connection, &key, &cursor, Some(run.id), "sync").await?;
+        wtx.commit().await?;
+    }
+    out.complete = unread == 0 && out.unreadable == 0;
+    out.from_start = false;
     Ok(())
 }
 

@@ -260,7 +260,18 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
     let Ok(c) = serde_json::from_value::<crate::db::Cursor>(w.clone()) else {
         return format!("unreadable: {w}");
     };
+    let token = c.state.as_ref().map(|s| match s {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
     let mut text = match (&c.next, c.high_water, c.completed_at) {
+        // The server's own token (BambooHR `latest`, a delta token).
+        (None, _, _) if token.is_some() => {
+            let t = token.unwrap_or_default();
+            let shown: String = t.chars().take(40).collect();
+            let more = if t.chars().count() > 40 { "…" } else { "" };
+            format!("changes since the source's {shown}{more}")
+        }
         (Some(next), _, _) => format!(
             "mid-pull, resumes at {next}{}",
             c.pull_started_at

@@ -109,3 +109,149 @@ async fn each_partition_keeps_its_own_watermark_raw_objects_and_bound() {
     let s = pipeline::sync(&c, Some("workers@2000")).await.unwrap();
     assert_eq!(s.pages_fetched, 1);
 }
+
+/// A change feed (`changes`: ids, one deleted) and the worker details it
+/// names (`workers`, asked for two ids at a time).
+#[derive(Debug)]
+struct FeedAndDetails(url::Url);
+
+impl Connector for FeedAndDetails {
+    const NAME: &'static str = "feed_and_details";
+    type Config = url::Url;
+    fn new(base: url::Url) -> Result<Self, Error> {
+        Ok(Self(base))
+    }
+    fn base_url(&self) -> &url::Url {
+        &self.0
+    }
+    fn streams(&self) -> Vec<StreamDef> {
+        vec![
+            StreamDef {
+                records: Records::Array("/changes"),
+                deleted: Some(connector_core::Deleted::When {
+                    pointer: "/action",
+                    values: &["deleted"],
+                }),
+                ..StreamDef::get("changes", "changes")
+            },
+            StreamDef {
+                records: Records::Array("/data"),
+                details: Some(connector_core::Details {
+                    of: "changes",
+                    id_at: "/id",
+                    batch: 2,
+                }),
+                request: Some(RequestHook::new(|req, page| {
+                    let ids = page.ids.unwrap_or_default().join(",");
+                    req.url.query_pairs_mut().append_pair("ids", &ids);
+                    Ok(())
+                })),
+                ..StreamDef::get("workers", "workers")
+            },
+        ]
+    }
+}
+
+/// Maps nothing: the feed's entries only name what changed.
+#[derive(Debug)]
+struct Nothing(canonical_model::MappingVersion);
+
+impl canonical_model::Mapper for Nothing {
+    fn mapping(&self) -> &canonical_model::MappingVersion {
+        &self.0
+    }
+    fn map(
+        &self,
+        _: &serde_json::Value,
+    ) -> Result<Vec<canonical_model::Entity>, canonical_model::MapError> {
+        Ok(Vec::new())
+    }
+}
+
+impl canonical_model::Modeled for FeedAndDetails {
+    fn models(&self) -> Vec<canonical_model::StreamModel> {
+        use canonical_model::{EntityKind, FieldRule, MappingVersion, Transform};
+        let rules = vec![FieldRule::new(
+            EntityKind::Worker,
+            "source_id",
+            &["/id"],
+            Transform::Text,
+        )];
+        let mut m = workers_model();
+        m.push(canonical_model::StreamModel {
+            stream: "changes",
+            entity: EntityKind::Worker,
+            mapper: std::sync::Arc::new(Nothing(
+                MappingVersion::new("feed.changes", "1", rules).unwrap(),
+            )),
+        });
+        m
+    }
+}
+
+fn worker(id: &str) -> serde_json::Value {
+    json!({"id": id, "descriptor": format!("Worker {id}")})
+}
+
+#[tokio::test]
+async fn a_detail_stream_asks_for_the_ids_another_stream_named_in_batches_once() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let srv = MockServer::start().await;
+    Mock::given(path("/changes"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"changes": [
+            {"id": "a"}, {"id": "b"}, {"id": "x", "action": "deleted"}, {"id": "a"}, {"id": "c"}
+        ]})))
+        .mount(&srv)
+        .await;
+    Mock::given(path("/workers"))
+        .and(query_param("ids", "a,b"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"data": [worker("a"), worker("b")]})),
+        )
+        .mount(&srv)
+        .await;
+    // The second batch fails at first: the run fails, and nothing of the
+    // feed's pages is marked as covered.
+    Mock::given(path("/workers"))
+        .and(query_param("ids", "c"))
+        .respond_with(ResponseTemplate::new(400))
+        .up_to_n_times(1)
+        .mount(&srv)
+        .await;
+    Mock::given(path("/workers"))
+        .and(query_param("ids", "c"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [worker("c")]})))
+        .mount(&srv)
+        .await;
+    let built = Built::new(FeedAndDetails(url::Url::parse(&srv.uri()).unwrap())).unwrap();
+    let store = RawStore::in_memory();
+    let c = ctx_built(&pool, &store, built, &AuthConfig::None);
+    assert!(pipeline::sync(&c, None).await.is_err());
+    assert_eq!(count(&pool, "select count(*) from worker").await, 2);
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(count(&pool, "select count(*) from worker").await, 3, "{s:?}");
+    let asked: Vec<String> = srv
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/workers")
+        .filter_map(|r| r.url.query_pairs().find(|(k, _)| k == "ids").map(|(_, v)| v.into_owned()))
+        .collect();
+    // Run 1: a,b then c (failed); run 2: both feed pages' ids again, once each.
+    assert_eq!(asked, ["a,b", "c", "a,b", "c"]);
+    // Covered: a third run asks only for what the feed's new page names.
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(s.outcome, "succeeded");
+    let after: Vec<String> = srv
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/workers")
+        .skip(4)
+        .filter_map(|r| r.url.query_pairs().find(|(k, _)| k == "ids").map(|(_, v)| v.into_owned()))
+        .collect();
+    assert_eq!(after, ["a,b", "c"], "only the new feed page's ids");
+}
