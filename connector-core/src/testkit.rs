@@ -565,6 +565,14 @@ impl Suite {
             self.check_waits().await
         );
         check!(
+            "a 429's Retry-After holds back every other request of the connection (real clock, 1 s)",
+            self.check_pause()
+        );
+        check!(
+            "mark and sweep: only a pull that reached its last page is complete",
+            self.check_completeness().await
+        );
+        check!(
             "data errors never trip the circuit breaker",
             self.check_breaker().await
         );
@@ -836,6 +844,87 @@ impl Suite {
             "{} pages at 2/s took {:?}",
             w.pages.len(),
             w.elapsed
+        );
+        Ok(())
+    }
+
+    /// A second pull on the same connection, started after the source
+    /// answered 429 with `Retry-After: 1`, does not reach the source before
+    /// that second is over: the wait holds for the connection, not only for
+    /// the request that was refused. On the real clock (paused time jumps
+    /// while loopback I/O is pending, which would hide the difference).
+    fn check_pause(&self) -> Result<(), String> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        let (mock, def, http) = self
+                            .source(|s| s.retry.base_delay = Duration::from_millis(1))
+                            .await?;
+                        mock.inject(
+                            0,
+                            Fault::RateLimited {
+                                retry_after_secs: 1,
+                            },
+                        )
+                        .await;
+                        let first = Self::walk(http.clone(), &def, def.pagination.first(), Some(1));
+                        let second = async {
+                            while mock.hits(0).await == 0 {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            let t0 = Instant::now();
+                            let w =
+                                Self::walk(http.clone(), &def, def.pagination.first(), Some(1)).await;
+                            (t0.elapsed(), w)
+                        };
+                        let (a, (waited, b)) = tokio::join!(first, second);
+                        for w in [&a, &b] {
+                            if let Some(e) = &w.error {
+                                return Err(format!("a pull failed: {e}"));
+                            }
+                        }
+                        ensure!(
+                            waited >= Duration::from_millis(800),
+                            "the second pull got its page after {waited:?}, within the source's Retry-After of 1 s"
+                        );
+                        Ok(())
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the pause check panicked".into()))
+        })
+    }
+
+    /// What mark and sweep relies on: a pull that reached its last page says
+    /// so (no next page, nothing stuck), and one whose last page fails never
+    /// does (it ends in an error). A pull that is not complete deletes nothing.
+    async fn check_completeness(&self) -> Result<(), String> {
+        let (mock, def, http) = self.plain().await?;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            w.error.is_none() && w.stuck.is_none() && w.pages.len() == mock.pages(),
+            "a whole pull did not end complete: {:?} {:?}",
+            w.error.map(|e| e.to_string()),
+            w.stuck
+        );
+        let (mock, def, http) = self.source(|s| s.retry.max_attempts = 2).await?;
+        mock.inject(
+            mock.pages() - 1,
+            Fault::ServerErrors {
+                status: 500,
+                count: 100,
+            },
+        )
+        .await;
+        let w = Self::walk(http, &def, def.pagination.first(), None).await;
+        ensure!(
+            w.error.is_some(),
+            "a pull whose last page fails ended without an error: it would count as complete"
         );
         Ok(())
     }

@@ -918,11 +918,13 @@ async fn fetch_details(
             let id = connector_core::records::pointer(r, d.id_at)
                 .ok()
                 .flatten()
-                .and_then(|v| match serde_json::from_str::<serde_json::Value>(v.get()) {
-                    Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-                    Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
-                    _ => None,
-                });
+                .and_then(
+                    |v| match serde_json::from_str::<serde_json::Value>(v.get()) {
+                        Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+                        Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    },
+                );
             if let Some(id) = id
                 && seen.insert(id.clone())
             {
@@ -975,7 +977,15 @@ async fn fetch_details(
         cursor.completed_at = Some(Utc::now());
         let mut wtx = ctx.pool.begin().await?;
         run.lease.check(&mut wtx).await?;
-        db::set_watermark(&mut wtx, &ctx.connection, &key, &cursor, Some(run.id), "sync").await?;
+        db::set_watermark(
+            &mut wtx,
+            &ctx.connection,
+            &key,
+            &cursor,
+            Some(run.id),
+            "sync",
+        )
+        .await?;
         wtx.commit().await?;
     }
     out.complete = unread == 0 && out.unreadable == 0;

@@ -230,14 +230,23 @@ async fn a_detail_stream_asks_for_the_ids_another_stream_named_in_batches_once()
     assert!(pipeline::sync(&c, None).await.is_err());
     assert_eq!(count(&pool, "select count(*) from worker").await, 2);
     let s = pipeline::sync(&c, None).await.unwrap();
-    assert_eq!(count(&pool, "select count(*) from worker").await, 3, "{s:?}");
+    assert_eq!(
+        count(&pool, "select count(*) from worker").await,
+        3,
+        "{s:?}"
+    );
     let asked: Vec<String> = srv
         .received_requests()
         .await
         .unwrap()
         .iter()
         .filter(|r| r.url.path() == "/workers")
-        .filter_map(|r| r.url.query_pairs().find(|(k, _)| k == "ids").map(|(_, v)| v.into_owned()))
+        .filter_map(|r| {
+            r.url
+                .query_pairs()
+                .find(|(k, _)| k == "ids")
+                .map(|(_, v)| v.into_owned())
+        })
         .collect();
     // Run 1: a,b then c (failed); run 2: both feed pages' ids again, once each.
     assert_eq!(asked, ["a,b", "c", "a,b", "c"]);
@@ -251,7 +260,12 @@ async fn a_detail_stream_asks_for_the_ids_another_stream_named_in_batches_once()
         .iter()
         .filter(|r| r.url.path() == "/workers")
         .skip(4)
-        .filter_map(|r| r.url.query_pairs().find(|(k, _)| k == "ids").map(|(_, v)| v.into_owned()))
+        .filter_map(|r| {
+            r.url
+                .query_pairs()
+                .find(|(k, _)| k == "ids")
+                .map(|(_, v)| v.into_owned())
+        })
         .collect();
     assert_eq!(after, ["a,b", "c"], "only the new feed page's ids");
 }
