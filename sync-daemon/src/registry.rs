@@ -52,10 +52,12 @@ pub trait Source: Send + Sync {
 }
 
 /// The [`Source`] of a connector type that is [`Modeled`].
-struct Registered<C>(Factory<C>, PhantomData<fn() -> C>);
+#[derive(Debug)]
+pub struct Registered<C>(Factory<C>, PhantomData<fn() -> C>);
 
 impl<C> Registered<C> {
-    fn new() -> Self {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         Self(Factory::new(), PhantomData)
     }
 }
