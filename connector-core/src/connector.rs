@@ -501,6 +501,14 @@ impl StreamDef {
     }
 }
 
+/// The whole configuration of a connector that needs only its API root
+/// (`base_url = "https://…"`; any other key is refused, naming it).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseUrl {
+    pub base_url: Url,
+}
+
 /// What a connector author implements: typed config in, data logic out.
 ///
 /// # Contract

@@ -452,19 +452,17 @@ fn facts_of(
             .max(),
         None => None,
     };
-    // The server's own next state: a page that should carry it and does not
-    // (or carries something else) cannot end the pull as complete.
+    // The server's own next state. A page without one (an empty answer may
+    // carry none) leaves the stored state as it is: asking again from it is
+    // always safe. One that is not a string cannot be sent back: the pull
+    // cannot end as complete.
     let (state_token, bad_next) = match def.mode {
         crate::SyncMode::Incremental {
             token_at: Some(at), ..
         } => match string_at(split.root, at) {
             Ok(Some(t)) if !t.is_empty() && !t.contains('\0') => (Some(t), bad_next),
-            Ok(_) if next.is_some() => (None, bad_next),
-            Ok(_) => (
-                None,
-                bad_next.or_else(|| Some(format!("the page has no next state at {at:?}"))),
-            ),
-            Err(e) => (None, bad_next.or(Some(e))),
+            Ok(_) => (None, bad_next),
+            Err(e) => (None, bad_next.or(Some(format!("the next state: {e}")))),
         },
         _ => (None, bad_next),
     };

@@ -44,9 +44,9 @@ pub mod transport;
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use connector::{
-    Body, Connector, ConnectorFactory, Deleted, Details, DynConnector, ErrorAnswer, ErrorReading,
-    Factory, Method, PageCtx, ReadError, Records, Request, RequestHook, StreamDef, SyncMode,
-    read_nothing, struct_fields,
+    BaseUrl, Body, Connector, ConnectorFactory, Deleted, Details, DynConnector, ErrorAnswer,
+    ErrorReading, Factory, Method, PageCtx, ReadError, Records, Request, RequestHook, StreamDef,
+    SyncMode, read_nothing, struct_fields,
 };
 pub use error::{Error, ErrorClass, snippet, sqlstate_is_transient};
 pub use fetch::{FetchedPage, Pager};

@@ -46,18 +46,23 @@ pub fn rules() -> Vec<FieldRule> {
 }
 
 /// A report row with its "no value" strings (blank, `0000-00-00`) as null,
-/// so that optional references and dates read as absent.
+/// so that optional references and dates read as absent, and numbers as the
+/// strings BambooHR documents (`"id": 123` and `"id": "123"` are one employee).
 fn without_blanks(record: &Value) -> Result<Value, MapError> {
     let Value::Object(fields) = record else {
         return Err(MapError::NotAnObject);
     };
     let mut out = fields.clone();
     for v in out.values_mut() {
-        if let Value::String(s) = v {
-            let t = s.trim();
-            if t.is_empty() || t.starts_with("0000-00-00") {
-                *v = Value::Null;
+        match v {
+            Value::String(s) => {
+                let t = s.trim();
+                if t.is_empty() || t.starts_with("0000-00-00") {
+                    *v = Value::Null;
+                }
             }
+            Value::Number(n) => *v = Value::String(n.to_string()),
+            _ => {}
         }
     }
     Ok(Value::Object(out))
@@ -197,6 +202,14 @@ mod tests {
             panic!("worker")
         };
         assert_eq!((w.hire_date, w.termination_date), (None, None));
+        let numeric = json!({"id": 44, "supervisorEId": 41, "lastChanged": "2024-04-01T08:00:00Z"});
+        let Entity::Worker(w) = &EmployeesMapper::new().map(&numeric).unwrap()[0] else {
+            panic!("worker")
+        };
+        assert_eq!(
+            (w.source_id.as_str(), w.manager.as_deref()),
+            ("44", Some("41"))
+        );
         let bad = EmployeesMapper::new()
             .map(&json!({"id": "43", "hireDate": "2024-02-30"}))
             .unwrap_err();

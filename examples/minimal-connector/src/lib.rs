@@ -5,22 +5,16 @@
 pub mod mapper;
 
 use canonical_model::{EntityKind::Worker, Modeled, StreamModel};
-use connector_core::{Connector, Error, LinkAt, Pagination, Records, StreamDef, SyncMode};
+use connector_core::{BaseUrl, Connector, Error, LinkAt, Pagination, Records, StreamDef, SyncMode};
 use std::{sync::Arc, time::Duration};
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    pub base_url: url::Url,
-}
 
 #[derive(Debug)]
 pub struct Peoplebox(url::Url);
 
 impl Connector for Peoplebox {
     const NAME: &'static str = "peoplebox";
-    type Config = Config;
-    fn new(config: Config) -> Result<Self, Error> {
+    type Config = BaseUrl;
+    fn new(config: BaseUrl) -> Result<Self, Error> {
         Ok(Self(config.base_url))
     }
     fn base_url(&self) -> &url::Url {
