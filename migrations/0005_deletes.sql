@@ -10,7 +10,9 @@ alter table source_link
     add column deleted_page_id bigint references raw_page(id),
     add column deleted_ordinal int,
     -- A sweep: the complete run that no longer saw it.
-    add column deleted_run_id  bigint references sync_run(id);
+    add column deleted_run_id  bigint references sync_run(id),
+    -- The stream (or partition, `name@partition`) that deleted it.
+    add column deleted_stream  text;
 
 alter table worker   add column deleted_at timestamptz;
 alter table org_unit add column deleted_at timestamptz;

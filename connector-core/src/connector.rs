@@ -375,10 +375,23 @@ impl StreamDef {
                 return Err(bad("`deleted` names no value that marks a tombstone".into()));
             }
         }
-        if self.name.is_empty() || self.name.contains(['/', ' ', ':']) {
+        if self.name.is_empty() || self.name.contains(['/', ' ', ':', '@']) {
             return Err(bad(
-                "the name must be non-empty, without '/', ':' or spaces".into(),
+                "the name must be non-empty, without '/', ':', '@' or spaces".into(),
             ));
+        }
+        if let Some(p) = &self.partition
+            && (p.is_empty()
+                || p.len() > 64
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                || p.starts_with('.'))
+        {
+            return Err(bad(format!(
+                "partition {p:?} must be 1 to 64 letters, digits, '-', '_' or '.' (not first): \
+                 it keys the partition's watermark and raw objects"
+            )));
         }
         if let SyncMode::Incremental {
             token_at,

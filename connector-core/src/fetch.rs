@@ -206,17 +206,19 @@ impl Pager {
                 // serves for this page: it is handed over as unreadable (and
                 // stored), not asked for forever.
                 let r = match r {
-                    Err(Error::Truncated { message, .. }) => http.send(&req).await.map(|resp| {
-                        let why = format!("the body ended early on every attempt ({message})");
-                        let checked = Checked {
-                            facts: PageFacts::default(),
-                            max_cursor: None,
-                            state_token: None,
-                            unparseable: Some(http.scrub(&why)),
-                            bad_next: None,
-                        };
-                        (resp, checked)
-                    }),
+                    Err(Error::Truncated { message, .. }) if req.idempotent => {
+                        http.send(&req).await.map(|resp| {
+                            let why = format!("the body ended early on every attempt ({message})");
+                            let checked = Checked {
+                                facts: PageFacts::default(),
+                                max_cursor: None,
+                                state_token: None,
+                                unparseable: Some(http.scrub(&why)),
+                                bad_next: None,
+                            };
+                            (resp, checked)
+                        })
+                    }
                     other => other,
                 };
                 (token, req, r)

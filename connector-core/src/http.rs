@@ -463,6 +463,11 @@ impl HttpClient {
             let ErrorClass::Retry { after } = err.class() else {
                 return Err(err);
             };
+            // A request that is not idempotent is sent again only when it
+            // cannot have reached the source, or the source refused it unread.
+            if !url.idempotent && !unsent(&err) {
+                return Err(err);
+            }
             // backon's schedule bounds the attempts and gives the exponential step.
             let Some(step) = schedule.next() else {
                 return Err(err);
@@ -685,6 +690,16 @@ impl HttpClient {
             headers,
             body,
         })
+    }
+}
+
+/// True when `err` says the request was not processed: refused before it
+/// was sent (an open breaker, no connection) or throttled (429).
+fn unsent(err: &Error) -> bool {
+    match err {
+        Error::RateLimited { .. } | Error::CircuitOpen { .. } => true,
+        Error::Transport { message, .. } => message.starts_with("connection failed"),
+        _ => false,
     }
 }
 

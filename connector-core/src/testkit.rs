@@ -621,6 +621,10 @@ impl Suite {
         } else {
             check!("tombstones are read as deletions, never mapped", off "deletes");
         }
+        check!(
+            "fan-out: each partition has its own key and asks for its own data",
+            self.check_partitions()
+        );
         if self.caps.body_driven_paging {
             check!(
                 "a repeated page token or link fails as a loop",
@@ -898,6 +902,53 @@ impl Suite {
                 .join()
                 .unwrap_or_else(|_| Err("the pause check panicked".into()))
         })
+    }
+
+    /// A stream declared per partition: every copy validates, has its own
+    /// key (its own watermark, raw objects and lease), and asks for its own
+    /// data (requests differ from one partition to the next). A stream
+    /// without partitions passes trivially (there is nothing to fan out).
+    fn check_partitions(&self) -> Result<(), String> {
+        let base = Url::parse("http://127.0.0.1:9/").map_err(|e| e.to_string())?;
+        let connector = (self.build)(base.as_str()).map_err(|e| e.to_string())?;
+        let copies: Vec<StreamDef> = connector
+            .streams()
+            .into_iter()
+            .filter(|d| d.name == self.stream)
+            .collect();
+        if copies.len() < 2 {
+            return Ok(());
+        }
+        let mut keys = HashSet::new();
+        let mut requests = Vec::new();
+        for d in &copies {
+            d.validate().map_err(|e| e.to_string())?;
+            ensure!(
+                d.partition.is_some(),
+                "stream {} is declared {} times, but not every copy names its partition",
+                d.name,
+                copies.len()
+            );
+            ensure!(
+                keys.insert(d.key()),
+                "two partitions share the key {}",
+                d.key()
+            );
+            let page = crate::PageCtx {
+                partition: d.partition.as_deref(),
+                ..Default::default()
+            };
+            let req = d
+                .request(connector.base_url(), &d.pagination.first(), &page)
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                !requests.contains(&req),
+                "partition {} asks for the same data as another one: its request does not depend on the partition",
+                d.key()
+            );
+            requests.push(req);
+        }
+        Ok(())
     }
 
     /// What mark and sweep relies on: a pull that reached its last page says

@@ -651,3 +651,60 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_idempotent_is_sent_again_only_when_it_was_not_processed() {
+    let srv = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/write"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&srv)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/throttled"))
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(1)
+        .mount(&srv)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/throttled"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(&srv)
+        .await;
+    let http = common::client_with(&srv.uri(), AuthConfig::None, common::quick_settings(5));
+    let post = |p: &str| connector_core::Request {
+        method: connector_core::Method::Post,
+        body: Some(connector_core::Body::Json(serde_json::json!({"a": 1}))),
+        idempotent: false,
+        ..connector_core::Request::get(Url::parse(&format!("{}{p}", srv.uri())).unwrap())
+    };
+    let e = http.send(&post("/write")).await.unwrap_err();
+    assert!(matches!(e, Error::Server { status: 502, .. }), "{e}");
+    http.send(&post("/throttled")).await.unwrap();
+    let sent = |p: &'static str| {
+        let srv = &srv;
+        async move {
+            srv.received_requests()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.url.path() == p)
+                .count()
+        }
+    };
+    assert_eq!(
+        sent("/write").await,
+        1,
+        "a 502 may have come after the write"
+    );
+    assert_eq!(
+        sent("/throttled").await,
+        2,
+        "a 429 was not processed: sent again"
+    );
+    // The same POST declared idempotent (a report) is retried on 502.
+    let mut report = post("/write");
+    report.idempotent = true;
+    assert!(http.send(&report).await.is_err());
+    assert!(sent("/write").await > 2);
+}

@@ -591,6 +591,35 @@ pub async fn pages(
     .await?)
 }
 
+/// The pages of `stream` after raw page `after` that a detail stream reads
+/// ids from, in fetch order: pages another fetch replaced are left out (their
+/// replacement is among them).
+pub async fn pages_after(
+    pool: &PgPool,
+    connection: &str,
+    stream: &str,
+    after: i64,
+) -> anyhow::Result<Vec<(PageRef, String)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        page: PageRef,
+        object_state: String,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since,
+                content_type, object_state
+         from raw_page
+         where connection = $1 and stream = $2 and id > $3 and replaced_by is null order by id",
+    )
+    .bind(connection)
+    .bind(stream)
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.page, r.object_state)).collect())
+}
+
 /// Records what reading a page's object found: `missing` or `corrupt` (a
 /// hash mismatch). Not a write of the run's data: no lease check.
 pub async fn mark_object(pool: &PgPool, page: i64, state: &str) -> anyhow::Result<()> {

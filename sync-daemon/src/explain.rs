@@ -239,7 +239,7 @@ pub async fn explain_in(
     let source_id = row["source_id"].as_str().unwrap_or_default().to_owned();
     let deletion = sqlx::query(
         "select l.connection, l.deleted_at, l.deleted_page_id, l.deleted_ordinal, l.deleted_run_id,
-                p.object_key, coalesce(p.stream, r.stream)
+                p.object_key, coalesce(l.deleted_stream, p.stream, r.stream)
          from source_link l
          left join raw_page p on p.id = l.deleted_page_id
          left join sync_run r on r.id = l.deleted_run_id

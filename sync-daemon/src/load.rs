@@ -131,6 +131,18 @@ impl DiffReport {
 
 type Version = (Option<DateTime<Utc>>, i64, i32);
 
+/// True when version `a` is newer than `b`: by source-modified time when
+/// both have one (and they differ), else by fetch order (raw page, then
+/// position). A version without a time is never older than one with a time
+/// just for lacking it: a source that sends no time for a deletion, or a
+/// record whose time is blank, is placed by when it was fetched.
+fn newer(a: Version, b: Version) -> bool {
+    match (a.0, b.0) {
+        (Some(x), Some(y)) if x != y => x > y,
+        _ => (a.1, a.2) > (b.1, b.2),
+    }
+}
+
 #[derive(Debug)]
 struct Rec<'a> {
     page_id: i64,
@@ -231,7 +243,7 @@ fn decide<'c>(
     };
     for (key, c) in cands {
         let link = &links[key];
-        if link.version.is_some_and(|v| v > c.version) {
+        if link.version.is_some_and(|v| newer(v, c.version)) {
             plan.stale.insert(c.rec);
             continue;
         }
@@ -675,7 +687,7 @@ pub async fn load_batch(
                 own.push((m.rec, key.clone()));
             }
             let row_hash = row.row_hash();
-            if cands.get(&key).is_none_or(|c| c.version <= version) {
+            if cands.get(&key).is_none_or(|c| !newer(c.version, version)) {
                 cands.insert(
                     key,
                     Cand {
@@ -937,12 +949,7 @@ pub async fn load_batch(
                 None => Status::Unchanged,
                 Some(l) if l.deleted => Status::Unchanged,
                 Some(l) => {
-                    // Without a time of its own, a tombstone is placed by fetch order.
-                    let newer = l.version.is_some_and(|v| match mine.0 {
-                        Some(_) => v > mine,
-                        None => (v.1, v.2) > (mine.1, mine.2),
-                    });
-                    if newer {
+                    if l.version.is_some_and(|v| newer(v, mine)) {
                         Status::Superseded
                     } else {
                         apply.push(i);
@@ -954,7 +961,8 @@ pub async fn load_batch(
         if !apply.is_empty() {
             let ids: Vec<i64> = sqlx::query_scalar(
                 "update source_link s set deleted_at = now(), deleted_page_id = u.page,
-                        deleted_ordinal = u.ord, deleted_run_id = null, raw_page_id = u.page,
+                        deleted_ordinal = u.ord, deleted_run_id = null, deleted_stream = $7,
+                        raw_page_id = u.page,
                         record_ordinal = u.ord,
                         source_modified_at = coalesce(u.modified, s.source_modified_at)
                  from unnest($3::text[], $4::bigint[], $5::int[], $6::timestamptz[])
@@ -973,6 +981,7 @@ pub async fn load_batch(
             .bind(apply.iter().map(|&i| recs[i].page_id).collect::<Vec<_>>())
             .bind(apply.iter().map(|&i| recs[i].ordinal).collect::<Vec<_>>())
             .bind(apply.iter().map(|&i| recs[i].modified).collect::<Vec<_>>())
+            .bind(ctx.stream)
             .fetch_all(&mut **tx)
             .await?;
             // Table names come from the closed EntityKind catalogue.

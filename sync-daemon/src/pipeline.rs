@@ -373,14 +373,69 @@ async fn sync_streams(
     defs: &[StreamDef],
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
+    // Per stream name: its keys synced in this run, what their complete
+    // pulls saw, and how many of them could be swept.
+    struct Sweepable {
+        entity: canonical_model::EntityKind,
+        keys: Vec<String>,
+        seen: crate::sweep::Seen,
+        complete: usize,
+    }
+    let mut sweeps: Vec<(&str, Sweepable)> = Vec::new();
     for def in defs {
-        sync_stream(ctx, run, def, summary).await.map_err(|e| {
+        let at = |e: anyhow::Error| {
             e.context(format!(
                 "connection {:?}, stream {}",
                 ctx.connection,
                 def.key()
             ))
-        })?;
+        };
+        let seen = sync_stream(ctx, run, def, summary).await.map_err(at)?;
+        if def.mode != SyncMode::FullRefresh || def.details.is_some() {
+            continue;
+        }
+        let entity = ctx.model(def.name)?.entity;
+        let i = match sweeps.iter().position(|(n, _)| *n == def.name) {
+            Some(i) => i,
+            None => {
+                sweeps.push((
+                    def.name,
+                    Sweepable {
+                        entity,
+                        keys: Vec::new(),
+                        seen: crate::sweep::Seen::default(),
+                        complete: 0,
+                    },
+                ));
+                sweeps.len() - 1
+            }
+        };
+        let g = &mut sweeps[i].1;
+        g.keys.push(def.key());
+        if let Some(seen) = seen {
+            g.seen.merge(seen);
+            g.complete += 1;
+        }
+    }
+    // A stream is swept once every partition of it ran complete in this
+    // run, with what all of them saw (a record that moved from one
+    // partition to another is not gone).
+    let all = ctx.connector.streams();
+    for (name, g) in sweeps {
+        let partitions = all.iter().filter(|d| d.name == name).count();
+        if g.complete == partitions && g.keys.len() == partitions {
+            let n = crate::sweep::sweep(ctx, run, &g.keys, g.entity, g.seen)
+                .await
+                .map_err(|e| {
+                    e.context(format!("connection {:?}, stream {name}", ctx.connection))
+                })?;
+            summary.swept += n;
+        } else if partitions > 1 && g.keys.len() < partitions {
+            tracing::info!(
+                event = "sweep_skipped", connection = %ctx.connection, stream = name,
+                "only some partitions of the stream ran: nothing is swept"
+            );
+        }
     }
     Ok(())
 }
@@ -447,12 +502,15 @@ struct Fetched {
     page: PageBody,
 }
 
+/// Syncs one stream (or partition). Returns what its pull saw when it may
+/// be swept: a full pull this run made from its first page to its last,
+/// every page read and loaded, while the source's total stayed put.
 async fn sync_stream(
     ctx: &Ctx,
     run: &Run<'_>,
     def: &StreamDef,
     summary: &mut Summary,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<crate::sweep::Seen>> {
     let http = ctx
         .http
         .clone()
@@ -484,14 +542,23 @@ async fn sync_stream(
         // did not see again are about records read since (or gone).
         db::sweep_dead_letters(&ctx.pool, run.lease, &ctx.connection, &key, run.id).await?;
         // A full pull this run made from its first page to its last saw
-        // every row the source still has: the others are gone.
+        // every row the source still has, unless records moved between
+        // pages while it ran (the source's total changed).
         if def.mode == SyncMode::FullRefresh && fetched.from_start {
-            summary.swept += crate::sweep::sweep(ctx, run, &key, model.entity, seen).await?;
+            if fetched.total_moved {
+                tracing::warn!(
+                    event = "sweep_skipped", connection = %ctx.connection, stream = %key,
+                    "the source's total changed during the pull, so records may have moved \
+                     between pages unseen: nothing is swept this time"
+                );
+            } else {
+                return Ok(Some(seen));
+            }
         }
     } else {
         summary.pulls_incomplete += 1;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What the fetcher of one stream did.
@@ -501,6 +568,8 @@ struct Fetching {
     unreadable: u64,
     /// The pull started at the first page in this run (not resumed).
     from_start: bool,
+    /// The total the source announced changed between pages of the pull.
+    total_moved: bool,
     /// The pull reached its last page without skipping any.
     complete: bool,
 }
@@ -559,12 +628,20 @@ async fn refetch(
     if token.is_redacted() {
         anyhow::bail!("its stored link has masked parameters and cannot be requested again");
     }
-    let since = page.since.clone().map(serde_json::Value::String);
-    let mut pager = Pager::new(http.clone(), def.clone(), token, since, 1);
+    let mut pager = if def.details.is_some() {
+        // A detail page keeps its batch of ids in `since`.
+        let ids: Vec<String> = serde_json::from_str(page.since.as_deref().unwrap_or("[]"))?;
+        Pager::new(http.clone(), def.clone(), token, None, 1).with_ids(ids)
+    } else {
+        let since = page.since.clone().map(serde_json::Value::String);
+        Pager::new(http.clone(), def.clone(), token, since, 1)
+    };
     let fetched = pager
         .next_page()
         .await
         .ok_or_else(|| anyhow::anyhow!("the source returned no page"))??;
+    let mut fetched = fetched;
+    fetched.since.clone_from(&page.since);
     let stored = store_page(ctx, http, run, def, &fetched, None).await?;
     db::mark_replaced(&ctx.pool, page.id, stored.page.id).await?;
     tracing::info!(
@@ -590,6 +667,15 @@ async fn give_up_page(
         .unwrap_or_default();
     cursor.pull_skipped_pages = cursor.pull_skipped_pages.saturating_add(1);
     match (def.mode, page.since.as_deref()) {
+        // A detail stream asks for every detail again.
+        _ if def.details.is_some() => cursor.state = None,
+        // A first pull of a server-issued state: start over.
+        (
+            SyncMode::Incremental {
+                token_at: Some(_), ..
+            },
+            None,
+        ) => cursor.state = None,
         // A server-issued state: ask again from the page's own.
         (
             SyncMode::Incremental {
@@ -742,6 +828,7 @@ async fn fetch_stream(
         SyncMode::FullRefresh => None,
     };
     out.from_start = cursor.next.is_none();
+    let mut first_total: Option<u64> = None;
     let mut pager = Pager::new(
         http.clone(),
         def.clone(),
@@ -775,6 +862,12 @@ async fn fetch_stream(
             .unwrap_or_else(Utc::now);
         cursor.pull_started_at.get_or_insert(server_now);
         cursor.pull_max_cursor = cursor.pull_max_cursor.max(page.max_cursor);
+        if let Some(t) = page.facts.total {
+            if first_total.is_some_and(|f| f != t) {
+                out.total_moved = true;
+            }
+            first_total.get_or_insert(t);
+        }
         if page.state_token.is_some() {
             cursor.pull_token.clone_from(&page.state_token);
         }
@@ -884,27 +977,34 @@ async fn fetch_details(
                 d.of
             )
         })?;
-    let pages: Vec<PageRef> = db::pages(&ctx.pool, &ctx.connection, &parent.key(), false)
-        .await?
-        .into_iter()
-        .filter(|p| p.id > after)
-        .collect();
-    let last = pages.last().map(|p| p.id);
+    let pages = db::pages_after(&ctx.pool, &ctx.connection, &parent.key(), after).await?;
+    // The mark may move to the last page read; a page whose object is lost
+    // stops it just before (its ids are asked for once it is readable again).
+    // A page that was never a page is dead-lettered as such: passed over.
+    let mut last = None;
     let mut ids: Vec<String> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut unread = 0u64;
-    for p in &pages {
+    let mut stopped = false;
+    for (p, state) in &pages {
+        if p.parse_error.is_some() {
+            last = Some(p.id);
+            continue;
+        }
         let body = match ctx.store.get_verified(&p.object_key).await? {
-            Ok(b) if p.parse_error.is_none() => b,
-            // Its records were never read: the pull is incomplete.
+            Ok(b) if state == "stored" => b,
             _ => {
-                unread += 1;
-                continue;
+                tracing::warn!(
+                    event = "details_stopped", connection = %ctx.connection, stream = %key,
+                    raw_page = p.id, "raw page {} of {} cannot be read: the details of its ids \
+                     and of later pages are asked for again next time", p.id, d.of
+                );
+                stopped = true;
+                break;
             }
         };
         let text = connector_core::records::readable(&body, p.content_type.as_deref());
         let Ok(split) = connector_core::records::split_records(&text, &p.record_path, None) else {
-            unread += 1;
+            last = Some(p.id);
             continue;
         };
         for r in split.records {
@@ -931,6 +1031,7 @@ async fn fetch_details(
                 ids.push(id);
             }
         }
+        last = Some(p.id);
     }
     tracing::info!(
         event = "details_pull", connection = %ctx.connection, stream = %key, of = d.of,
@@ -955,10 +1056,12 @@ async fn fetch_details(
             let Some(page) = pager.next_page().await else {
                 break;
             };
-            let page = page.map_err(|e| anyhow::Error::new(e).context("fetching details"))?;
+            let mut page = page.map_err(|e| anyhow::Error::new(e).context("fetching details"))?;
             if page.unparseable.is_some() {
                 out.unreadable += 1;
             }
+            // The batch is kept with the page: a lost object is asked for again with it.
+            page.since = Some(serde_json::to_string(batch)?);
             let stored = store_page(ctx, http, run, def, &page, None).await?;
             out.pages += 1;
             if tx.send(Fetched { page: stored }).await.is_err() {
@@ -969,9 +1072,11 @@ async fn fetch_details(
             }
         }
     }
-    // Every batch is stored: the mark moves past the pages they came from.
+    // Every batch is stored and readable: the mark moves past the pages
+    // they came from. (An unreadable detail page keeps it: its ids are
+    // asked for again.)
     if let Some(last) = last
-        && unread == 0
+        && out.unreadable == 0
     {
         cursor.state = Some(serde_json::json!({ "after_page": last }));
         cursor.completed_at = Some(Utc::now());
@@ -988,7 +1093,7 @@ async fn fetch_details(
         .await?;
         wtx.commit().await?;
     }
-    out.complete = unread == 0 && out.unreadable == 0;
+    out.complete = !stopped && out.unreadable == 0;
     out.from_start = false;
     Ok(())
 }

@@ -28,7 +28,15 @@ impl Built {
     /// Pairs a connector with its models, refusing a stream without one.
     pub fn new<C: Connector + Modeled>(connector: C) -> Result<Self, Error> {
         let models = connector.models();
+        let mut keys = std::collections::HashSet::new();
         for s in Connector::streams(&connector) {
+            if !keys.insert(s.key()) {
+                return Err(Error::Config(format!(
+                    "connector {}: stream {} is declared twice (a partition listed twice?)",
+                    C::NAME,
+                    s.key()
+                )));
+            }
             if !models.iter().any(|m| m.stream == s.name) {
                 return Err(Error::Config(format!(
                     "connector {}: stream {} feeds no canonical entity (no StreamModel)",

@@ -28,15 +28,33 @@ pub struct Seen {
     pub anonymous: i64,
 }
 
-/// Soft-deletes the live rows of `stream`'s entity in the connection that
-/// `seen` does not hold. Returns how many were deleted.
+impl Seen {
+    /// Adds what another partition of the same stream saw.
+    pub fn merge(&mut self, other: Seen) {
+        self.ids.extend(other.ids);
+        self.anonymous += other.anonymous;
+    }
+}
+
+/// Soft-deletes the live rows of the entity in the connection whose last
+/// write came from one of `keys` (a stream, or every partition of one) and
+/// that `seen` does not hold. Returns how many were deleted.
+///
+/// The swept link's version moves past every record of the run's pull
+/// (the run's last page of those streams, at the end of it), like a
+/// tombstone's: a replay of older pages cannot bring the row back, and a
+/// record fetched later does.
 pub async fn sweep(
     ctx: &Ctx,
     run: &Run<'_>,
-    stream: &str,
+    keys: &[String],
     entity: canonical_model::EntityKind,
     mut seen: Seen,
 ) -> anyhow::Result<u64> {
+    let stream = keys
+        .first()
+        .map(|k| k.split('@').next().unwrap_or(k))
+        .unwrap_or("");
     if seen.anonymous > 0 {
         tracing::warn!(
             event = "sweep_skipped", connection = %ctx.connection, stream,
@@ -48,17 +66,18 @@ pub async fn sweep(
     seen.ids.sort_unstable();
     seen.ids.dedup();
     let mut live = 0u64;
-    let mut missing: Vec<(String, i64)> = Vec::new();
+    // (source id, the stream of its last write)
+    let mut missing: Vec<(String, String)> = Vec::new();
     {
         let mut rows = sqlx::query(
-            "select s.source_id, s.canonical_id
+            "select s.source_id, d.stream
              from source_link s join derivation d on d.id = s.derivation_id
-             where s.entity_type = $1 and s.connection = $2 and d.stream = $3
+             where s.entity_type = $1 and s.connection = $2 and d.stream = any($3)
                and s.deleted_at is null",
         )
         .bind(entity.as_str())
         .bind(&ctx.connection)
-        .bind(stream)
+        .bind(keys)
         .fetch(&ctx.pool);
         while let Some(r) = rows.try_next().await? {
             live += 1;
@@ -73,6 +92,7 @@ pub async fn sweep(
     }
     let share = ctx.max_sweep_share;
     if missing.len() as f64 > share * live as f64 {
+        let stream = keys.join(", ");
         let example: Vec<&str> = missing.iter().take(5).map(|m| m.0.as_str()).collect();
         anyhow::bail!(
             "the complete pull of {stream} no longer lists {} of its {live} live {entity} rows \
@@ -85,10 +105,19 @@ pub async fn sweep(
     }
     let mut tx = ctx.pool.begin().await?;
     run.lease.check(&mut tx).await?;
+    let last_page: Option<i64> = sqlx::query_scalar(
+        "select max(id) from raw_page where run_id = $1 and connection = $2 and stream = any($3)",
+    )
+    .bind(run.id)
+    .bind(&ctx.connection)
+    .bind(keys)
+    .fetch_one(&mut *tx)
+    .await?;
     let ids: Vec<i64> = sqlx::query_scalar(
         "update source_link s set deleted_at = now(), deleted_run_id = $4,
-                deleted_page_id = null, deleted_ordinal = null
-         from unnest($3::text[]) as u(sid)
+                deleted_page_id = null, deleted_ordinal = null, deleted_stream = u.stream,
+                raw_page_id = coalesce($5, s.raw_page_id), record_ordinal = 2147483647
+         from unnest($3::text[], $6::text[]) as u(sid, stream)
          where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid
            and s.deleted_at is null
          returning s.canonical_id",
@@ -97,6 +126,8 @@ pub async fn sweep(
     .bind(&ctx.connection)
     .bind(missing.iter().map(|m| m.0.as_str()).collect::<Vec<_>>())
     .bind(run.id)
+    .bind(last_page)
+    .bind(missing.iter().map(|m| m.1.as_str()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     // Table names come from the closed EntityKind catalogue.

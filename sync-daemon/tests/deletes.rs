@@ -318,7 +318,44 @@ async fn a_complete_full_run_sweeps_what_the_source_dropped_and_nothing_else_eve
     let x = explain::explain(&pool, &store, "worker", &gone, None)
         .await
         .unwrap();
-    assert!(x.to_string().contains("sweep of run"), "{x}");
+    assert!(
+        x.to_string().contains("sweep of run") && x.to_string().contains("stream workers"),
+        "{x}"
+    );
+    // A replay of every stored page (the worker's older records included)
+    // leaves it deleted: the sweep is newer than any record the run saw.
+    let mut r = c.clone();
+    r.http = None;
+    pipeline::replay(&r, None, false).await.unwrap();
+    assert!(deleted(&pool, &gone).await, "a replay revived a swept row");
+    assert_eq!(count(&pool, live).await, 99);
+
+    // A worker removed while the pull pages through (the total drops between
+    // pages) shifts a live one onto a page already read: nothing is swept.
+    srv.reset().await;
+    let shifting = fewer.clone();
+    Mock::given(path("/ccx/api/common/v1/acme/workers"))
+        .respond_with(move |req: &wiremock::Request| {
+            let offset: usize = req
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "offset")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            // The second page is read after worker 0 was removed.
+            let now: Vec<&Value> = if offset == 0 {
+                shifting.iter().collect()
+            } else {
+                shifting.iter().skip(1).collect()
+            };
+            let data: Vec<&&Value> = now.iter().skip(offset).take(50).collect();
+            ResponseTemplate::new(200).set_body_json(json!({"total": now.len(), "data": data}))
+        })
+        .mount(&srv)
+        .await;
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(s.swept, 0, "records moved between pages: nothing is swept");
+    assert_eq!(count(&pool, live).await, 99);
 
     // An empty answer would delete everything: the guard deletes nothing.
     serve_workers(&srv, Vec::new(), None).await;
