@@ -48,8 +48,6 @@ pub struct LoadCtx<'a> {
     pub mapping_id: i32,
     /// How the stream says a record was deleted.
     pub deleted: Option<connector_core::Deleted>,
-    /// JSON pointer of a record's modified time (a tombstone's version).
-    pub cursor: Option<&'a str>,
     /// Checked first in every load transaction (none for a dry run).
     pub lease: Option<&'a Lease>,
     /// Scrubs dead-letter messages (they quote what the source sent).
@@ -72,7 +70,6 @@ impl<'a> LoadCtx<'a> {
             mapper: model.mapper.as_ref(),
             mapping_id,
             deleted: def.deleted,
-            cursor: def.cursor,
             lease,
             scrubber: None,
         }
@@ -243,7 +240,16 @@ fn decide<'c>(
     };
     for (key, c) in cands {
         let link = &links[key];
-        if link.version.is_some_and(|v| newer(v, c.version)) {
+        // A deleted entity's record is placed against the deletion by fetch
+        // order alone (whether it exists is the source's word when it answered).
+        let stale = link.version.is_some_and(|v| {
+            if link.deleted {
+                (v.1, v.2) > (c.version.1, c.version.2)
+            } else {
+                newer(v, c.version)
+            }
+        });
+        if stale {
             plan.stale.insert(c.rec);
             continue;
         }
@@ -389,8 +395,9 @@ fn split<'a>(
                             .as_ref()
                             .is_some_and(|d| connector_core::records::is_tombstone(raw, d))
                     {
+                        // Presence is placed by fetch order: a tombstone
+                        // carries no version time (see step 9b).
                         rec.status = Status::Tombstone;
-                        rec.modified = ctx.cursor.and_then(|c| modified_at(raw, c));
                     }
                 }
                 Err(message) => {
@@ -471,15 +478,6 @@ fn dead_record(
             ctx.connection, ctx.stream, r.page_id, r.ordinal, r.source_id
         ),
     }
-}
-
-/// The time at `ptr` in a record (RFC 3339), if any.
-fn modified_at(raw: &RawValue, ptr: &str) -> Option<DateTime<Utc>> {
-    let v = connector_core::records::pointer(raw, ptr).ok().flatten()?;
-    let s: String = serde_json::from_str(v.get()).ok()?;
-    DateTime::parse_from_rfc3339(&s)
-        .ok()
-        .map(|d| d.with_timezone(&Utc))
 }
 
 /// The dead-letter key of an unreadable page: its position (token), so a
@@ -921,10 +919,14 @@ pub async fn load_batch(
     }
 
     // 9b. Tombstones: the entity is soft-deleted, with the page and position
-    //     that said so, unless a version newer than the tombstone is stored
-    //     (or written by this batch): then the tombstone is superseded. The
-    //     link's version moves to the tombstone's, so an older record loaded
-    //     later cannot revive it, and a newer one does.
+    //     that said so, unless a record of it fetched after the tombstone is
+    //     stored (or written by this batch): then the tombstone is
+    //     superseded. Whether a record exists is the source's word at the
+    //     time it answered, so tombstones and records are placed by fetch
+    //     order, not by the record's modified time (a record restored as it
+    //     was, with its old time, is live again). The link's position moves
+    //     to the tombstone's, so a record fetched before it cannot revive it
+    //     (a replay), and one fetched after does.
     let seen: Vec<u64> = recs
         .iter()
         .filter(|r| !r.source_id.is_empty() && r.status != Status::Tombstone)

@@ -253,6 +253,71 @@ async fn bamboohr_end_to_end_tombstones_delete_and_a_newer_record_revives() {
         wm["state"], "2026-11-20T08:30:00+00:00",
         "the server's latest, not our clock"
     );
+
+    // Run 4: deleted again; run 5: restored exactly as it was (its old
+    // lastChanged, from a source that ignores the filter) and a changed feed
+    // with nothing new, as an empty list and without `latest`: the restored
+    // record is the source's later word, so the worker is live again, and
+    // the feed's state stays where it was.
+    let json = |v: Value| ResponseTemplate::new(200).set_body_json(v);
+    let report_of = |emps: Vec<Value>| {
+        let mut r = serde_json::from_slice::<Value>(
+            &std::fs::read(fixture_dir().join("../../bamboohr/report-1.json")).unwrap(),
+        )
+        .unwrap();
+        r["employees"] = Value::Array(emps);
+        r
+    };
+    let restored: Value = serde_json::from_slice::<Value>(
+        &std::fs::read(fixture_dir().join("../../bamboohr/report-1.json")).unwrap(),
+    )
+    .unwrap()["employees"][5]
+        .clone();
+    assert_eq!(restored["id"], "6");
+    for (filter, report, since, changed) in [
+        (
+            "2026-11-20T08:30:00Z",
+            report_of(Vec::new()),
+            "2026-11-20T08:30:00+00:00",
+            json!({"latest": "2026-11-21T10:00:00+00:00", "employees": {
+                "6": {"id": "6", "action": "Deleted", "lastChanged": "2026-11-21T10:00:00+00:00"}}}),
+        ),
+        (
+            "2026-11-20T08:30:00Z",
+            report_of(vec![restored.clone()]),
+            "2026-11-21T10:00:00+00:00",
+            json!({"employees": []}),
+        ),
+    ] {
+        srv.reset().await;
+        Mock::given(method("POST"))
+            .and(path(REPORT))
+            .and(body_json(report_request(Some(filter))))
+            .respond_with(json(report))
+            .mount(&srv)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(CHANGED))
+            .and(query_param("since", since))
+            .respond_with(json(changed))
+            .mount(&srv)
+            .await;
+        let s = pipeline::sync(&c, None).await.unwrap();
+        assert_eq!(s.outcome, "succeeded", "{s:?}");
+        if since.starts_with("2026-11-20") {
+            assert!(deleted(&pool, "6").await, "deleted again");
+        }
+    }
+    assert!(!deleted(&pool, "6").await, "restored as it was: live again");
+    let wm: Value =
+        sqlx::query_scalar("select cursor from watermark where stream = 'employee_changes'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        wm["state"], "2026-11-21T10:00:00+00:00",
+        "no latest: the state stays"
+    );
 }
 
 /// A Workday-shaped source of `workers` (offset/limit with a total); the
