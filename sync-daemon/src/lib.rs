@@ -457,6 +457,12 @@ fn print_summary(
         s.elapsed_secs,
         s.records_per_sec()
     );
+    if s.swept > 0 {
+        outln!(
+            "  {} rows soft-deleted: the complete pull no longer lists them (explain shows the run)",
+            s.swept
+        );
+    }
     if what.starts_with("replay") && s.superseded > 0 {
         outln!(
             "  superseded: older stored copies of the same records (each sync stores its pages; the newest copy wins)"

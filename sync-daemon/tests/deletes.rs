@@ -450,3 +450,83 @@ async fn a_complete_full_run_sweeps_what_the_source_dropped_and_nothing_else_eve
     assert!(!deleted(&pool, &gone).await);
     assert_eq!(count(&pool, live).await, 100);
 }
+
+#[tokio::test]
+async fn bamboohr_throttling_by_503_or_429_with_retry_after_is_waited_out_and_its_reason_kept() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let srv = MockServer::start().await;
+    let bamboo = bamboohr::BambooHr::new(
+        serde_json::from_value(json!({
+            "company_domain": "acme",
+            "base_url": format!("{}/api/gateway.php/acme/v1/", srv.uri()),
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let auth: AuthConfig =
+        serde_json::from_value(json!({"strategy": "basic", "username": "k", "password": "x"}))
+            .unwrap();
+    // The report is throttled once with 503 (older tenants), the feed once with 429.
+    Mock::given(method("POST"))
+        .and(path(REPORT))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .insert_header("Retry-After", "1")
+                .insert_header("X-BambooHR-Error-Message", "Too many requests"),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&srv)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(REPORT))
+        .respond_with(bamboo_fixture("report-1.json"))
+        .mount(&srv)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(CHANGED))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&srv)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(CHANGED))
+        .respond_with(bamboo_fixture("changed-1.json"))
+        .mount(&srv)
+        .await;
+    let store = RawStore::in_memory();
+    let c = ctx_built(&pool, &store, Built::new(bamboo).unwrap(), &auth);
+    let started = std::time::Instant::now();
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!((s.outcome, s.changed), ("succeeded", 6), "{s:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "both waits were honoured"
+    );
+    let posts = srv
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == REPORT)
+        .count();
+    assert_eq!(
+        posts, 2,
+        "the report (a POST that only reads) was retried once"
+    );
+
+    // A refusal that is not throttling fails with BambooHR's reason.
+    srv.reset().await;
+    Mock::given(method("POST"))
+        .and(path(REPORT))
+        .respond_with(ResponseTemplate::new(400).insert_header(
+            "X-BambooHR-Error-Message",
+            "Malformed XML: body parsed as XML",
+        ))
+        .mount(&srv)
+        .await;
+    let e = pipeline::sync(&c, None).await.unwrap_err();
+    assert!(format!("{e:#}").contains("Malformed XML"), "{e:#}");
+}
