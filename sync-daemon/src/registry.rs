@@ -164,3 +164,34 @@ fn check_keys(cfg: &Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example config parses and every connection in it builds.
+    #[test]
+    fn the_example_configs_parse_and_build() {
+        let env = |k: &str| {
+            Some(if k.ends_with("_URL") {
+                "http://127.0.0.1:1".to_owned()
+            } else if k.ends_with("_DIR") {
+                "/tmp/raw".to_owned()
+            } else {
+                format!("<{k}>")
+            })
+        };
+        for name in ["workday.toml", "bamboohr.toml", "fixtures.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples")
+                .join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let cfg = Config::parse(&text, name, &env).unwrap();
+            check(&cfg, &path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            for c in &cfg.connections {
+                let built = build(c).unwrap();
+                assert!(!built.connector.streams().is_empty());
+            }
+        }
+    }
+}
