@@ -1,7 +1,5 @@
-//! Peoplebox, a small fictional HR API: `GET /v1/employees?updated_since=…`
-//! answers `{"employees": [...], "next": "<link>"}`. Auth, retries, rate
-//! limits, paging, raw storage and watermarks are the core's; this file is
-//! the whole connector but its mapper.
+//! Peoplebox, a fictional HR API: `GET /v1/employees?updated_since=…` answers
+//! `{"employees": […], "next": "<link>"}`. Auth, retries, paging, storage: the core's.
 pub mod mapper;
 
 use canonical_model::{EntityKind::Worker, Modeled, StreamModel};
