@@ -53,9 +53,7 @@ pub enum Error {
     CallTimeout { endpoint: String, after: Duration },
     #[error("{endpoint}: credential refused (HTTP 401)")]
     Unauthorized { endpoint: String },
-    #[error(
-        "{endpoint}: credentials refused after a refresh; the connection needs re-authorization ({detail})"
-    )]
+    #[error("{endpoint}: credentials refused; the connection needs re-authorization ({detail})")]
     NeedsReauth { endpoint: String, detail: String },
     #[error("{endpoint}: HTTP {status}: {snippet}")]
     Client {

@@ -124,10 +124,24 @@ pub async fn explain_in(
         ),
         0 => anyhow::bail!("no {kind} with canonical or source id {id:?}"),
         1 => row[0].get(0),
-        _ => anyhow::bail!(
-            "{id:?} matches several {kind} rows (a canonical id and a source id, or source ids of \
-             several connections); use the canonical id, or name the source's connection with --connection"
-        ),
+        _ => {
+            let mut matches: Vec<String> = sqlx::query_scalar(
+                "select 'connection ' || l.connection || ': canonical id ' || l.canonical_id
+                 from source_link l where l.entity_type = $2 and l.source_id = $1 order by 1",
+            )
+            .bind(id)
+            .bind(table)
+            .fetch_all(pool)
+            .await?;
+            if id.parse::<i64>().is_ok() {
+                matches.insert(0, format!("canonical id {id}"));
+            }
+            anyhow::bail!(
+                "{id:?} matches several {kind} rows ({}); use the canonical id, or name the \
+                 source's connection with --connection",
+                matches.join("; ")
+            )
+        }
     };
     let canonical_id = row["id"].as_i64().unwrap_or_default();
     let contributors: Vec<i64> =

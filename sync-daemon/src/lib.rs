@@ -108,7 +108,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve recorded Workday pages on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
+    /// Serve recorded Workday pages and a BambooHR company on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
     ServeFixtures {
         /// Address to listen on; port 0 takes a free port (the address is printed).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -281,6 +281,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             explain::check_usage(&entity, field.as_deref()).map_err(UsageError)?;
+            if let Some(c) = connection.as_deref() {
+                cfg.connection(c).map_err(|e| UsageError(e.to_string()))?;
+            }
             let x = explain::explain_in(
                 &pool,
                 &store,

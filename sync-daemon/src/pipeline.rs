@@ -893,6 +893,20 @@ async fn fetch_stream(
             ) = (def.mode, cursor.pull_token.take())
             {
                 // The server issued the next state itself (its clock, not ours).
+                // A time it issues ahead of its own clock (a record stamped in
+                // the future) would skip what changes until then: it is held
+                // at the server's time when the pull started.
+                let token = match (DateTime::parse_from_rfc3339(&token), pull_started) {
+                    (Ok(t), Some(now)) if t.with_timezone(&Utc) > now => {
+                        tracing::warn!(
+                            event = "state_clamped", connection = %ctx.connection, stream = %key,
+                            "the source's next state {token} is ahead of its own clock; \
+                             asking from {now} instead"
+                        );
+                        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    }
+                    _ => token,
+                };
                 if cursor.pull_skipped_pages == 0 {
                     cursor.state = Some(serde_json::Value::String(token));
                 }

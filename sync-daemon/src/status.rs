@@ -25,7 +25,8 @@ pub struct StreamStatus {
     pub last_dry_run_id: Option<i64>,
     pub last_dry_run_started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Records of the stream's canonical entity type from this connection in
-    /// the canonical model now (deleted ones not counted); `None` for a
+    /// the canonical model now (deleted ones, and references to records not
+    /// loaded yet, not counted); `None` for a
     /// stream the config does not describe.
     pub records_in_model: Option<i64>,
     pub dead_letters_open: i64,
@@ -172,11 +173,18 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                   where not exists (select 1 from known k where k.connection = r.connection))
          select s.connection, s.stream, r.id, r.mode, r.status, r.started_at, r.finished_at, r.error,
                 r.resume_at, r.pages,
-                r.records_seen, r.records_changed, r.records_unchanged, r.records_dead, r.records_superseded,
+                -- A sync of several streams: each stream's own counts (its pages of the run).
+                case when r.id is null then null when r.mode = 'replay' or r.stream is not null
+                     then r.records_seen else ps.c + ps.u + ps.d + ps.sp end,
+                case when r.mode = 'replay' or r.stream is not null then r.records_changed else ps.c end,
+                case when r.mode = 'replay' or r.stream is not null then r.records_unchanged else ps.u end,
+                case when r.mode = 'replay' or r.stream is not null then r.records_dead else ps.d end,
+                case when r.mode = 'replay' or r.stream is not null then r.records_superseded else ps.sp end,
                 dry.id, dry.started_at,
                 case when e.entity is not null then
                   (select count(*) from source_link l where l.entity_type = e.entity
-                     and l.connection = s.connection and l.deleted_at is null) end,
+                     and l.connection = s.connection and l.deleted_at is null
+                     and l.row_hash is not null) end,
                 (select count(*) from dead_letter x where x.connection = s.connection
                    and x.stream = s.stream and x.status = 'open'),
                 w.cursor,
@@ -201,6 +209,12 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
          left join lateral (select * from sync_run r where r.connection = s.connection
                             and (r.stream is null or r.stream = s.stream) and r.dry_run
                             order by r.id desc limit 1) dry on true
+         left join lateral (select coalesce(sum(q.records_changed), 0)::bigint as c,
+                                   coalesce(sum(q.records_unchanged), 0)::bigint as u,
+                                   coalesce(sum(q.records_dead), 0)::bigint as d,
+                                   coalesce(sum(q.records_superseded), 0)::bigint as sp
+                            from raw_page q where q.run_id = r.id and q.connection = s.connection
+                              and q.stream = s.stream) ps on true
          order by 1, 2",
     )
     .bind(&conns)

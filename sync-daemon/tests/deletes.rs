@@ -530,3 +530,49 @@ async fn bamboohr_throttling_by_503_or_429_with_retry_after_is_waited_out_and_it
     let e = pipeline::sync(&c, None).await.unwrap_err();
     assert!(format!("{e:#}").contains("Malformed XML"), "{e:#}");
 }
+
+#[tokio::test]
+async fn a_server_state_ahead_of_the_servers_own_clock_is_held_at_its_clock() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let srv = MockServer::start().await;
+    let bamboo = bamboohr::BambooHr::new(
+        serde_json::from_value(json!({
+            "company_domain": "acme",
+            "base_url": format!("{}/api/gateway.php/acme/v1/", srv.uri()),
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let auth: AuthConfig =
+        serde_json::from_value(json!({"strategy": "basic", "username": "k", "password": "x"}))
+            .unwrap();
+    Mock::given(method("POST"))
+        .and(path(REPORT))
+        .respond_with(bamboo_fixture("report-1.json"))
+        .mount(&srv)
+        .await;
+    // A record stamped in the future makes `latest` run ahead of the clock.
+    Mock::given(method("GET"))
+        .and(path(CHANGED))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "latest": "2099-01-01T00:00:00+00:00",
+            "employees": {"1": {"id": "1", "action": "Updated", "lastChanged": "2099-01-01T00:00:00+00:00"}}
+        })))
+        .mount(&srv)
+        .await;
+    let store = RawStore::in_memory();
+    let c = ctx_built(&pool, &store, Built::new(bamboo).unwrap(), &auth);
+    pipeline::sync(&c, None).await.unwrap();
+    let state: String = sqlx::query_scalar(
+        "select cursor ->> 'state' from watermark where stream = 'employee_changes'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let state = chrono::DateTime::parse_from_rfc3339(&state).unwrap();
+    assert!(
+        state <= chrono::Utc::now() + chrono::Duration::seconds(5),
+        "the next since must not skip what changes until 2099: {state}"
+    );
+}

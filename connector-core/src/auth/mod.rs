@@ -228,6 +228,20 @@ impl AuthConfig {
             AuthConfig::JwtBearer { private_key, .. } => {
                 jwt::parse_private_key(private_key).map(|_| ())
             }
+            // An empty credential can only be refused (an unset or empty
+            // variable, most often): said now, naming the key.
+            AuthConfig::Basic { username, .. } if username.expose_secret().trim().is_empty() => {
+                Err(Error::Config(
+                    "auth: basic `username` is empty (for an API-key source such as BambooHR, it is the API key)"
+                        .into(),
+                ))
+            }
+            AuthConfig::Bearer { token } if token.expose_secret().trim().is_empty() => Err(
+                Error::Config("auth: bearer `token` is empty".into()),
+            ),
+            AuthConfig::ApiKey { key, .. } if key.expose_secret().trim().is_empty() => Err(
+                Error::Config("auth: api_key `key` is empty".into()),
+            ),
             _ => Ok(()),
         }
     }
@@ -486,6 +500,27 @@ mod tests {
             let p = provider(&c, ctx()).unwrap();
             assert!(!format!("{p:?}").contains("s3cr3t"));
             assert!(!c.identity().contains("s3cr3t"), "{}", c.identity());
+        }
+    }
+
+    #[test]
+    fn empty_credentials_are_refused_naming_the_key() {
+        for (v, key) in [
+            (
+                serde_json::json!({"strategy": "basic", "username": " ", "password": "x"}),
+                "username",
+            ),
+            (
+                serde_json::json!({"strategy": "bearer", "token": ""}),
+                "token",
+            ),
+            (
+                serde_json::json!({"strategy": "api_key", "key": "", "header": "X-Key"}),
+                "key",
+            ),
+        ] {
+            let e = cfg(v).validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("empty"), "{e}");
         }
     }
 
