@@ -396,8 +396,22 @@ impl Config {
             .filter(|m| !m.key.starts_with("connection["))
             .collect();
         if !global.is_empty() {
+            // Those of the connections too, so one run of the command names
+            // every variable to set (a command only needs some of them).
+            let conn: Vec<&MissingEnv> = missing
+                .iter()
+                .filter(|m| m.key.starts_with("connection["))
+                .collect();
+            let also = if conn.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; and, for the commands that use the connections: {}",
+                    list_missing(&conn)
+                )
+            };
             return Err(invalid(format!(
-                "environment variables are not set: {}",
+                "environment variables are not set: {}{also}",
                 list_missing(&global)
             )));
         }
@@ -671,7 +685,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("environment variables are not set: DATABASE_URL (database.url)"),
+            e.contains("environment variables are not set: DATABASE_URL (database.url)")
+                && e.contains("WORKDAY_CLIENT_SECRET"),
             "{e}"
         );
         let bad = "[database]\nurl='x'\nurll='y'\n[raw_store]\nurl='memory:///'\n";
