@@ -12,7 +12,8 @@ use url::Url;
 pub enum ConfigError {
     #[error(
         "config file {path} not found: give one with --config FILE (or SYNC_CONFIG); \
-         examples/fixtures.toml is the demo's, examples/workday.toml a production-shaped one"
+         examples/fixtures.toml is the demo's, examples/workday.toml and examples/bamboohr.toml \
+         production-shaped ones"
     )]
     NotFound { path: String },
     #[error("cannot read config {path}: {error}")]

@@ -95,8 +95,15 @@ fn factory<'a>(
         .map(|f| f.as_ref())
         .ok_or_else(|| {
             let names: Vec<_> = all.iter().map(|f| f.factory().name()).collect();
+            let nearest = names
+                .iter()
+                .map(|n| (strsim::jaro_winkler(&conn.connector.to_lowercase(), n), *n))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
             anyhow::anyhow!(
-                "connection {:?}: unknown connector {:?} (available: {})",
+                "connection {:?}: unknown connector {:?}{nearest} (available: {})",
                 conn.name,
                 conn.connector,
                 names.join(", ")
