@@ -31,6 +31,12 @@ pub enum SyncMode {
         /// last page becomes the state. Without it the state is the time
         /// `min(max record cursor seen, server Date − lag)`.
         token_at: Option<&'static str>,
+        /// The state is the compound `(modified, id)` of the last record, for
+        /// a source that orders (and filters) by both: `{"modified": RFC 3339,
+        /// "id": "…"}`, the largest pair seen (ids compared as numbers when
+        /// both are), held at `(server Date − lag, null)`. The stream's
+        /// [`RequestHook`] formats it (`modified > m or (modified = m and id > i)`).
+        keyset: bool,
         lag: Duration,
     },
 }
@@ -41,6 +47,7 @@ impl SyncMode {
         Self::Incremental {
             since_param: Some(since_param),
             token_at: None,
+            keyset: false,
             lag,
         }
     }
@@ -396,9 +403,17 @@ impl StreamDef {
         if let SyncMode::Incremental {
             token_at,
             since_param,
+            keyset,
             ..
         } = self.mode
         {
+            if keyset && (self.request.is_none() || self.cursor.is_none() || token_at.is_some()) {
+                return Err(bad(
+                    "a keyset (modified, id) state needs `cursor` (each record's modified time) and a \
+                     `request` hook that formats it, and no `token_at`"
+                        .into(),
+                ));
+            }
             if let Some(t) = token_at {
                 pointer("token_at", t, false)?;
             }

@@ -36,6 +36,8 @@ pub struct FetchedPage {
     pub facts: PageFacts,
     /// The latest record cursor (modified time) on the page, for incremental streams.
     pub max_cursor: Option<DateTime<Utc>>,
+    /// The largest `(modified, id)` on the page, for keyset streams.
+    pub max_key: Option<(DateTime<Utc>, String)>,
     /// The next state the server issued on this page (`SyncMode::Incremental::token_at`).
     pub state_token: Option<String>,
     /// The request as sent (without auth).
@@ -54,6 +56,7 @@ pub struct FetchedPage {
 struct Checked {
     facts: PageFacts,
     max_cursor: Option<DateTime<Utc>>,
+    max_key: Option<(DateTime<Utc>, String)>,
     state_token: Option<String>,
     /// The body is not a page (complete, but not what the stream reads).
     unparseable: Option<String>,
@@ -212,6 +215,7 @@ impl Pager {
                             let checked = Checked {
                                 facts: PageFacts::default(),
                                 max_cursor: None,
+                                max_key: None,
                                 state_token: None,
                                 unparseable: Some(http.scrub(&why)),
                                 bad_next: None,
@@ -322,6 +326,7 @@ impl Pager {
             response,
             facts: checked.facts,
             max_cursor: checked.max_cursor,
+            max_key: checked.max_key,
             state_token: checked.state_token,
             request,
             since: crate::PageCtx {
@@ -428,6 +433,7 @@ fn facts_of(
                     ..PageFacts::default()
                 },
                 max_cursor: None,
+                max_key: None,
                 state_token: None,
                 unparseable: Some(e.message),
                 bad_next,
@@ -454,6 +460,18 @@ fn facts_of(
             .max(),
         None => None,
     };
+    let max_key = match (def.mode, def.cursor) {
+        (crate::SyncMode::Incremental { keyset: true, .. }, Some(ptr)) => split
+            .records
+            .iter()
+            .filter_map(|r| {
+                let t = string_at(r, ptr).ok().flatten()?;
+                let t = DateTime::parse_from_rfc3339(&t).ok()?.with_timezone(&Utc);
+                Some((t, string_at(r, def.primary_key).ok().flatten()?))
+            })
+            .max_by(keyset_order),
+        _ => None,
+    };
     // The server's own next state. A page without one (an empty answer may
     // carry none) leaves the stored state as it is: asking again from it is
     // always safe. One that is not a string cannot be sent back: the pull
@@ -475,10 +493,24 @@ fn facts_of(
             next,
         },
         max_cursor,
+        max_key,
         state_token,
         unparseable: None,
         bad_next,
     })
+}
+
+/// The order of `(modified, id)` keys: by time, then by id, as numbers when
+/// both ids are integers (`"9" < "10"`), else as text.
+pub fn keyset_order(
+    a: &(DateTime<Utc>, String),
+    b: &(DateTime<Utc>, String),
+) -> std::cmp::Ordering {
+    a.0.cmp(&b.0)
+        .then_with(|| match (a.1.parse::<i128>(), b.1.parse::<i128>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => a.1.cmp(&b.1),
+        })
 }
 
 /// The `rel="next"` target of the response's `Link` headers.

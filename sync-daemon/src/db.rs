@@ -415,6 +415,9 @@ pub struct Cursor {
     /// The latest state the server issued during the pull in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_token: Option<String>,
+    /// Keyset streams: the largest `(modified, id)` seen by the pull in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_max_key: Option<(DateTime<Utc>, String)>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -633,7 +633,13 @@ async fn refetch(
         let ids: Vec<String> = serde_json::from_str(page.since.as_deref().unwrap_or("[]"))?;
         Pager::new(http.clone(), def.clone(), token, None, 1).with_ids(ids)
     } else {
-        let since = page.since.clone().map(serde_json::Value::String);
+        // A keyset state is stored as its JSON text; others as the text sent.
+        let since = page.since.clone().map(|s| match def.mode {
+            SyncMode::Incremental { keyset: true, .. } => {
+                serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))
+            }
+            _ => serde_json::Value::String(s),
+        });
         Pager::new(http.clone(), def.clone(), token, since, 1)
     };
     let fetched = pager
@@ -669,13 +675,18 @@ async fn give_up_page(
     match (def.mode, page.since.as_deref()) {
         // A detail stream asks for every detail again.
         _ if def.details.is_some() => cursor.state = None,
-        // A first pull of a server-issued state: start over.
+        // A first pull of a server-issued or keyset state: start over.
         (
             SyncMode::Incremental {
                 token_at: Some(_), ..
-            },
+            }
+            | SyncMode::Incremental { keyset: true, .. },
             None,
         ) => cursor.state = None,
+        // A keyset state: ask again from the page's own.
+        (SyncMode::Incremental { keyset: true, .. }, Some(since)) => {
+            cursor.state = serde_json::from_str(since).ok();
+        }
         // A server-issued state: ask again from the page's own.
         (
             SyncMode::Incremental {
@@ -814,6 +825,7 @@ async fn fetch_stream(
     if cursor.next.is_none() {
         cursor.pull_started_at = None;
         cursor.pull_max_cursor = None;
+        cursor.pull_max_key = None;
         cursor.pull_skipped_pages = 0;
     }
     // The stream's state, as its requests carry it: the server's own token,
@@ -821,7 +833,8 @@ async fn fetch_stream(
     let since = match def.mode {
         SyncMode::Incremental {
             token_at: Some(_), ..
-        } => cursor.state.clone(),
+        }
+        | SyncMode::Incremental { keyset: true, .. } => cursor.state.clone(),
         SyncMode::Incremental { .. } => cursor.high_water.map(|h| {
             serde_json::Value::String(h.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         }),
@@ -871,6 +884,14 @@ async fn fetch_stream(
         if page.state_token.is_some() {
             cursor.pull_token.clone_from(&page.state_token);
         }
+        if let Some(k) = &page.max_key
+            && cursor
+                .pull_max_key
+                .as_ref()
+                .is_none_or(|m| connector_core::fetch::keyset_order(k, m).is_gt())
+        {
+            cursor.pull_max_key = Some(k.clone());
+        }
         if page.unparseable.is_some() {
             out.unreadable += 1;
             if page.stuck.is_none() {
@@ -909,6 +930,27 @@ async fn fetch_stream(
                 };
                 if cursor.pull_skipped_pages == 0 {
                     cursor.state = Some(serde_json::Value::String(token));
+                }
+            } else if let (
+                SyncMode::Incremental {
+                    keyset: true, lag, ..
+                },
+                Some(started),
+            ) = (def.mode, pull_started)
+            {
+                // The largest (modified, id) seen, held at (server now − lag,
+                // no id): a later record of the same second is asked for again.
+                let cap = started - chrono::Duration::from_std(lag).unwrap_or_default();
+                if let Some((t, id)) = cursor.pull_max_key.take()
+                    && cursor.pull_skipped_pages == 0
+                {
+                    let fmt =
+                        |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                    cursor.state = Some(if t <= cap {
+                        serde_json::json!({"modified": fmt(t), "id": id})
+                    } else {
+                        serde_json::json!({"modified": fmt(cap), "id": null})
+                    });
                 }
             } else if let (SyncMode::Incremental { lag, .. }, Some(started)) =
                 (def.mode, pull_started)

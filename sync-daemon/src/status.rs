@@ -275,7 +275,14 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
         return format!("unreadable: {w}");
     };
     let token = c.state.as_ref().map(|s| match s {
-        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::String(s) => format!("the source's {s}"),
+        // A keyset state: (modified, id).
+        serde_json::Value::Object(o) if o.contains_key("modified") => match o.get("id") {
+            Some(serde_json::Value::String(id)) => {
+                format!("{} after id {id}", o["modified"].as_str().unwrap_or("?"))
+            }
+            _ => o["modified"].as_str().unwrap_or("?").to_owned(),
+        },
         other => other.to_string(),
     });
     let mut text = match (&c.next, c.high_water, c.completed_at) {
@@ -284,7 +291,7 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
             let t = token.unwrap_or_default();
             let shown: String = t.chars().take(40).collect();
             let more = if t.chars().count() > 40 { "…" } else { "" };
-            format!("changes since the source's {shown}{more}")
+            format!("changes since {shown}{more}")
         }
         (Some(next), _, _) => format!(
             "mid-pull, resumes at {next}{}",

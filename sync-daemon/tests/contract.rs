@@ -269,3 +269,95 @@ async fn a_detail_stream_asks_for_the_ids_another_stream_named_in_batches_once()
         .collect();
     assert_eq!(after, ["a,b", "c"], "only the new feed page's ids");
 }
+
+/// A source ordered and filtered by (modified, id): its state is the pair.
+#[derive(Debug)]
+struct Keyset(url::Url);
+
+impl Connector for Keyset {
+    const NAME: &'static str = "keyset";
+    type Config = url::Url;
+    fn new(base: url::Url) -> Result<Self, Error> {
+        Ok(Self(base))
+    }
+    fn base_url(&self) -> &url::Url {
+        &self.0
+    }
+    fn streams(&self) -> Vec<StreamDef> {
+        vec![StreamDef {
+            records: Records::Array("/data"),
+            cursor: Some("/lastModified"),
+            mode: SyncMode::Incremental {
+                since_param: None,
+                token_at: None,
+                keyset: true,
+                lag: Duration::from_secs(0),
+            },
+            // An OData-like filter, formatted the source's way.
+            request: Some(RequestHook::new(|req, page| {
+                if let Some(s) = page.since {
+                    let m = s["modified"].as_str().unwrap_or_default();
+                    let f = match s["id"].as_str() {
+                        Some(id) => format!(
+                            "LastChange gt datetimeoffset'{m}' or (LastChange eq datetimeoffset'{m}' and ID gt '{id}')"
+                        ),
+                        None => format!("LastChange ge datetimeoffset'{m}'"),
+                    };
+                    req.url.query_pairs_mut().append_pair("$filter", &f);
+                }
+                Ok(())
+            })),
+            ..StreamDef::get("workers", "workers")
+        }]
+    }
+}
+
+impl canonical_model::Modeled for Keyset {
+    fn models(&self) -> Vec<canonical_model::StreamModel> {
+        workers_model()
+    }
+}
+
+#[tokio::test]
+async fn a_keyset_state_is_the_largest_modified_and_id_and_the_hook_formats_it() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let srv = MockServer::start().await;
+    let w = |id: &str, m: &str| json!({"id": id, "descriptor": id, "lastModified": m});
+    Mock::given(path("/workers"))
+        .and(query_param_is_missing("$filter"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
+            w("1", "2026-01-01T10:00:00Z"), w("10", "2026-01-02T10:00:00Z"), w("9", "2026-01-02T10:00:00Z")
+        ]})))
+        .mount(&srv)
+        .await;
+    let want = "LastChange gt datetimeoffset'2026-01-02T10:00:00Z' or \
+                (LastChange eq datetimeoffset'2026-01-02T10:00:00Z' and ID gt '10')";
+    Mock::given(path("/workers"))
+        .and(query_param("$filter", want))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&srv)
+        .await;
+    let built = Built::new(Keyset(url::Url::parse(&srv.uri()).unwrap())).unwrap();
+    let store = RawStore::in_memory();
+    let c = ctx_built(&pool, &store, built, &AuthConfig::None);
+    pipeline::sync(&c, None).await.unwrap();
+    let state: serde_json::Value =
+        sqlx::query_scalar("select cursor -> 'state' from watermark where stream = 'workers'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        state,
+        json!({"modified": "2026-01-02T10:00:00Z", "id": "10"}),
+        "ids compared as numbers: 10 > 9"
+    );
+    let s = pipeline::sync(&c, None).await.unwrap();
+    assert_eq!(s.pages_fetched, 1, "the second pull sent the keyset filter");
+    let state2: serde_json::Value =
+        sqlx::query_scalar("select cursor -> 'state' from watermark where stream = 'workers'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state2, state, "an empty answer keeps the state");
+}

@@ -96,6 +96,7 @@ impl Connector for BambooHr {
             mode: SyncMode::Incremental {
                 since_param: None,
                 token_at: None,
+                keyset: false,
                 lag: LAG,
             },
             // The bound goes in the report's filter, on incremental runs only.
@@ -119,6 +120,7 @@ impl Connector for BambooHr {
             mode: SyncMode::Incremental {
                 since_param: Some("since"),
                 token_at: Some("/latest"),
+                keyset: false,
                 lag: LAG,
             },
             // The API needs a `since`: the first pull asks for all it has.
