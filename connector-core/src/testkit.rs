@@ -1227,7 +1227,13 @@ impl Suite {
             matches!(def.mode, crate::SyncMode::Incremental { .. }),
             "the stream is not incremental"
         );
-        let state = Value::String("2024-01-02T03:04:05+01:00".into());
+        // The state in its stream's shape: a keyset pair, or a time (or token) string.
+        let state = match def.mode {
+            crate::SyncMode::Incremental { keyset: true, .. } => {
+                serde_json::json!({"modified": "2024-01-02T03:04:05+01:00", "id": "17"})
+            }
+            _ => Value::String("2024-01-02T03:04:05+01:00".into()),
+        };
         let base = http.base_url().clone();
         let first = def
             .request(&base, &def.pagination.first(), &crate::PageCtx::default())
