@@ -513,7 +513,7 @@ pub fn render(status: &Status) -> String {
         ));
     }
     out.push_str(
-        "RECORDS: in the canonical model now; CHANGED/SAME/DEAD: the last run's records; DEAD LETTERS: open now\n(lifetime totals: status --json)\n",
+        "RECORDS: in the canonical model now; CHANGED/SAME/DEAD: the stream's records in the last run; DEAD LETTERS: open now\n(lifetime totals: status --json)\n",
     );
     out
 }
