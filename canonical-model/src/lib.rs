@@ -22,6 +22,7 @@
 
 mod entity;
 mod mapping;
+mod money;
 mod stream;
 mod transform;
 
@@ -29,5 +30,6 @@ pub use entity::{
     CanonicalRow, Entity, EntityKind, FieldDef, FieldType, Location, OrgUnit, Worker,
 };
 pub use mapping::{FieldRule, MapError, Mapper, MappingVersion, RecordReader};
+pub use money::{Currency, Money, MoneyError};
 pub use stream::{Modeled, StreamModel, golden_line};
 pub use transform::{CanonValue, MAX_ID_BYTES, MAX_TEXT_BYTES, Transform, TransformError};
