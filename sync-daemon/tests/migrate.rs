@@ -44,3 +44,56 @@ async fn an_unmigrated_database_is_named_with_the_fix() {
         .await
         .unwrap();
 }
+
+/// Each entity table has exactly the columns its declaration says
+/// (`EntityKind::fields`, each with its SQL type), plus the provenance and
+/// bookkeeping columns every entity has: a field added to the model without
+/// its migration, or the other way round, or with another type, fails here.
+#[tokio::test]
+async fn entity_tables_match_their_declaration() {
+    use canonical_model::{EntityKind, FieldType};
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let common = [
+        ("id", "bigint"),
+        ("prov_contributors", "ARRAY"),
+        ("prov_field_src", "ARRAY"),
+        ("row_hash", "bytea"),
+        ("mapping_version_id", "integer"),
+        ("updated_at", "timestamp with time zone"),
+        ("deleted_at", "timestamp with time zone"),
+    ];
+    for kind in EntityKind::ALL {
+        let mut want: Vec<(String, String)> = kind
+            .fields()
+            .iter()
+            .map(|f| {
+                let ty = match f.ty {
+                    FieldType::Text => "text",
+                    FieldType::Bool => "boolean",
+                    FieldType::Date => "date",
+                    FieldType::Timestamp => "timestamp with time zone",
+                    FieldType::Decimal => "numeric",
+                    FieldType::Ref(_) => "bigint",
+                };
+                (f.column(), ty.to_owned())
+            })
+            .chain(
+                common
+                    .iter()
+                    .map(|(c, t)| ((*c).to_owned(), (*t).to_owned())),
+            )
+            .collect();
+        want.sort();
+        let mut got: Vec<(String, String)> = sqlx::query_as(
+            "select column_name::text, data_type::text from information_schema.columns
+             where table_schema = 'public' and table_name = $1",
+        )
+        .bind(kind.as_str())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        got.sort();
+        assert_eq!(got, want, "table {} against its declaration", kind.as_str());
+    }
+}
