@@ -9,15 +9,6 @@ use std::str::FromStr;
 
 use crate::CanonValue;
 
-/// The kinds of canonical entity. Each has one table of the same name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntityKind {
-    Worker,
-    OrgUnit,
-    Location,
-}
-
 /// The type of a canonical field, which is also its column type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
@@ -51,68 +42,168 @@ impl FieldDef {
     }
 }
 
-use FieldType as T;
+/// Declares the canonical entities: each one's table name and fields, in
+/// column order, once. From it follow the `EntityKind` catalogue, each
+/// entity's struct (a required `source_id` first, every other field
+/// optional), its `FIELDS`, and its row (`Entity::into_row`): a field cannot
+/// be listed in one and missed or misplaced in another. The SQL table is
+/// hand-written in `migrations/`, and `sync-daemon/tests/migrate.rs` holds it
+/// to this declaration.
+///
+/// Field types: `Text`, `Bool`, `Date`, `Timestamp`, `Decimal`, and
+/// `Ref(Kind)` (the source id of another entity; column `<name>_id bigint`).
+macro_rules! entities {
+    ($(
+        $(#[$emeta:meta])*
+        $Kind:ident = $table:literal {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ident $( ( $target:ident ) )? ),* $(,)?
+        }
+    )*) => {
+        /// The kinds of canonical entity. Each has one table of the same name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum EntityKind {
+            $($Kind),*
+        }
 
-const WORKER_FIELDS: &[FieldDef] = &[
-    FieldDef::new("source_id", T::Text),
-    FieldDef::new("worker_number", T::Text),
-    FieldDef::new("display_name", T::Text),
-    FieldDef::new("work_email", T::Text),
-    FieldDef::new("work_phone", T::Text),
-    FieldDef::new("business_title", T::Text),
-    FieldDef::new("is_manager", T::Bool),
-    FieldDef::new("worker_type", T::Text),
-    FieldDef::new("job_profile", T::Text),
-    FieldDef::new("time_type", T::Text),
-    FieldDef::new("hire_date", T::Date),
-    FieldDef::new("termination_date", T::Date),
-    FieldDef::new("employment_status", T::Text),
-    FieldDef::new("fte", T::Decimal),
-    FieldDef::new("company", T::Text),
-    FieldDef::new("cost_center", T::Text),
-    FieldDef::new("org_unit", T::Ref(EntityKind::OrgUnit)),
-    FieldDef::new("location", T::Ref(EntityKind::Location)),
-    FieldDef::new("manager", T::Ref(EntityKind::Worker)),
-    FieldDef::new("source_modified_at", T::Timestamp),
-];
+        const KINDS: usize = [$(stringify!($Kind)),*].len();
 
-const ORG_UNIT_FIELDS: &[FieldDef] = &[
-    FieldDef::new("source_id", T::Text),
-    FieldDef::new("name", T::Text),
-    FieldDef::new("org_type", T::Text),
-];
+        impl EntityKind {
+            pub const ALL: [EntityKind; KINDS] = [$(EntityKind::$Kind),*];
 
-const LOCATION_FIELDS: &[FieldDef] = &[
-    FieldDef::new("source_id", T::Text),
-    FieldDef::new("name", T::Text),
-    FieldDef::new("country", T::Text),
-];
+            /// The name used in tables, the ledger and the CLI.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(EntityKind::$Kind => $table),*
+                }
+            }
+
+            /// Every canonical field of this kind, in column order. `source_id` is first.
+            pub fn fields(&self) -> &'static [FieldDef] {
+                match self {
+                    $(EntityKind::$Kind => $Kind::FIELDS),*
+                }
+            }
+        }
+
+        $(
+            $(#[$emeta])*
+            #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+            pub struct $Kind {
+                pub source_id: String,
+                $( $(#[$fmeta])* pub $field: entity_field!(rust $ty), )*
+            }
+
+            impl $Kind {
+                /// The entity's fields, in column order.
+                pub const FIELDS: &'static [FieldDef] = &[
+                    FieldDef::new("source_id", FieldType::Text),
+                    $( FieldDef::new(stringify!($field), entity_field!(kind $ty $(($target))?)), )*
+                ];
+
+                fn into_values(self) -> Vec<Option<CanonValue>> {
+                    vec![
+                        Some(CanonValue::Text(self.source_id)),
+                        $( entity_field!(value $ty, self.$field), )*
+                    ]
+                }
+            }
+        )*
+
+        /// Any canonical entity a mapper can produce.
+        #[allow(clippy::large_enum_variant)] // short-lived, turned into a row at once
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Entity {
+            $($Kind($Kind)),*
+        }
+
+        impl Entity {
+            pub fn kind(&self) -> EntityKind {
+                match self {
+                    $(Entity::$Kind(_) => EntityKind::$Kind),*
+                }
+            }
+
+            /// The entity's row form, the one that is hashed and stored.
+            pub fn into_row(self) -> CanonicalRow {
+                let kind = self.kind();
+                let values = match self {
+                    $(Entity::$Kind(e) => e.into_values()),*
+                };
+                debug_assert_eq!(values.len(), kind.fields().len());
+                CanonicalRow { kind, values }
+            }
+        }
+    };
+}
+
+/// One field's Rust type, catalogue type and canonical value, by its type word.
+macro_rules! entity_field {
+    (rust Text) => { Option<String> };
+    (rust Bool) => { Option<bool> };
+    (rust Date) => { Option<NaiveDate> };
+    (rust Timestamp) => { Option<DateTime<Utc>> };
+    (rust Decimal) => { Option<Decimal> };
+    (rust Ref) => { Option<String> };
+    (kind Text) => { FieldType::Text };
+    (kind Bool) => { FieldType::Bool };
+    (kind Date) => { FieldType::Date };
+    (kind Timestamp) => { FieldType::Timestamp };
+    (kind Decimal) => { FieldType::Decimal };
+    (kind Ref($target:ident)) => { FieldType::Ref(EntityKind::$target) };
+    (value Text, $v:expr) => { $v.map(CanonValue::Text) };
+    (value Bool, $v:expr) => { $v.map(CanonValue::Bool) };
+    (value Date, $v:expr) => { $v.map(CanonValue::Date) };
+    (value Timestamp, $v:expr) => { $v.map(CanonValue::Timestamp) };
+    (value Decimal, $v:expr) => { $v.map(CanonValue::Decimal) };
+    (value Ref, $v:expr) => { $v.map(CanonValue::Ref) };
+}
+
+entities! {
+    /// A person who works for the organisation (employee or contingent worker).
+    Worker = "worker" {
+        worker_number: Text,
+        display_name: Text,
+        work_email: Text,
+        work_phone: Text,
+        business_title: Text,
+        is_manager: Bool,
+        worker_type: Text,
+        job_profile: Text,
+        time_type: Text,
+        hire_date: Date,
+        /// The last day of employment of a terminated worker (a terminated
+        /// worker is not deleted: deletion is the source removing the record).
+        termination_date: Date,
+        /// The source's employment status as it writes it (`Active`, `Inactive`).
+        employment_status: Text,
+        /// Full-time equivalent as an exact fraction (1 = full time).
+        fte: Decimal,
+        company: Text,
+        cost_center: Text,
+        /// Source id of the worker's primary organisation.
+        org_unit: Ref(OrgUnit),
+        /// Source id of the worker's primary location.
+        location: Ref(Location),
+        /// Source id of the worker's manager (another worker).
+        manager: Ref(Worker),
+        source_modified_at: Timestamp,
+    }
+
+    /// An organisational unit (supervisory organisation, department, team).
+    OrgUnit = "org_unit" {
+        name: Text,
+        org_type: Text,
+    }
+
+    /// A work location (site, office).
+    Location = "location" {
+        name: Text,
+        country: Text,
+    }
+}
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 3] = [
-        EntityKind::Worker,
-        EntityKind::OrgUnit,
-        EntityKind::Location,
-    ];
-
-    /// The name used in tables, the ledger and the CLI.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EntityKind::Worker => "worker",
-            EntityKind::OrgUnit => "org_unit",
-            EntityKind::Location => "location",
-        }
-    }
-
-    /// Every canonical field of this kind, in column order. `source_id` is first.
-    pub fn fields(&self) -> &'static [FieldDef] {
-        match self {
-            EntityKind::Worker => WORKER_FIELDS,
-            EntityKind::OrgUnit => ORG_UNIT_FIELDS,
-            EntityKind::Location => LOCATION_FIELDS,
-        }
-    }
-
     pub fn field(&self, name: &str) -> Option<&'static FieldDef> {
         self.fields().iter().find(|f| f.name == name)
     }
@@ -140,126 +231,11 @@ impl FromStr for EntityKind {
     }
 }
 
-/// A person who works for the organisation (employee or contingent worker).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Worker {
-    pub source_id: String,
-    pub worker_number: Option<String>,
-    pub display_name: Option<String>,
-    pub work_email: Option<String>,
-    pub work_phone: Option<String>,
-    pub business_title: Option<String>,
-    pub is_manager: Option<bool>,
-    pub worker_type: Option<String>,
-    pub job_profile: Option<String>,
-    pub time_type: Option<String>,
-    pub hire_date: Option<NaiveDate>,
-    /// The last day of employment of a terminated worker (a terminated
-    /// worker is not deleted: deletion is the source removing the record).
-    pub termination_date: Option<NaiveDate>,
-    /// The source's employment status as it writes it (`Active`, `Inactive`).
-    pub employment_status: Option<String>,
-    /// Full-time equivalent as an exact fraction (1 = full time).
-    pub fte: Option<Decimal>,
-    pub company: Option<String>,
-    pub cost_center: Option<String>,
-    /// Source id of the worker's primary organisation.
-    pub org_unit: Option<String>,
-    /// Source id of the worker's primary location.
-    pub location: Option<String>,
-    /// Source id of the worker's manager (another worker).
-    pub manager: Option<String>,
-    pub source_modified_at: Option<DateTime<Utc>>,
-}
-
-/// An organisational unit (supervisory organisation, department, team).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrgUnit {
-    pub source_id: String,
-    pub name: Option<String>,
-    pub org_type: Option<String>,
-}
-
-/// A work location (site, office).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Location {
-    pub source_id: String,
-    pub name: Option<String>,
-    pub country: Option<String>,
-}
-
-/// Any canonical entity a mapper can produce.
-#[allow(clippy::large_enum_variant)] // short-lived, turned into a row at once
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Entity {
-    Worker(Worker),
-    OrgUnit(OrgUnit),
-    Location(Location),
-}
-
 /// An entity as a row: values aligned with [`EntityKind::fields`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanonicalRow {
     pub kind: EntityKind,
     pub values: Vec<Option<CanonValue>>,
-}
-
-fn text(v: Option<String>) -> Option<CanonValue> {
-    v.map(CanonValue::Text)
-}
-fn reference(v: Option<String>) -> Option<CanonValue> {
-    v.map(CanonValue::Ref)
-}
-
-impl Entity {
-    pub fn kind(&self) -> EntityKind {
-        match self {
-            Entity::Worker(_) => EntityKind::Worker,
-            Entity::OrgUnit(_) => EntityKind::OrgUnit,
-            Entity::Location(_) => EntityKind::Location,
-        }
-    }
-
-    /// The entity's row form, the one that is hashed and stored.
-    pub fn into_row(self) -> CanonicalRow {
-        let kind = self.kind();
-        let values = match self {
-            Entity::Worker(w) => vec![
-                Some(CanonValue::Text(w.source_id)),
-                text(w.worker_number),
-                text(w.display_name),
-                text(w.work_email),
-                text(w.work_phone),
-                text(w.business_title),
-                w.is_manager.map(CanonValue::Bool),
-                text(w.worker_type),
-                text(w.job_profile),
-                text(w.time_type),
-                w.hire_date.map(CanonValue::Date),
-                w.termination_date.map(CanonValue::Date),
-                text(w.employment_status),
-                w.fte.map(CanonValue::Decimal),
-                text(w.company),
-                text(w.cost_center),
-                reference(w.org_unit),
-                reference(w.location),
-                reference(w.manager),
-                w.source_modified_at.map(CanonValue::Timestamp),
-            ],
-            Entity::OrgUnit(o) => vec![
-                Some(CanonValue::Text(o.source_id)),
-                text(o.name),
-                text(o.org_type),
-            ],
-            Entity::Location(l) => vec![
-                Some(CanonValue::Text(l.source_id)),
-                text(l.name),
-                text(l.country),
-            ],
-        };
-        debug_assert_eq!(values.len(), kind.fields().len());
-        CanonicalRow { kind, values }
-    }
 }
 
 impl CanonicalRow {
