@@ -105,6 +105,7 @@ pub enum Transform {
     Bool,
     /// `YYYY-MM-DD`, optionally with an offset suffix as Workday writes it
     /// (`2024-01-01-07:00`, `2024-01-01Z`); the offset is dropped, the date kept.
+    /// SAP's `/Date(ms)/` is read as its UTC calendar date.
     Date,
     /// Like `date`, but an empty string and the zero date `0000-00-00` are
     /// no value (BambooHR writes both for "no date").
@@ -282,6 +283,13 @@ fn exact_decimal(text: &str) -> Option<Decimal> {
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
     let s = s.trim();
+    // SAP OData v2 `Edm.DateTime` for a date: UTC midnight in milliseconds;
+    // the calendar date is read in UTC, never in a local time zone.
+    if let Some(inner) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
+        return parse_ms_date(inner)
+            .map(|t| t.date_naive())
+            .ok_or_else(|| format!("{s:?} is not a /Date(ms)/ date"));
+    }
     // Keep the calendar date; an offset suffix (Workday) or a time part is dropped.
     let head = s
         .get(..10)
@@ -366,6 +374,31 @@ mod tests {
             "date_or_blank".parse::<Transform>(),
             Ok(Transform::DateOrBlank)
         );
+    }
+
+    #[test]
+    fn sap_dates_are_utc_calendar_dates_and_offsets_are_minutes_of_display() {
+        let d = |v: &str| {
+            Transform::Date
+                .apply(&json!(v))
+                .unwrap()
+                .to_canonical_string()
+        };
+        // 2024-03-31T00:00:00Z, whatever time zone the machine is in.
+        assert_eq!(d("/Date(1711843200000)/"), "2024-03-31");
+        assert_eq!(d("/Date(1711843200000+0540)/"), "2024-03-31");
+        assert_eq!(
+            d("/Date(253402214400000)/"),
+            "9999-12-31",
+            "open-ended validity"
+        );
+        assert!(Transform::Date.apply(&json!("/Date(x)/")).is_err());
+        // Edm.DateTimeOffset: the milliseconds are UTC; +0060 is the display offset in minutes.
+        let t = Transform::Timestamp
+            .apply(&json!("/Date(1712045722000+0060)/"))
+            .unwrap()
+            .to_canonical_string();
+        assert!(t.starts_with("2024-04-02T08:15:22"), "{t}");
     }
 
     #[test]
