@@ -264,6 +264,10 @@ impl Money {
         }
         let mut a = normal;
         a.rescale(minor);
+        // At the edge of the decimal's range the minor-unit scale may not fit.
+        if a.scale() != minor {
+            return Err(MoneyError::NotAnAmount(amount.to_string()));
+        }
         Ok(Self {
             amount: a,
             currency,
@@ -274,6 +278,11 @@ impl Money {
     pub fn parse(amount: &str, currency: &str) -> Result<Self, MoneyError> {
         let currency = Currency::parse(currency)?;
         let a = amount.trim();
+        // Digits, one point and a leading sign only (no `1_000`, no exponent).
+        let plain = a.strip_prefix(['-', '+']).unwrap_or(a);
+        if plain.is_empty() || !plain.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(MoneyError::NotAnAmount(a.chars().take(40).collect()));
+        }
         let d = Decimal::from_str_exact(a)
             .map_err(|_| MoneyError::NotAnAmount(a.chars().take(40).collect()))?;
         Self::new(d, currency)
@@ -324,9 +333,16 @@ mod tests {
             Err(MoneyError::NotAnAmount(_))
         ));
         assert!(Money::parse("12,50", "EUR").is_err());
-        // Huge but exact amounts are kept exactly.
+        // Huge but exact amounts are kept exactly; one whose cents cannot be
+        // held is refused, not rescaled.
         let big = Money::parse("79228162514264337593543950.33", "USD").unwrap();
         assert_eq!(big.amount.to_string(), "79228162514264337593543950.33");
+        assert!(Money::parse("79228162514264337593543950335", "USD").is_err());
+        assert!(Money::parse("1_000", "USD").is_err());
+        assert_eq!(
+            Money::parse("-0.00", "USD").unwrap().to_string(),
+            "0.00 USD"
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub enum SyncMode {
         /// a source that orders (and filters) by both: `{"modified": RFC 3339,
         /// "id": "…"}`, the largest pair seen (ids compared as numbers when
         /// both are), held at `(server Date − lag, null)`. The stream's
-        /// [`RequestHook`] formats it (`modified > m or (modified = m and id > i)`).
+        /// [`RequestHook`] formats it (`modified > m or (modified = m and id > i)`;
+        /// an `id` of null means `modified >= m`).
         keyset: bool,
         lag: Duration,
     },
@@ -407,10 +408,16 @@ impl StreamDef {
             ..
         } = self.mode
         {
-            if keyset && (self.request.is_none() || self.cursor.is_none() || token_at.is_some()) {
+            if keyset
+                && (self.request.is_none()
+                    || self.cursor.is_none()
+                    || token_at.is_some()
+                    || since_param.is_some())
+            {
                 return Err(bad(
                     "a keyset (modified, id) state needs `cursor` (each record's modified time) and a \
-                     `request` hook that formats it, and no `token_at`"
+                     `request` hook that formats it (an `id` of null means `modified >= m`), and \
+                     neither `token_at` nor `since_param`"
                         .into(),
                 ));
             }

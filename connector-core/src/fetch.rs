@@ -36,8 +36,9 @@ pub struct FetchedPage {
     pub facts: PageFacts,
     /// The latest record cursor (modified time) on the page, for incremental streams.
     pub max_cursor: Option<DateTime<Utc>>,
-    /// The largest `(modified, id)` on the page, for keyset streams.
-    pub max_key: Option<(DateTime<Utc>, String)>,
+    /// The largest `(modified, id)` on the page, for keyset streams, with
+    /// the modified time as the source wrote it.
+    pub max_key: Option<KeysetKey>,
     /// The next state the server issued on this page (`SyncMode::Incremental::token_at`).
     pub state_token: Option<String>,
     /// The request as sent (without auth).
@@ -56,7 +57,7 @@ pub struct FetchedPage {
 struct Checked {
     facts: PageFacts,
     max_cursor: Option<DateTime<Utc>>,
-    max_key: Option<(DateTime<Utc>, String)>,
+    max_key: Option<KeysetKey>,
     state_token: Option<String>,
     /// The body is not a page (complete, but not what the stream reads).
     unparseable: Option<String>,
@@ -455,8 +456,7 @@ fn facts_of(
             .records
             .iter()
             .filter_map(|r| string_at(r, ptr).ok().flatten())
-            .filter_map(|s| DateTime::parse_from_rfc3339(&s).ok())
-            .map(|d| d.with_timezone(&Utc))
+            .filter_map(|s| cursor_time(&s))
             .max(),
         None => None,
     };
@@ -465,9 +465,9 @@ fn facts_of(
             .records
             .iter()
             .filter_map(|r| {
-                let t = string_at(r, ptr).ok().flatten()?;
-                let t = DateTime::parse_from_rfc3339(&t).ok()?.with_timezone(&Utc);
-                Some((t, string_at(r, def.primary_key).ok().flatten()?))
+                let text = string_at(r, ptr).ok().flatten()?;
+                let t = cursor_time(&text)?;
+                Some((t, string_at(r, def.primary_key).ok().flatten()?, text))
             })
             .max_by(keyset_order),
         _ => None,
@@ -500,12 +500,27 @@ fn facts_of(
     })
 }
 
+/// A keyset key: the record's modified time, its id, and the time as the
+/// source wrote it (sent back as written: some sources refuse another
+/// precision).
+pub type KeysetKey = (DateTime<Utc>, String, String);
+
+/// A record cursor's time: RFC 3339, or OData v2's `/Date(ms)/` (with an
+/// optional `+hhmm`/`-hhmm` display offset; the milliseconds are UTC).
+pub fn cursor_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Some(inner) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
+        let split = inner.rfind(['+', '-']).filter(|&i| i > 0);
+        let ms = split.map_or(inner, |i| &inner[..i]);
+        return DateTime::<Utc>::from_timestamp_millis(ms.parse().ok()?);
+    }
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
 /// The order of `(modified, id)` keys: by time, then by id, as numbers when
 /// both ids are integers (`"9" < "10"`), else as text.
-pub fn keyset_order(
-    a: &(DateTime<Utc>, String),
-    b: &(DateTime<Utc>, String),
-) -> std::cmp::Ordering {
+pub fn keyset_order(a: &KeysetKey, b: &KeysetKey) -> std::cmp::Ordering {
     a.0.cmp(&b.0)
         .then_with(|| match (a.1.parse::<i128>(), b.1.parse::<i128>()) {
             (Ok(x), Ok(y)) => x.cmp(&y),
@@ -590,4 +605,36 @@ fn rel_next(v: &RawValue, ptr: &str) -> Result<Option<String>, String> {
     let links: Vec<Link> = serde_json::from_str(raw.get())
         .map_err(|e| format!("links at {ptr:?} are not [{{rel, href}}]: {e}"))?;
     Ok(links.into_iter().find(|l| l.rel == "next").map(|l| l.href))
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    #[test]
+    fn cursor_times_read_rfc_3339_and_odata_v2_dates() {
+        let t = |s: &str| cursor_time(s).map(|t| t.to_rfc3339());
+        assert_eq!(
+            t("2024-04-02T10:15:22+02:00").as_deref(),
+            Some("2024-04-02T08:15:22+00:00")
+        );
+        // The milliseconds are UTC; the offset (in minutes) only says how it is shown.
+        assert_eq!(
+            t("/Date(1712045722000+0060)/").as_deref(),
+            Some("2024-04-02T08:15:22+00:00")
+        );
+        assert_eq!(
+            t("/Date(1712045722000)/").as_deref(),
+            Some("2024-04-02T08:15:22+00:00")
+        );
+        assert_eq!(t("/Date(x)/"), None);
+        assert_eq!(t("yesterday"), None);
+        let k = |t: &str, id: &str| (cursor_time(t).unwrap(), id.to_owned(), t.to_owned());
+        let a = k("2024-01-01T00:00:00Z", "9");
+        let b = k("2024-01-01T00:00:00Z", "10");
+        assert!(keyset_order(&b, &a).is_gt(), "ids as numbers");
+        let c = k("2024-01-01T00:00:00Z", "b");
+        let d = k("2024-01-01T00:00:00Z", "a");
+        assert!(keyset_order(&c, &d).is_gt(), "ids as text");
+    }
 }

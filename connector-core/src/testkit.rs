@@ -1252,6 +1252,24 @@ impl Suite {
             first != bounded,
             "the request with a stored state is the first pull's: the bound is not sent"
         );
+        // A keyset state held at the server's clock has no id.
+        if let crate::SyncMode::Incremental { keyset: true, .. } = def.mode {
+            let capped = serde_json::json!({"modified": "2024-01-02T03:04:05Z", "id": null});
+            let req = def
+                .request(
+                    &base,
+                    &def.pagination.first(),
+                    &crate::PageCtx {
+                        since: Some(&capped),
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| format!("a keyset state without an id: {e}"))?;
+            ensure!(
+                req != first,
+                "a keyset state without an id (`modified >= m`) is not sent"
+            );
+        }
         let sent = format!(
             "{}{}",
             bounded.url.query().unwrap_or(""),

@@ -417,7 +417,7 @@ pub struct Cursor {
     pub pull_token: Option<String>,
     /// Keyset streams: the largest `(modified, id)` seen by the pull in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_max_key: Option<(DateTime<Utc>, String)>,
+    pub pull_max_key: Option<connector_core::fetch::KeysetKey>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -943,12 +943,32 @@ pub async fn load_batch(
             .map(|&i| (ctx.entity, recs[i].source_id.clone()))
             .collect();
         let now = read_links(tx, ctx.connection, &keys).await?;
+        // The latest position of a record of each id in this batch, whatever
+        // became of it (written, unchanged by hash, older than what is
+        // stored): the source said it exists at that point of the fetch.
+        let mut present: HashMap<&str, (i64, i32)> = HashMap::new();
+        for r in recs.iter().filter(|r| {
+            !r.source_id.is_empty() && !matches!(r.status, Status::Tombstone | Status::Ignored)
+        }) {
+            let e = present
+                .entry(r.source_id.as_str())
+                .or_insert((r.page_id, r.ordinal));
+            *e = (*e).max((r.page_id, r.ordinal));
+        }
+        let present: HashMap<String, (i64, i32)> = present
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let mut apply: Vec<usize> = Vec::new();
         for &i in &tombs {
             let r = &recs[i];
             let mine = (r.modified, r.page_id, r.ordinal);
+            let listed_after = present
+                .get(&r.source_id)
+                .is_some_and(|at| *at > (r.page_id, r.ordinal));
             recs[i].status = match now.get(&(ctx.entity, r.source_id.clone())) {
                 None => Status::Unchanged,
+                Some(_) if listed_after => Status::Superseded,
                 Some(l) if l.deleted => Status::Unchanged,
                 Some(l) => {
                     if l.version.is_some_and(|v| newer(v, mine)) {

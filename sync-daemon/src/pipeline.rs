@@ -941,15 +941,15 @@ async fn fetch_stream(
                 // The largest (modified, id) seen, held at (server now − lag,
                 // no id): a later record of the same second is asked for again.
                 let cap = started - chrono::Duration::from_std(lag).unwrap_or_default();
-                if let Some((t, id)) = cursor.pull_max_key.take()
+                if let Some((t, id, text)) = cursor.pull_max_key.take()
                     && cursor.pull_skipped_pages == 0
                 {
-                    let fmt =
-                        |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                    // The time as the source wrote it; the cap as RFC 3339.
                     cursor.state = Some(if t <= cap {
-                        serde_json::json!({"modified": fmt(t), "id": id})
+                        serde_json::json!({"modified": text, "id": id})
                     } else {
-                        serde_json::json!({"modified": fmt(cap), "id": null})
+                        let cap = cap.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                        serde_json::json!({"modified": cap, "id": null})
                     });
                 }
             } else if let (SyncMode::Incremental { lag, .. }, Some(started)) =

@@ -173,13 +173,13 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                   where not exists (select 1 from known k where k.connection = r.connection))
          select s.connection, s.stream, r.id, r.mode, r.status, r.started_at, r.finished_at, r.error,
                 r.resume_at, r.pages,
-                -- A sync of several streams: each stream's own counts (its pages of the run).
-                case when r.id is null then null when r.mode = 'replay' or r.stream is not null
+                -- A sync: each stream's own counts (its pages of the run).
+                case when r.id is null then null when r.mode = 'replay'
                      then r.records_seen else ps.c + ps.u + ps.d + ps.sp end,
-                case when r.mode = 'replay' or r.stream is not null then r.records_changed else ps.c end,
-                case when r.mode = 'replay' or r.stream is not null then r.records_unchanged else ps.u end,
-                case when r.mode = 'replay' or r.stream is not null then r.records_dead else ps.d end,
-                case when r.mode = 'replay' or r.stream is not null then r.records_superseded else ps.sp end,
+                case when r.mode = 'replay' then r.records_changed else ps.c end,
+                case when r.mode = 'replay' then r.records_unchanged else ps.u end,
+                case when r.mode = 'replay' then r.records_dead else ps.d end,
+                case when r.mode = 'replay' then r.records_superseded else ps.sp end,
                 dry.id, dry.started_at,
                 case when e.entity is not null then
                   (select count(*) from source_link l where l.entity_type = e.entity

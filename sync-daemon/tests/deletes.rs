@@ -576,3 +576,114 @@ async fn a_server_state_ahead_of_the_servers_own_clock_is_held_at_its_clock() {
         "the next since must not skip what changes until 2099: {state}"
     );
 }
+
+/// One stream of records and tombstones, paged by cursor.
+#[derive(Debug)]
+struct Feed(url::Url);
+
+impl Connector for Feed {
+    const NAME: &'static str = "feed";
+    type Config = url::Url;
+    fn new(base: url::Url) -> Result<Self, connector_core::Error> {
+        Ok(Self(base))
+    }
+    fn base_url(&self) -> &url::Url {
+        &self.0
+    }
+    fn streams(&self) -> Vec<connector_core::StreamDef> {
+        vec![connector_core::StreamDef {
+            records: connector_core::Records::Array("/data"),
+            pagination: connector_core::Pagination::cursor("cursor", "/next"),
+            deleted: Some(connector_core::Deleted::When {
+                pointer: "/action",
+                values: &["deleted"],
+            }),
+            ..connector_core::StreamDef::get("workers", "workers")
+        }]
+    }
+}
+
+impl canonical_model::Modeled for Feed {
+    fn models(&self) -> Vec<canonical_model::StreamModel> {
+        workers_model()
+    }
+}
+
+/// A batch holding a tombstone and, after it, the same record unchanged
+/// (skipped by its hash) leaves the row live: the source listed it after
+/// saying it was deleted.
+#[tokio::test]
+async fn a_record_listed_after_its_tombstone_in_one_batch_keeps_the_row_live() {
+    use sync_daemon::load::{LoadCtx, LoadOpts, PageBody, load_batch};
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let srv = MockServer::start().await;
+    let x = json!({"id": "x", "descriptor": "Worker X"});
+    Mock::given(path("/workers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [x]})))
+        .up_to_n_times(1)
+        .mount(&srv)
+        .await;
+    let built = Built::new(Feed(url::Url::parse(&srv.uri()).unwrap())).unwrap();
+    let store = RawStore::in_memory();
+    let c = ctx_built(&pool, &store, built, &AuthConfig::None);
+    pipeline::sync(&c, None).await.unwrap();
+    // Run 2: a tombstone of x, then x again as it was, on the next page.
+    Mock::given(path("/workers"))
+        .and(wiremock::matchers::query_param_is_missing("cursor"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"data": [{"id": "x", "action": "deleted"}], "next": "b"})),
+        )
+        .mount(&srv)
+        .await;
+    Mock::given(path("/workers"))
+        .and(query_param("cursor", "b"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [x]})))
+        .mount(&srv)
+        .await;
+    pipeline::sync(&c, None).await.unwrap();
+    // Load run 2's two pages again in one batch, from the state before them
+    // (x live, last seen on run 1's page).
+    sqlx::query(
+        "update source_link set raw_page_id = (select min(id) from raw_page), record_ordinal = 0,
+                deleted_at = null, deleted_page_id = null, deleted_ordinal = null where source_id = 'x'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("update worker set deleted_at = null")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    for p in sync_daemon::db::pages(&pool, "wd", "workers", false)
+        .await
+        .unwrap()
+        .into_iter()
+        .skip(1)
+    {
+        let body = store.get(&p.object_key).await.unwrap();
+        bodies.push(PageBody { page: p, body });
+    }
+    assert_eq!(bodies.len(), 2);
+    let def = c.connector.streams().remove(0);
+    let model = c.model(def.name).unwrap();
+    let mapping = sync_daemon::db::register_mapping(&pool, model.mapper.mapping())
+        .await
+        .unwrap();
+    let lctx = LoadCtx::new("wd", &def, model, mapping, None);
+    let mut tx = pool.begin().await.unwrap();
+    let out = load_batch(&mut tx, &lctx, &bodies, LoadOpts::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        out.total.superseded, 1,
+        "the tombstone is superseded: {out:?}"
+    );
+    assert!(
+        !deleted(&pool, "x").await,
+        "x was listed after its tombstone"
+    );
+}
