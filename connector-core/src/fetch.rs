@@ -23,7 +23,7 @@ use std::pin::Pin;
 use url::Url;
 
 use crate::pagination::{LinkAt, link_header_next};
-use crate::records::{pointer, split_page};
+use crate::records::{pointer, split_page, string_at};
 use crate::{Error, HttpClient, PageFacts, PageToken, Pagination, Response, StreamDef};
 
 /// One fetched page: its token, the one after it, the response and its facts.
@@ -573,22 +573,6 @@ fn resolve_next(
             ),
         )),
         (_, n) => Ok((n, None)),
-    }
-}
-
-/// A string (or number) at `ptr`; `None` when absent or null.
-fn string_at(v: &RawValue, ptr: &str) -> Result<Option<String>, String> {
-    let Some(raw) = pointer(v, ptr)? else {
-        return Ok(None);
-    };
-    match serde_json::from_str::<serde_json::Value>(raw.get()) {
-        Ok(serde_json::Value::Null) => Ok(None),
-        Ok(serde_json::Value::String(s)) => Ok(Some(s)),
-        Ok(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        _ => Err(format!(
-            "value at {ptr:?} is not a string: {}",
-            crate::snippet(raw.get().as_bytes())
-        )),
     }
 }
 

@@ -20,6 +20,21 @@ pub const MAX_RECORDS_PER_PAGE: usize = 100_000;
 
 const TOO_MANY: &str = "too many records for one page";
 
+/// The elements of a sequence of records, collecting at most
+/// [`MAX_RECORDS_PER_PAGE`] of them.
+fn capped_seq<'de, A: serde::de::SeqAccess<'de>>(
+    mut seq: A,
+) -> Result<Vec<&'de RawValue>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(r) = seq.next_element::<&'de RawValue>()? {
+        if out.len() == MAX_RECORDS_PER_PAGE {
+            return Err(serde::de::Error::custom(TOO_MANY));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 /// A records array, read without collecting more than
 /// [`MAX_RECORDS_PER_PAGE`] of them.
 struct Capped<'a>(Vec<&'a RawValue>);
@@ -34,16 +49,9 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Capped<'a> {
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
-                mut seq: A,
+                seq: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(r) = seq.next_element::<&'de RawValue>()? {
-                    if out.len() == MAX_RECORDS_PER_PAGE {
-                        return Err(serde::de::Error::custom(TOO_MANY));
-                    }
-                    out.push(r);
-                }
-                Ok(out)
+                capped_seq(seq)
             }
         }
         d.deserialize_seq(Seq).map(Capped)
@@ -267,16 +275,9 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for CappedValues<'a> {
             // when there is none (`[]` for `{}`): an array is read as records.
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
-                mut seq: A,
+                seq: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(r) = seq.next_element::<&'de RawValue>()? {
-                    if out.len() == MAX_RECORDS_PER_PAGE {
-                        return Err(serde::de::Error::custom(TOO_MANY));
-                    }
-                    out.push(r);
-                }
-                Ok(out)
+                capped_seq(seq)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
@@ -293,6 +294,23 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for CappedValues<'a> {
             }
         }
         d.deserialize_any(Map).map(CappedValues)
+    }
+}
+
+/// A string (or a number, as its text) at `ptr`; `None` when absent or
+/// null, an error for any other value.
+pub fn string_at(v: &RawValue, ptr: &str) -> Result<Option<String>, String> {
+    let Some(raw) = pointer(v, ptr)? else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Null) => Ok(None),
+        Ok(serde_json::Value::String(s)) => Ok(Some(s)),
+        Ok(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        _ => Err(format!(
+            "value at {ptr:?} is not a string: {}",
+            crate::snippet(raw.get().as_bytes())
+        )),
     }
 }
 

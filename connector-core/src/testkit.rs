@@ -530,6 +530,14 @@ impl Suite {
     pub async fn run(&self) -> Report {
         let mut report = Report::default();
         macro_rules! check {
+            // Run only when the capability is on; reported `off` otherwise.
+            ($name:literal, if $flag:ident, $body:expr) => {
+                if self.caps.$flag {
+                    check!($name, $body);
+                } else {
+                    report.0.push(($name, Verdict::Off(stringify!($flag))));
+                }
+            };
             ($name:literal, $body:expr) => {{
                 let r: Result<(), String> = async { $body }.await;
                 report.0.push((
@@ -605,42 +613,30 @@ impl Suite {
             "every request matches its declaration (method, path, query, body); POSTs that only read are idempotent",
             self.check_requests().await
         );
-        if self.caps.incremental {
-            check!(
-                "an incremental pull sends the stored state as its bound",
-                self.check_incremental().await
-            );
-        } else {
-            check!("an incremental pull sends the stored state as its bound", off "incremental");
-        }
-        if self.caps.deletes {
-            check!(
-                "tombstones are read as deletions, never mapped",
-                self.check_tombstones().await
-            );
-        } else {
-            check!("tombstones are read as deletions, never mapped", off "deletes");
-        }
+        check!(
+            "an incremental pull sends the stored state as its bound",
+            if incremental,
+            self.check_incremental().await
+        );
+        check!(
+            "tombstones are read as deletions, never mapped",
+            if deletes,
+            self.check_tombstones().await
+        );
         check!(
             "fan-out: each partition has its own key and asks for its own data",
             self.check_partitions()
         );
-        if self.caps.body_driven_paging {
-            check!(
-                "a repeated page token or link fails as a loop",
-                self.check_loop().await
-            );
-        } else {
-            check!("a repeated page token or link fails as a loop", off "body_driven_paging");
-        }
-        if self.caps.next_links {
-            check!(
-                "a next link to another origin is refused before any request",
-                self.check_cross_origin().await
-            );
-        } else {
-            check!("a next link to another origin is refused before any request", off "next_links");
-        }
+        check!(
+            "a repeated page token or link fails as a loop",
+            if body_driven_paging,
+            self.check_loop().await
+        );
+        check!(
+            "a next link to another origin is refused before any request",
+            if next_links,
+            self.check_cross_origin().await
+        );
         report
     }
 
@@ -788,33 +784,22 @@ impl Suite {
     /// runtime waits on loopback I/O, so an attempt timeout would fire on
     /// every request: this check runs on its own runtime with the real clock.
     fn check_timeout(&self) -> Result<(), String> {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    rt.block_on(async {
-                        let (mock, def, http) = self
-                            .source(|s| {
-                                s.attempt_timeout = Some(Duration::from_millis(300));
-                                s.retry.base_delay = Duration::from_millis(1);
-                            })
-                            .await?;
-                        mock.inject(0, Fault::Timeout).await;
-                        let w = Self::walk(http, &def, def.pagination.first(), Some(1)).await;
-                        ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
-                        ensure!(
-                            mock.hits(0).await == 2,
-                            "page 0: {} requests",
-                            mock.hits(0).await
-                        );
-                        Ok(())
-                    })
+        on_real_clock("timeout", async {
+            let (mock, def, http) = self
+                .source(|s| {
+                    s.attempt_timeout = Some(Duration::from_millis(300));
+                    s.retry.base_delay = Duration::from_millis(1);
                 })
-                .join()
-                .unwrap_or_else(|_| Err("the timeout check panicked".into()))
+                .await?;
+            mock.inject(0, Fault::Timeout).await;
+            let w = Self::walk(http, &def, def.pagination.first(), Some(1)).await;
+            ensure!(w.error.is_none(), "{:?}", w.error.map(|e| e.to_string()));
+            ensure!(
+                mock.hits(0).await == 2,
+                "page 0: {} requests",
+                mock.hits(0).await
+            );
+            Ok(())
         })
     }
 
@@ -858,49 +843,37 @@ impl Suite {
     /// the request that was refused. On the real clock (paused time jumps
     /// while loopback I/O is pending, which would hide the difference).
     fn check_pause(&self) -> Result<(), String> {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    rt.block_on(async {
-                        let (mock, def, http) = self
-                            .source(|s| s.retry.base_delay = Duration::from_millis(1))
-                            .await?;
-                        mock.inject(
-                            0,
-                            Fault::RateLimited {
-                                retry_after_secs: 1,
-                            },
-                        )
-                        .await;
-                        let first = Self::walk(http.clone(), &def, def.pagination.first(), Some(1));
-                        let second = async {
-                            while mock.hits(0).await == 0 {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                            let t0 = Instant::now();
-                            let w =
-                                Self::walk(http.clone(), &def, def.pagination.first(), Some(1)).await;
-                            (t0.elapsed(), w)
-                        };
-                        let (a, (waited, b)) = tokio::join!(first, second);
-                        for w in [&a, &b] {
-                            if let Some(e) = &w.error {
-                                return Err(format!("a pull failed: {e}"));
-                            }
-                        }
-                        ensure!(
-                            waited >= Duration::from_millis(800),
-                            "the second pull got its page after {waited:?}, within the source's Retry-After of 1 s"
-                        );
-                        Ok(())
-                    })
-                })
-                .join()
-                .unwrap_or_else(|_| Err("the pause check panicked".into()))
+        on_real_clock("pause", async {
+            let (mock, def, http) = self
+                .source(|s| s.retry.base_delay = Duration::from_millis(1))
+                .await?;
+            mock.inject(
+                0,
+                Fault::RateLimited {
+                    retry_after_secs: 1,
+                },
+            )
+            .await;
+            let first = Self::walk(http.clone(), &def, def.pagination.first(), Some(1));
+            let second = async {
+                while mock.hits(0).await == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let t0 = Instant::now();
+                let w = Self::walk(http.clone(), &def, def.pagination.first(), Some(1)).await;
+                (t0.elapsed(), w)
+            };
+            let (a, (waited, b)) = tokio::join!(first, second);
+            for w in [&a, &b] {
+                if let Some(e) = &w.error {
+                    return Err(format!("a pull failed: {e}"));
+                }
+            }
+            ensure!(
+                waited >= Duration::from_millis(800),
+                "the second pull got its page after {waited:?}, within the source's Retry-After of 1 s"
+            );
+            Ok(())
         })
     }
 
@@ -1414,6 +1387,27 @@ impl Suite {
         ensure!(sent == 0, "{sent} requests reached the other origin");
         Ok(())
     }
+}
+
+/// Runs `check` on a runtime of its own with the real clock, on its own
+/// thread (the suite itself runs under paused time, whose clock jumps while
+/// loopback I/O is pending and would hide what a check measures).
+fn on_real_clock(
+    name: &str,
+    check: impl std::future::Future<Output = Result<(), String>> + Send,
+) -> Result<(), String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(check)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(format!("the {name} check panicked")))
+    })
 }
 
 /// The next-page value exactly as the body has it (a cursor, or a link before

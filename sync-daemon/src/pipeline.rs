@@ -850,12 +850,7 @@ async fn fetch_stream(
         ctx.fetch_concurrency,
     );
     loop {
-        if let Some(why) = run.lease.lost() {
-            anyhow::bail!(connector_core::Error::LeaseLost {
-                scope: format!("{}/{key}", ctx.connection),
-                detail: why,
-            });
-        }
+        still_leased(ctx, run, &key)?;
         let Some(page) = pager.next_page().await else {
             break;
         };
@@ -998,6 +993,18 @@ async fn fetch_stream(
     Ok(())
 }
 
+/// Fails when the run lost its lease: a fetcher stops before its next write.
+fn still_leased(ctx: &Ctx, run: &Run<'_>, key: &str) -> anyhow::Result<()> {
+    match run.lease.lost() {
+        Some(why) => Err(connector_core::Error::LeaseLost {
+            scope: format!("{}/{key}", ctx.connection),
+            detail: why,
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// A detail stream's pull ([`connector_core::Details`]): the ids in the
 /// records of the stream it details that were stored after its mark (the
 /// last of that stream's raw pages it covered), asked for a batch at a time.
@@ -1071,16 +1078,10 @@ async fn fetch_details(
             {
                 continue;
             }
-            let id = connector_core::records::pointer(r, d.id_at)
+            let id = connector_core::records::string_at(r, d.id_at)
                 .ok()
                 .flatten()
-                .and_then(
-                    |v| match serde_json::from_str::<serde_json::Value>(v.get()) {
-                        Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-                        Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
-                        _ => None,
-                    },
-                );
+                .filter(|s| !s.is_empty());
             if let Some(id) = id
                 && seen.insert(id.clone())
             {
@@ -1103,12 +1104,7 @@ async fn fetch_details(
         )
         .with_ids(batch.to_vec());
         loop {
-            if let Some(why) = run.lease.lost() {
-                anyhow::bail!(connector_core::Error::LeaseLost {
-                    scope: format!("{}/{key}", ctx.connection),
-                    detail: why,
-                });
-            }
+            still_leased(ctx, run, &key)?;
             let Some(page) = pager.next_page().await else {
                 break;
             };
