@@ -73,6 +73,22 @@ async fn serve_run(
         .await;
 }
 
+/// A BambooHR connection to the mock `srv` (API key `key`, password `x`).
+fn bamboo_ctx(pool: &sqlx::PgPool, store: &RawStore, srv: &MockServer, key: &str) -> pipeline::Ctx {
+    let bamboo = bamboohr::BambooHr::new(
+        serde_json::from_value(json!({
+            "company_domain": "acme",
+            "base_url": format!("{}/api/gateway.php/acme/v1/", srv.uri()),
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let auth: AuthConfig =
+        serde_json::from_value(json!({"strategy": "basic", "username": key, "password": "x"}))
+            .unwrap();
+    ctx_built(pool, store, Built::new(bamboo).unwrap(), &auth)
+}
+
 async fn deleted(pool: &sqlx::PgPool, source_id: &str) -> bool {
     sqlx::query_scalar(
         "select w.deleted_at is not null from worker w join source_link l on l.canonical_id = w.id
@@ -89,20 +105,8 @@ async fn bamboohr_end_to_end_tombstones_delete_and_a_newer_record_revives() {
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
-    let bamboo = bamboohr::BambooHr::new(
-        serde_json::from_value(json!({
-            "company_domain": "acme",
-            "base_url": format!("{}/api/gateway.php/acme/v1", srv.uri()),
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let auth: AuthConfig = serde_json::from_value(
-        json!({"strategy": "basic", "username": "secret-api-key", "password": "x"}),
-    )
-    .unwrap();
     let store = RawStore::in_memory();
-    let c = ctx_built(&pool, &store, Built::new(bamboo).unwrap(), &auth);
+    let c = bamboo_ctx(&pool, &store, &srv, "secret-api-key");
 
     // Run 1: the report without a filter, the changed feed from its floor.
     serve_run(
@@ -456,17 +460,6 @@ async fn bamboohr_throttling_by_503_or_429_with_retry_after_is_waited_out_and_it
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
-    let bamboo = bamboohr::BambooHr::new(
-        serde_json::from_value(json!({
-            "company_domain": "acme",
-            "base_url": format!("{}/api/gateway.php/acme/v1/", srv.uri()),
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let auth: AuthConfig =
-        serde_json::from_value(json!({"strategy": "basic", "username": "k", "password": "x"}))
-            .unwrap();
     // The report is throttled once with 503 (older tenants), the feed once with 429.
     Mock::given(method("POST"))
         .and(path(REPORT))
@@ -497,7 +490,7 @@ async fn bamboohr_throttling_by_503_or_429_with_retry_after_is_waited_out_and_it
         .mount(&srv)
         .await;
     let store = RawStore::in_memory();
-    let c = ctx_built(&pool, &store, Built::new(bamboo).unwrap(), &auth);
+    let c = bamboo_ctx(&pool, &store, &srv, "k");
     let started = std::time::Instant::now();
     let s = pipeline::sync(&c, None).await.unwrap();
     assert_eq!((s.outcome, s.changed), ("succeeded", 6), "{s:?}");
@@ -536,17 +529,6 @@ async fn a_server_state_ahead_of_the_servers_own_clock_is_held_at_its_clock() {
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
     let srv = MockServer::start().await;
-    let bamboo = bamboohr::BambooHr::new(
-        serde_json::from_value(json!({
-            "company_domain": "acme",
-            "base_url": format!("{}/api/gateway.php/acme/v1/", srv.uri()),
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let auth: AuthConfig =
-        serde_json::from_value(json!({"strategy": "basic", "username": "k", "password": "x"}))
-            .unwrap();
     Mock::given(method("POST"))
         .and(path(REPORT))
         .respond_with(bamboo_fixture("report-1.json"))
@@ -562,7 +544,7 @@ async fn a_server_state_ahead_of_the_servers_own_clock_is_held_at_its_clock() {
         .mount(&srv)
         .await;
     let store = RawStore::in_memory();
-    let c = ctx_built(&pool, &store, Built::new(bamboo).unwrap(), &auth);
+    let c = bamboo_ctx(&pool, &store, &srv, "k");
     pipeline::sync(&c, None).await.unwrap();
     let state: String = sqlx::query_scalar(
         "select cursor ->> 'state' from watermark where stream = 'employee_changes'",
