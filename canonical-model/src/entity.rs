@@ -19,6 +19,13 @@ pub enum FieldType {
     Decimal,
     /// A canonical id of another entity (column `<name>_id bigint`).
     Ref(EntityKind),
+    /// An ISO 4217 currency code (column `char(3)`).
+    Currency,
+    /// An exact, signed amount (column `numeric`) in the currency held by
+    /// the named `Currency` field of the same entity: the row is refused
+    /// when the amount has more decimals than that currency's minor unit,
+    /// or has no currency.
+    Money(&'static str),
 }
 
 /// One field of an entity: its name (as in mapping rules and `explain`) and type.
@@ -145,6 +152,12 @@ macro_rules! entity_field {
     (rust Timestamp) => { Option<DateTime<Utc>> };
     (rust Decimal) => { Option<Decimal> };
     (rust Ref) => { Option<String> };
+    (rust Currency) => { Option<String> };
+    (rust Money) => { Option<Decimal> };
+    (kind Currency) => { FieldType::Currency };
+    (kind Money($currency:ident)) => { FieldType::Money(stringify!($currency)) };
+    (value Currency, $v:expr) => { $v.map(CanonValue::Text) };
+    (value Money, $v:expr) => { $v.map(CanonValue::Decimal) };
     (kind Text) => { FieldType::Text };
     (kind Bool) => { FieldType::Bool };
     (kind Date) => { FieldType::Date };
@@ -200,6 +213,98 @@ entities! {
     Location = "location" {
         name: Text,
         country: Text,
+    }
+
+    /// A cost center in one validity period (SAP cost centers are
+    /// time-dependent: one row per period, keyed by its end date).
+    CostCenter = "cost_center" {
+        controlling_area: Text,
+        code: Text,
+        /// First day of the validity period.
+        valid_from: Date,
+        /// Last day of the validity period; 9999-12-31 means open-ended.
+        valid_to: Date,
+        name: Text,
+        description: Text,
+        company_code: Text,
+        /// The source's cost center category code.
+        category: Text,
+        currency: Currency,
+        profit_center: Text,
+        person_responsible: Text,
+    }
+
+    /// A general-ledger account of a chart of accounts.
+    GlAccount = "gl_account" {
+        chart_of_accounts: Text,
+        account_number: Text,
+        name: Text,
+        long_name: Text,
+        /// True for a balance-sheet account, false for a profit-and-loss one.
+        is_balance_sheet: Bool,
+        /// The source's own account type code (SAP `GLAccountType`, NetSuite `accttype`).
+        source_type: Text,
+        /// The company code segment, where the source has one per company.
+        company_code: Text,
+        /// Blocked for posting, or inactive.
+        blocked: Bool,
+        source_modified_at: Timestamp,
+    }
+
+    /// A supplier (vendor).
+    Supplier = "supplier" {
+        supplier_number: Text,
+        legal_name: Text,
+        tax_number: Text,
+        /// ISO 3166-1 alpha-2 country code, as the source gives it.
+        country: Text,
+        currency: Currency,
+        posting_blocked: Bool,
+        purchasing_blocked: Bool,
+        /// Flagged for deletion (SAP) or inactive (NetSuite): still present at the source.
+        deletion_flagged: Bool,
+        source_modified_at: Timestamp,
+    }
+
+    /// A journal entry (accounting document) header.
+    JournalEntry = "journal_entry" {
+        company_code: Text,
+        fiscal_year: Text,
+        document_number: Text,
+        posting_date: Date,
+        document_date: Date,
+        document_type: Text,
+        /// The document number of the entry this one reverses.
+        reversal_of: Text,
+        /// The transaction currency of the entry.
+        currency: Currency,
+        source_modified_at: Timestamp,
+    }
+
+    /// One line of a journal entry. Amounts are signed: + debit, − credit.
+    JournalLine = "journal_line" {
+        entry: Ref(JournalEntry),
+        line_number: Text,
+        gl_account: Ref(GlAccount),
+        /// The G/L account number as the source gives it (kept when the
+        /// account is not known).
+        account_number: Text,
+        /// The cost center code (resolved by validity date in the view
+        /// `journal_line_cost_center`).
+        cost_center: Text,
+        controlling_area: Text,
+        profit_center: Text,
+        /// Amount in the transaction currency, signed.
+        amount: Money(currency),
+        currency: Currency,
+        /// Amount in the company code's (subsidiary's base) currency, signed.
+        amount_company: Money(company_currency),
+        company_currency: Currency,
+        /// The source's debit/credit indicator (SAP `S`/`H`; `debit`/`credit`).
+        debit_credit: Text,
+        posting_date: Date,
+        text: Text,
+        source_modified_at: Timestamp,
     }
 }
 
@@ -259,6 +364,7 @@ impl CanonicalRow {
                 v.check().map_err(|m| (def.name, m))?;
             }
         }
+        self.check_money()?;
         let id = self.source_id();
         if id.is_empty() {
             return Err(("source_id", "the source id is empty".into()));
@@ -272,6 +378,35 @@ impl CanonicalRow {
                     crate::MAX_ID_BYTES
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Currencies are ISO 4217 codes; every amount has a currency and no
+    /// more decimals than its minor unit (JPY 0, USD 2, KWD 3).
+    fn check_money(&self) -> Result<(), (&'static str, String)> {
+        let fields = self.kind.fields();
+        for (def, v) in fields.iter().zip(&self.values) {
+            match (def.ty, v) {
+                (FieldType::Currency, Some(CanonValue::Text(code))) => {
+                    crate::Currency::parse(code).map_err(|e| (def.name, e.to_string()))?;
+                }
+                (FieldType::Money(cur), Some(CanonValue::Decimal(amount))) => {
+                    let code = match self.get(cur) {
+                        Some(CanonValue::Text(c)) => c,
+                        _ => {
+                            return Err((
+                                def.name,
+                                format!("the amount {amount} has no currency ({cur} is empty)"),
+                            ));
+                        }
+                    };
+                    let currency =
+                        crate::Currency::parse(code).map_err(|e| (cur, e.to_string()))?;
+                    crate::Money::new(*amount, currency).map_err(|e| (def.name, e.to_string()))?;
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -27,9 +27,12 @@ mod stream;
 mod transform;
 
 pub use entity::{
-    CanonicalRow, Entity, EntityKind, FieldDef, FieldType, Location, OrgUnit, Worker,
+    CanonicalRow, CostCenter, Entity, EntityKind, FieldDef, FieldType, GlAccount, JournalEntry,
+    JournalLine, Location, OrgUnit, Supplier, Worker,
 };
 pub use mapping::{FieldRule, MapError, Mapper, MappingVersion, RecordReader};
 pub use money::{Currency, Money, MoneyError};
 pub use stream::{Modeled, StreamModel, golden_line};
-pub use transform::{CanonValue, MAX_ID_BYTES, MAX_TEXT_BYTES, Transform, TransformError};
+pub use transform::{
+    CanonValue, Language, MAX_ID_BYTES, MAX_TEXT_BYTES, Transform, TransformError, join_key,
+};

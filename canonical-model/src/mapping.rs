@@ -84,11 +84,35 @@ impl MappingVersion {
                         | Transform::TextOrBlank
                         | Transform::Lowercase
                         | Transform::Uppercase
-                ) | (FieldType::Bool, Transform::Bool)
+                        | Transform::Key
+                        | Transform::Localized(_)
+                ) | (FieldType::Bool, Transform::Bool | Transform::Flag)
                     | (FieldType::Date, Transform::Date | Transform::DateOrBlank)
-                    | (FieldType::Timestamp, Transform::Timestamp)
-                    | (FieldType::Decimal, Transform::Decimal)
-            ) || matches!((def.ty, r.transform), (FieldType::Ref(a), Transform::Ref(b)) if a == b);
+                    | (
+                        FieldType::Timestamp,
+                        Transform::Timestamp | Transform::TimestampIn(_)
+                    )
+                    | (
+                        FieldType::Decimal | FieldType::Money(_),
+                        Transform::Decimal | Transform::SignedBy | Transform::DebitMinusCredit
+                    )
+                    | (FieldType::Currency, Transform::Currency)
+            ) || matches!((def.ty, r.transform),
+                    (FieldType::Ref(a), Transform::Ref(b) | Transform::KeyRef(b)) if a == b);
+            let arity = match r.transform {
+                Transform::SignedBy | Transform::DebitMinusCredit | Transform::Localized(_) => {
+                    Some(2)
+                }
+                _ => None,
+            };
+            if arity.is_some_and(|n| r.pointers.len() != n) {
+                return Err(format!(
+                    "mapping {mapper} {version}: transform {} of {}.{} reads exactly two pointers",
+                    r.transform.name(),
+                    r.entity,
+                    r.field
+                ));
+            }
             if !fits {
                 return Err(format!(
                     "mapping {mapper} {version}: transform {} does not produce {}.{} ({:?})",
@@ -218,6 +242,51 @@ impl<'a> RecordReader<'a> {
                 entity,
                 field: field.to_owned(),
             })?;
+        if let Transform::Localized(_) = rule.transform {
+            // The list, then the text within the entry of the language.
+            let (Some(list_at), Some(text_at)) = (rule.pointers.first(), rule.pointers.get(1))
+            else {
+                return Ok(None);
+            };
+            let Some((at, entry)) = self
+                .record
+                .pointer(list_at)
+                .and_then(|l| rule.transform.pick_language(l))
+            else {
+                return Ok(None);
+            };
+            let Some(v) = entry.pointer(text_at).filter(|v| !v.is_null()) else {
+                return Ok(None);
+            };
+            if Transform::TextOrBlank.is_blank(v) {
+                return Ok(None);
+            }
+            return Transform::Text
+                .apply(v)
+                .map(Some)
+                .map_err(|e| MapError::BadValue {
+                    entity,
+                    field: field.to_owned(),
+                    pointer: format!("{list_at}{at}{text_at}"),
+                    message: e.message,
+                });
+        }
+        if rule.transform.reads_all_pointers() {
+            let values: Vec<Option<&Value>> = rule
+                .pointers
+                .iter()
+                .map(|p| self.record.pointer(p).filter(|v| !v.is_null()))
+                .collect();
+            return rule
+                .transform
+                .apply_all(&values)
+                .map_err(|e| MapError::BadValue {
+                    entity,
+                    field: field.to_owned(),
+                    pointer: rule.pointers.join(" "),
+                    message: e.message,
+                });
+        }
         let Some((pointer, v)) = rule.locate(self.record) else {
             return Ok(None);
         };
@@ -252,6 +321,11 @@ impl<'a> RecordReader<'a> {
                 .map(|r| r.pointers.join(" | "))
                 .unwrap_or_default(),
         })
+    }
+
+    /// The value of a `Currency` field (an ISO 4217 code).
+    pub fn currency(&self, entity: EntityKind, field: &str) -> Result<Option<String>, MapError> {
+        self.text(entity, field)
     }
 
     pub fn text(&self, entity: EntityKind, field: &str) -> Result<Option<String>, MapError> {

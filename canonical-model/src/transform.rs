@@ -118,6 +118,73 @@ pub enum Transform {
     Decimal,
     /// A reference to another entity by its source id (a string).
     Ref(EntityKind),
+    /// A flag as older sources write it: `"X"`/`""` (SAP), `"T"`/`"F"`
+    /// (NetSuite), or what `bool` reads.
+    Flag,
+    /// An ISO 4217 currency code (trimmed, upper-cased); an unknown code is
+    /// a data error.
+    Currency,
+    /// A compound source id: every pointer of the rule is read (a string or
+    /// a number) and the parts are joined with `|` (a `|` or `\` inside a
+    /// part escaped by `\`), as the connector core joins a stream's compound
+    /// `primary_key`. Absent when any part is.
+    Key,
+    /// A reference to another entity by a compound source id, joined as by `key`.
+    KeyRef(EntityKind),
+    /// A signed amount from two pointers: the amount, then the source's
+    /// debit/credit indicator (`S`/`H` in SAP, `D`/`C`, `debit`/`credit`).
+    /// Credit is negative: a positive amount marked credit is negated; an
+    /// amount the source already signs keeps its sign (a negative posting).
+    SignedBy,
+    /// A signed amount from two pointers, a debit column and a credit column
+    /// (either may be absent): debit − credit.
+    DebitMinusCredit,
+    /// A local date-time without an offset (`YYYY-MM-DD HH:MM:SS`, as a
+    /// SuiteQL `TO_CHAR` writes it), read in this IANA time zone; a time
+    /// that does not exist (a DST gap) is an error, an ambiguous one (a DST
+    /// fold) is the earlier instant.
+    TimestampIn(chrono_tz::Tz),
+    /// A text of one language from a list of texts (SAP's expanded
+    /// `to_Text`): the rule's first pointer is the list (an array, or
+    /// OData v2's `{"results": [...]}`), its second the text within the
+    /// entry whose `/Language` is this language (case ignored).
+    Localized(Language),
+}
+
+/// A language key as SAP's OData APIs write it (`EN`, `DE`, `ZH`): up to
+/// four ASCII letters, kept upper-case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Language([u8; 4], u8);
+
+impl Language {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(format!(
+                "language {s:?} is not a language key (letters, e.g. \"EN\")"
+            ));
+        }
+        let mut b = [0u8; 4];
+        b[..s.len()].copy_from_slice(s.to_ascii_uppercase().as_bytes());
+        Ok(Self(b, s.len() as u8))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0[..usize::from(self.1)]).unwrap_or("")
+    }
+}
+
+impl Serialize for Language {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Language {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Language::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Transform {
@@ -125,6 +192,9 @@ impl Transform {
     pub fn name(&self) -> String {
         match self {
             Transform::Ref(kind) => format!("ref:{}", kind.as_str()),
+            Transform::KeyRef(kind) => format!("key_ref:{}", kind.as_str()),
+            Transform::TimestampIn(tz) => format!("timestamp_in:{}", tz.name()),
+            Transform::Localized(lang) => format!("localized:{}", lang.as_str()),
             other => serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -144,6 +214,128 @@ impl Transform {
             }
             _ => false,
         }
+    }
+
+    /// True for the transforms that read every pointer of their rule
+    /// together ([`Transform::apply_all`]) instead of the first present one.
+    pub fn reads_all_pointers(&self) -> bool {
+        matches!(
+            self,
+            Transform::Key
+                | Transform::KeyRef(_)
+                | Transform::SignedBy
+                | Transform::DebitMinusCredit
+        )
+    }
+
+    /// Applies a transform that reads every pointer ([`Self::reads_all_pointers`])
+    /// to the values found there (`None` for absent or null). `Ok(None)`: no value.
+    pub fn apply_all(
+        &self,
+        values: &[Option<&Value>],
+    ) -> Result<Option<CanonValue>, TransformError> {
+        let out = match self {
+            Transform::Key | Transform::KeyRef(_) => {
+                let mut parts = Vec::with_capacity(values.len());
+                for v in values {
+                    match v {
+                        None => return Ok(None),
+                        Some(Value::String(s)) if !s.is_empty() => parts.push(s.clone()),
+                        Some(Value::Number(n)) => parts.push(n.to_string()),
+                        Some(other) => {
+                            return Err(TransformError::new(
+                                *self,
+                                format!(
+                                    "a key part is {}, not a non-empty string or a number",
+                                    kind_of(other)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                let key = join_key(&parts);
+                if matches!(self, Transform::KeyRef(_)) {
+                    CanonValue::Ref(key)
+                } else {
+                    CanonValue::Text(key)
+                }
+            }
+            Transform::SignedBy => {
+                let Some(amount) = values.first().copied().flatten() else {
+                    return Ok(None);
+                };
+                let CanonValue::Decimal(a) = Transform::Decimal
+                    .apply(amount)
+                    .map_err(|e| TransformError::new(*self, e.message))?
+                else {
+                    unreachable!("decimal gives a decimal")
+                };
+                let credit = match values.get(1).copied().flatten() {
+                    None => false,
+                    Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                        "h" | "c" | "cr" | "credit" => true,
+                        "s" | "d" | "dr" | "debit" | "" => false,
+                        other => {
+                            return Err(TransformError::new(
+                                *self,
+                                format!(
+                                    "{:?} is not a debit/credit indicator (S/H, D/C, debit/credit)",
+                                    other.chars().take(20).collect::<String>()
+                                ),
+                            ));
+                        }
+                    },
+                    Some(other) => {
+                        return Err(TransformError::new(
+                            *self,
+                            format!(
+                                "the debit/credit indicator is {}, not a string",
+                                kind_of(other)
+                            ),
+                        ));
+                    }
+                };
+                CanonValue::Decimal(if credit && a.is_sign_positive() && !a.is_zero() {
+                    -a
+                } else {
+                    a
+                })
+            }
+            Transform::DebitMinusCredit => {
+                let read = |i: usize| -> Result<Option<Decimal>, TransformError> {
+                    match values.get(i).copied().flatten() {
+                        None => Ok(None),
+                        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+                        Some(v) => match Transform::Decimal.apply(v) {
+                            Ok(CanonValue::Decimal(d)) => Ok(Some(d)),
+                            Ok(_) => unreachable!("decimal gives a decimal"),
+                            Err(e) => Err(TransformError::new(*self, e.message)),
+                        },
+                    }
+                };
+                match (read(0)?, read(1)?) {
+                    (None, None) => return Ok(None),
+                    (d, c) => {
+                        let (d, c) = (d.unwrap_or_default(), c.unwrap_or_default());
+                        CanonValue::Decimal(
+                            d.checked_sub(c)
+                                .ok_or_else(|| {
+                                    TransformError::new(*self, format!("{d} − {c} overflows"))
+                                })?
+                                .normalize(),
+                        )
+                    }
+                }
+            }
+            other => {
+                return match values.first().copied().flatten() {
+                    Some(v) => other.apply(v).map(Some),
+                    None => Ok(None),
+                };
+            }
+        };
+        out.check().map_err(|m| TransformError::new(*self, m))?;
+        Ok(Some(out))
     }
 
     /// Applies the transform to one source value. `null` is handled by the caller
@@ -174,6 +366,40 @@ impl Transform {
                 }
                 Ok(CanonValue::Ref(id.to_owned()))
             }
+            Transform::Flag => match v {
+                Value::String(s) => match s.trim() {
+                    "X" | "x" | "T" | "t" | "true" | "1" | "Y" | "y" => Ok(CanonValue::Bool(true)),
+                    "" | "F" | "f" | "false" | "0" | "N" | "n" => Ok(CanonValue::Bool(false)),
+                    other => Err(TransformError::new(
+                        *self,
+                        format!(
+                            "{:?} is not a flag (X/blank, T/F, true/false)",
+                            other.chars().take(20).collect::<String>()
+                        ),
+                    )),
+                },
+                Value::Bool(b) => Ok(CanonValue::Bool(*b)),
+                other => Err(TransformError::new(
+                    *self,
+                    format!("expected a flag, found {}", kind_of(other)),
+                )),
+            },
+            Transform::Currency => crate::Currency::parse(s()?)
+                .map(|c| CanonValue::Text(c.code().to_owned()))
+                .map_err(|e| TransformError::new(*self, e.to_string())),
+            Transform::TimestampIn(tz) => parse_local(s()?, *tz)
+                .map(CanonValue::Timestamp)
+                .map_err(|m| TransformError::new(*self, m)),
+            Transform::Localized(_) => Err(TransformError::new(
+                *self,
+                "reads a list of texts through its rule's two pointers".into(),
+            )),
+            Transform::Key
+            | Transform::KeyRef(_)
+            | Transform::SignedBy
+            | Transform::DebitMinusCredit => self
+                .apply_all(&[Some(v)])
+                .and_then(|o| o.ok_or_else(|| TransformError::new(*self, "no value".into()))),
             Transform::Bool => match v {
                 Value::Bool(b) => Ok(CanonValue::Bool(*b)),
                 Value::String(s) if s == "true" || s == "1" => Ok(CanonValue::Bool(true)),
@@ -218,11 +444,107 @@ impl Transform {
     }
 }
 
+impl Transform {
+    /// Under [`Transform::Localized`]: the entry of the list at `list` whose
+    /// `Language` is the transform's, as `(its index, the entry)`; `None`
+    /// when there is none. `list` is an array or `{"results": [...]}`.
+    pub fn pick_language<'v>(&self, list: &'v Value) -> Option<(String, &'v Value)> {
+        let Transform::Localized(lang) = self else {
+            return None;
+        };
+        let (prefix, items) = match list {
+            Value::Array(a) => ("", a),
+            Value::Object(o) => match o.get("results") {
+                Some(Value::Array(a)) => ("/results", a),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        items.iter().enumerate().find_map(|(i, e)| {
+            e.get("Language")
+                .and_then(Value::as_str)
+                .filter(|l| l.trim().eq_ignore_ascii_case(lang.as_str()))
+                .map(|_| (format!("{prefix}/{i}"), e))
+        })
+    }
+}
+
+/// Joins a compound key's parts: `|` between parts, a `|` or `\` inside a
+/// part escaped by `\`; one part is itself; an OData v2 `/Date(ms)/` part
+/// as its UTC date when it is a midnight, else its RFC 3339 UTC time. The
+/// same join as the connector core's `records::join_key` for a compound
+/// `primary_key`.
+pub fn join_key<S: AsRef<str>>(parts: &[S]) -> String {
+    if let [one] = parts {
+        return one.as_ref().to_owned();
+    }
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        let part = p.as_ref();
+        let part = match part
+            .strip_prefix("/Date(")
+            .and_then(|r| r.strip_suffix(")/"))
+            .and_then(parse_ms_date)
+        {
+            Some(t) if t.timestamp_millis().rem_euclid(86_400_000) == 0 => {
+                t.format("%Y-%m-%d").to_string()
+            }
+            Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            None => part.to_owned(),
+        };
+        for c in part.chars() {
+            if c == '|' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A local date-time (`YYYY-MM-DD HH:MM:SS`, a `T` or fractions allowed) in `tz`.
+fn parse_local(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, String> {
+    use chrono::TimeZone;
+    use chrono::offset::LocalResult;
+    let s = s.trim();
+    let naive = [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .ok_or_else(|| format!("{s:?} is not a local date-time (expected YYYY-MM-DD HH:MM:SS)"))?;
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        LocalResult::Ambiguous(a, b) => Ok(a.min(b).with_timezone(&Utc)),
+        LocalResult::None => Err(format!(
+            "{s} does not exist in {} (a daylight-saving gap)",
+            tz.name()
+        )),
+    }
+}
+
 impl FromStr for Transform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(kind) = s.strip_prefix("ref:") {
             return EntityKind::from_str(kind).map(Transform::Ref);
+        }
+        if let Some(kind) = s.strip_prefix("key_ref:") {
+            return EntityKind::from_str(kind).map(Transform::KeyRef);
+        }
+        if let Some(lang) = s.strip_prefix("localized:") {
+            return Language::parse(lang).map(Transform::Localized);
+        }
+        if let Some(tz) = s.strip_prefix("timestamp_in:") {
+            return tz
+                .parse::<chrono_tz::Tz>()
+                .map(Transform::TimestampIn)
+                .map_err(|_| format!("unknown time zone {tz:?}"));
         }
         serde_json::from_value(Value::String(s.to_owned()))
             .map_err(|_| format!("unknown transform {s:?}"))
@@ -338,6 +660,11 @@ fn parse_ms_date(inner: &str) -> Option<DateTime<Utc>> {
         Some(i) => (&inner[..i], Some(&inner[i..])),
         None => (inner, None),
     };
+    // Digits, with a minus before them at most (no `+5`).
+    let digits = ms.strip_prefix('-').unwrap_or(ms);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let ms: i64 = ms.parse().ok()?;
     let t = DateTime::<Utc>::from_timestamp_millis(ms)?;
     // The milliseconds are UTC already; the offset only says how the source displays it.

@@ -1,6 +1,7 @@
 //! The connector contract: a typed trait for authors, an erased trait for the
 //! daemon's registry, and a blanket impl between them.
 
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
@@ -183,6 +184,10 @@ pub struct PageCtx<'a> {
     pub partition: Option<&'a str>,
     /// The batch of ids a detail stream asks for ([`StreamDef::details`]).
     pub ids: Option<&'a [String]>,
+    /// Under [`crate::Pagination::Keyset`], where this page starts: the
+    /// largest key of the page before, `{"modified": …, "id": …}`; `None`
+    /// on a pull's first page.
+    pub after: Option<&'a serde_json::Value>,
 }
 
 impl PageCtx<'_> {
@@ -192,6 +197,28 @@ impl PageCtx<'_> {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         })
+    }
+}
+
+/// The function of a [`CursorTime`].
+pub type ParseCursor = dyn Fn(&str) -> Option<DateTime<Utc>> + Send + Sync;
+
+/// How a stream reads its record cursor's text as a time, when it is
+/// neither RFC 3339 nor OData's `/Date(ms)/` (the default,
+/// [`crate::fetch::cursor_time`]): a local time without an offset, read in
+/// the source's configured time zone (NetSuite's `TO_CHAR` dates).
+#[derive(Clone)]
+pub struct CursorTime(pub Arc<ParseCursor>);
+
+impl CursorTime {
+    pub fn new(f: impl Fn(&str) -> Option<DateTime<Utc>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for CursorTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CursorTime")
     }
 }
 
@@ -250,10 +277,15 @@ pub struct StreamDef {
     /// Where a page body holds its records.
     pub records: Records,
     pub pagination: Pagination,
-    /// JSON pointer of a record's primary key (a string or a number).
+    /// JSON pointer of a record's primary key (a string or a number); a
+    /// compound key lists its parts' pointers separated by commas
+    /// (`"/ControllingArea,/CostCenter,/ValidityEndDate"`), read by
+    /// [`crate::records::key_at`] and joined by [`crate::records::join_key`].
     pub primary_key: &'static str,
     /// JSON pointer of a record's source-modified time, when it has one.
     pub cursor: Option<&'static str>,
+    /// How the cursor's text is read as a time, when not RFC 3339 or `/Date(ms)/`.
+    pub cursor_parse: Option<CursorTime>,
     /// How the source says a record was deleted, when it does.
     pub deleted: Option<Deleted>,
     pub mode: SyncMode,
@@ -286,6 +318,7 @@ impl StreamDef {
             pagination: Pagination::Single,
             primary_key: "/id",
             cursor: None,
+            cursor_parse: None,
             deleted: None,
             mode: SyncMode::FullRefresh,
             request: None,
@@ -348,7 +381,9 @@ impl StreamDef {
             Records::Array(p) | Records::Values(p) => pointer("records", p, true)?,
             Records::Body => {}
         }
-        pointer("primary_key", self.primary_key, false)?;
+        for part in self.primary_key.split(',') {
+            pointer("primary_key", part, false)?;
+        }
         if let Some(c) = self.cursor {
             pointer("cursor", c, false)?;
         }
@@ -507,6 +542,22 @@ impl StreamDef {
             }
             url
         };
+        // A keyset page starts after the key its token carries.
+        let after = match (&self.pagination, token) {
+            (Pagination::Keyset { .. }, PageToken::Cursor { cursor }) => Some(
+                serde_json::from_str::<serde_json::Value>(cursor).map_err(|e| {
+                    Error::Config(format!(
+                        "stream {}: stored keyset position is not JSON: {e}",
+                        self.name
+                    ))
+                })?,
+            ),
+            _ => None,
+        };
+        let page = &PageCtx {
+            after: after.as_ref().or(page.after),
+            ..*page
+        };
         let mut req = Request {
             method: self.method,
             url,
@@ -520,6 +571,15 @@ impl StreamDef {
         Ok(req)
     }
 
+    /// A record cursor's text as a time: through [`StreamDef::cursor_parse`]
+    /// when the stream has one, else RFC 3339 or OData's `/Date(ms)/`.
+    pub fn cursor_time(&self, text: &str) -> Option<DateTime<Utc>> {
+        match &self.cursor_parse {
+            Some(p) => (p.0)(text),
+            None => crate::fetch::cursor_time(text),
+        }
+    }
+
     /// The URL of the page at `token` (see [`request`](Self::request)).
     pub fn page_url(
         &self,
@@ -531,6 +591,7 @@ impl StreamDef {
             since,
             partition: self.partition.as_deref(),
             ids: None,
+            after: None,
         };
         Ok(self.request(base, token, &page)?.url)
     }
@@ -587,6 +648,10 @@ pub struct ErrorReading {
     /// The answer means "too many requests", whatever its status: it is
     /// retried, slows the connection down and honours `Retry-After`, like a 429.
     pub throttled: bool,
+    /// The answer means "the credential is refused", whatever its status
+    /// (NetSuite's `INVALID_LOGIN`): handled like a 401 (the credential is
+    /// refreshed once, then the run needs re-authentication).
+    pub unauthorized: bool,
     /// The source's own explanation, put in the error (scrubbed of secrets).
     pub message: Option<String>,
 }

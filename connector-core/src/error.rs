@@ -292,7 +292,7 @@ impl Error {
                 retry_after,
                 detail,
             },
-            401 => Error::Unauthorized { endpoint },
+            _ if reading.unauthorized || status == 401 => Error::Unauthorized { endpoint },
             500..=599 => Error::Server {
                 endpoint,
                 status,
@@ -371,11 +371,14 @@ mod classification {
         second_401: Error::NeedsReauth { endpoint: E.into(), detail: "again".into() } => ErrorClass::Fail,
         http_400: Error::from_status(E, 400, None, b"bad") => ErrorClass::Fail,
         http_400_read_as_throttling: Error::from_answer(E, 400, Some(Duration::from_secs(3)), b"",
-            crate::ErrorReading { throttled: true, message: None })
+            crate::ErrorReading { throttled: true, ..Default::default() })
             => ErrorClass::Retry { after: Some(d) } if d == Duration::from_secs(3),
         http_403_with_a_reason: Error::from_answer(E, 403, None, b"",
-            crate::ErrorReading { throttled: false, message: Some("no access".into()) })
+            crate::ErrorReading { message: Some("no access".into()), ..Default::default() })
             => ErrorClass::Fail,
+        http_400_read_as_a_refused_login: Error::from_answer(E, 400, None, b"",
+            crate::ErrorReading { unauthorized: true, ..Default::default() })
+            => ErrorClass::RefreshAuthThenRetry,
         http_403: Error::from_status(E, 403, None, b"") => ErrorClass::Fail,
         http_404: Error::from_status(E, 404, None, b"") => ErrorClass::Fail,
         http_422: Error::from_status(E, 422, None, b"") => ErrorClass::Fail,

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use url::Url;
 
 use crate::pagination::{LinkAt, link_header_next};
-use crate::records::{pointer, split_page, string_at};
+use crate::records::{pointer, split_key, split_page, string_at};
 use crate::{Error, HttpClient, PageFacts, PageToken, Pagination, Response, StreamDef};
 
 /// One fetched page: its token, the one after it, the response and its facts.
@@ -191,6 +191,7 @@ impl Pager {
                 since: self.since.as_ref(),
                 partition: self.def.partition.as_deref(),
                 ids: self.ids.as_deref(),
+                after: None,
             };
             let req = match self.def.request(self.http.base_url(), &token, &page) {
                 Ok(r) => r,
@@ -273,6 +274,15 @@ impl Pager {
                     .pagination
                     .next_blind(&token, Some(u64::MAX), self.page_size)
                 {
+                    // A source that may page by link is not guessed past
+                    // its first page: its next page is the link's.
+                    Some(_) if matches!(self.def.pagination, Pagination::LinkOrOffset { .. }) => (
+                        None,
+                        Some(format!(
+                            "{} ({token}): the page could not be read ({why}), and the server may name the next page itself",
+                            self.endpoint
+                        )),
+                    ),
                     Some(n) if self.blind < MAX_BLIND_PAGES => (Some(n), None),
                     _ => (
                         None,
@@ -361,7 +371,7 @@ fn check_page(
     if let Some(next) = c.facts.next.as_mut()
         && matches!(
             def.pagination,
-            Pagination::NextLink(_) | Pagination::LinkHeader
+            Pagination::NextLink(_) | Pagination::LinkHeader | Pagination::LinkOrOffset { .. }
         )
     {
         *next = http.strip_auth_params(next);
@@ -395,10 +405,10 @@ pub fn page_facts(
 /// before it is resolved (body strategies only).
 pub fn raw_next(def: &StreamDef, body: &str) -> Result<Option<String>, String> {
     let root: &RawValue = serde_json::from_str(body).map_err(|e| e.to_string())?;
-    match &def.pagination {
-        Pagination::Cursor { cursor_at, .. } => string_at(root, cursor_at),
-        Pagination::NextLink(LinkAt::Pointer(p)) => string_at(root, p),
-        Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(root, p),
+    match (&def.pagination, def.pagination.link_at()) {
+        (Pagination::Cursor { cursor_at, .. }, _) => string_at(root, cursor_at),
+        (_, Some(LinkAt::Pointer(p))) => string_at(root, p),
+        (_, Some(LinkAt::RelNext(p))) => rel_next(root, p),
         _ => Ok(None),
     }
 }
@@ -441,14 +451,13 @@ fn facts_of(
             });
         }
     };
-    let raw_next = match &def.pagination {
-        Pagination::Cursor { cursor_at, .. } => string_at(split.root, cursor_at),
-        Pagination::NextLink(LinkAt::Pointer(p)) => string_at(split.root, p),
-        Pagination::NextLink(LinkAt::RelNext(p)) => rel_next(split.root, p),
-        Pagination::LinkHeader => Ok(link_from_headers(headers)),
-        Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. } | Pagination::Single => {
-            Ok(None)
-        }
+    let raw_next = match (&def.pagination, def.pagination.link_at()) {
+        (Pagination::Cursor { cursor_at, .. }, _) => string_at(split.root, cursor_at),
+        (_, Some(LinkAt::Pointer(p))) => string_at(split.root, p),
+        (_, Some(LinkAt::RelNext(p))) => rel_next(split.root, p),
+        (Pagination::LinkHeader, _) => Ok(link_from_headers(headers)),
+        (Pagination::Keyset { .. }, _) => Ok(keyset_after(def, &split.records)),
+        _ => Ok(None),
     };
     let (next, bad_next) = resolve_next(def, page_url, base, raw_next, endpoint)?;
     let max_cursor = match def.cursor {
@@ -456,7 +465,7 @@ fn facts_of(
             .records
             .iter()
             .filter_map(|r| string_at(r, ptr).ok().flatten())
-            .filter_map(|s| cursor_time(&s))
+            .filter_map(|s| def.cursor_time(&s))
             .max(),
         None => None,
     };
@@ -466,8 +475,12 @@ fn facts_of(
             .iter()
             .filter_map(|r| {
                 let text = string_at(r, ptr).ok().flatten()?;
-                let t = cursor_time(&text)?;
-                Some((t, string_at(r, def.primary_key).ok().flatten()?, text))
+                let t = def.cursor_time(&text)?;
+                Some((
+                    t,
+                    crate::records::key_at(r, def.primary_key).ok().flatten()?,
+                    text,
+                ))
             })
             .max_by(keyset_order),
         _ => None,
@@ -500,6 +513,30 @@ fn facts_of(
     })
 }
 
+/// Where the page after this one starts under [`Pagination::Keyset`]: the
+/// largest `(cursor, key)` of the page as `{"modified": text or null, "id":
+/// key}` (JSON text). `None` when no record has a key.
+fn keyset_after(def: &StreamDef, records: &[&RawValue]) -> Option<String> {
+    let key = |r: &RawValue| -> Option<(Option<DateTime<Utc>>, String, Option<String>)> {
+        let id = crate::records::key_at(r, def.primary_key).ok().flatten()?;
+        let text = def.cursor.and_then(|c| string_at(r, c).ok().flatten());
+        let t = match &text {
+            Some(t) => Some(def.cursor_time(t)?),
+            None if def.cursor.is_some() => return None,
+            None => None,
+        };
+        Some((t, id, text))
+    };
+    let (_, id, text) = records.iter().filter_map(|r| key(r)).max_by(|a, b| {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        keyset_order(
+            &(a.0.unwrap_or(epoch), a.1.clone(), String::new()),
+            &(b.0.unwrap_or(epoch), b.1.clone(), String::new()),
+        )
+    })?;
+    Some(serde_json::json!({"modified": text, "id": id}).to_string())
+}
+
 /// A keyset key: the record's modified time, its id, and the time as the
 /// source wrote it (sent back as written: some sources refuse another
 /// precision).
@@ -521,11 +558,17 @@ pub fn cursor_time(s: &str) -> Option<DateTime<Utc>> {
 /// The order of `(modified, id)` keys: by time, then by id, as numbers when
 /// both ids are integers (`"9" < "10"`), else as text.
 pub fn keyset_order(a: &KeysetKey, b: &KeysetKey) -> std::cmp::Ordering {
-    a.0.cmp(&b.0)
-        .then_with(|| match (a.1.parse::<i128>(), b.1.parse::<i128>()) {
-            (Ok(x), Ok(y)) => x.cmp(&y),
-            _ => a.1.cmp(&b.1),
-        })
+    a.0.cmp(&b.0).then_with(|| {
+        let (x, y) = (split_key(&a.1), split_key(&b.1));
+        x.iter()
+            .zip(&y)
+            .map(|(p, q)| match (p.parse::<i128>(), q.parse::<i128>()) {
+                (Ok(p), Ok(q)) => p.cmp(&q),
+                _ => p.cmp(q),
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| x.len().cmp(&y.len()))
+    })
 }
 
 /// The `rel="next"` target of the response's `Link` headers.
@@ -552,18 +595,20 @@ fn resolve_next(
         Err(e) => return Ok((None, Some(e))),
         Ok(r) => r,
     };
-    match (&def.pagination, raw) {
-        (Pagination::NextLink(_) | Pagination::LinkHeader, Some(link)) if !link.is_empty() => {
-            match page_url.join(&link) {
-                Err(e) => Ok((None, Some(format!("next link is not a URL: {e}")))),
-                Ok(abs) if abs.origin() != base.origin() => Err(Error::CrossOrigin {
-                    endpoint: endpoint.to_owned(),
-                    origin: abs.origin().ascii_serialization(),
-                }),
-                Ok(abs) => Ok((Some(abs.to_string()), None)),
-            }
-        }
-        (Pagination::NextLink(_) | Pagination::LinkHeader, _) => Ok((None, None)),
+    let by_link = matches!(
+        def.pagination,
+        Pagination::NextLink(_) | Pagination::LinkHeader | Pagination::LinkOrOffset { .. }
+    );
+    match (by_link, raw) {
+        (true, Some(link)) if !link.is_empty() => match page_url.join(&link) {
+            Err(e) => Ok((None, Some(format!("next link is not a URL: {e}")))),
+            Ok(abs) if abs.origin() != base.origin() => Err(Error::CrossOrigin {
+                endpoint: endpoint.to_owned(),
+                origin: abs.origin().ascii_serialization(),
+            }),
+            Ok(abs) => Ok((Some(abs.to_string()), None)),
+        },
+        (true, _) => Ok((None, None)),
         // Postgres cannot store U+0000 in the watermark: a cursor holding
         // one could never be resumed from.
         (_, Some(c)) if c.contains('\0') => Ok((

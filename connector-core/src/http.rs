@@ -625,11 +625,16 @@ impl HttpClient {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
         };
-        let mut out = self
-            .inner
-            .http
-            .request(method, target)
-            .header("Accept", "application/json");
+        let mut out = self.inner.http.request(method, target);
+        // A stream's own `Accept` (OData v4's `IEEE754Compatible=true`)
+        // replaces core's.
+        if !req
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+        {
+            out = out.header("Accept", "application/json");
+        }
         for (k, v) in &req.headers {
             out = out.header(k.as_str(), v.as_str());
         }

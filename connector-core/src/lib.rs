@@ -40,13 +40,14 @@ pub mod secret;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
+mod units;
 
 pub use auth::{AuthConfig, CredentialStore};
 pub use breaker::{BreakerSettings, BreakerState};
 pub use connector::{
-    BaseUrl, Body, Connector, ConnectorFactory, Deleted, Details, DynConnector, ErrorAnswer,
-    ErrorReading, Factory, Method, PageCtx, ReadError, Records, Request, RequestHook, StreamDef,
-    SyncMode, read_nothing, struct_fields,
+    BaseUrl, Body, Connector, ConnectorFactory, CursorTime, Deleted, Details, DynConnector,
+    ErrorAnswer, ErrorReading, Factory, Method, PageCtx, ReadError, Records, Request, RequestHook,
+    StreamDef, SyncMode, read_nothing, struct_fields,
 };
 pub use error::{Error, ErrorClass, snippet, sqlstate_is_transient};
 pub use fetch::{FetchedPage, Pager};
@@ -57,3 +58,4 @@ pub use pagination::{LinkAt, PageFacts, PageToken, Pagination};
 pub use ratelimit::RateLimitSettings;
 pub use raw_store::{ObjectProblem, RawStore, StoredObject};
 pub use retry::RetryPolicy;
+pub use units::parse_duration;

@@ -58,6 +58,31 @@ pub enum Pagination {
     LinkHeader,
     /// One answer holds everything (a report, a change feed): no paging.
     Single,
+    /// OData: the server's next link (at `link`) when the body has one,
+    /// followed as it is (servers page by themselves, with a `$skiptoken`);
+    /// otherwise `?$top=L&$skip=O`, ending at the total (at `total_at`), on
+    /// a short page or on an empty one. An incremental stream paging this
+    /// way must order by an immutable key, not by its change stamp, so that
+    /// a change during the pull cannot move a record across the offset
+    /// (docs/connector-contract.md).
+    LinkOrOffset {
+        link: LinkAt,
+        limit: u32,
+        limit_param: &'static str,
+        offset_param: &'static str,
+        total_at: Option<&'static str>,
+    },
+    /// Keyset paging: each page asks for the records after the largest key
+    /// of the page before, `{"modified": …, "id": …}` (the record cursor as
+    /// the source wrote it, or null without one, and the primary key),
+    /// handed to the stream's [`crate::RequestHook`] as
+    /// [`crate::PageCtx::after`]; `limit_param` carries the page size. No
+    /// offset ever grows, so a source's cap on offsets (NetSuite's 100,000
+    /// rows) is never reached. Ends on a page shorter than `limit`.
+    Keyset {
+        limit: u32,
+        limit_param: &'static str,
+    },
 }
 
 /// Where a page starts. Stored in the watermark while a pull is in progress,
@@ -208,13 +233,48 @@ impl Pagination {
         Pagination::NextLink(LinkAt::RelNext("/links"))
     }
 
+    /// OData v2 with `$inlinecount=allpages`: `d.__next` when the server
+    /// pages by itself, else `$top`/`$skip` up to `d.__count`.
+    pub fn odata_v2_or_skip(top: u32) -> Self {
+        Pagination::LinkOrOffset {
+            link: LinkAt::Pointer("/d/__next"),
+            limit: top,
+            limit_param: "$top",
+            offset_param: "$skip",
+            total_at: Some("/d/__count"),
+        }
+    }
+
+    /// OData v4 with `$count=true`: `@odata.nextLink`, else `$top`/`$skip`
+    /// up to `@odata.count`.
+    pub fn odata_v4_or_skip(top: u32) -> Self {
+        Pagination::LinkOrOffset {
+            link: LinkAt::Pointer("/@odata.nextLink"),
+            limit: top,
+            limit_param: "$top",
+            offset_param: "$skip",
+            total_at: Some("/@odata.count"),
+        }
+    }
+
+    /// The link a body names, for the strategies that read one.
+    pub fn link_at(&self) -> Option<LinkAt> {
+        match self {
+            Pagination::NextLink(l) | Pagination::LinkOrOffset { link: l, .. } => Some(*l),
+            _ => None,
+        }
+    }
+
     pub fn first(&self) -> PageToken {
         match self {
-            Pagination::OffsetLimit { .. } => PageToken::Offset { offset: 0 },
+            Pagination::OffsetLimit { .. } | Pagination::LinkOrOffset { .. } => {
+                PageToken::Offset { offset: 0 }
+            }
             Pagination::PageNumber { first_page, .. } => PageToken::Page { page: *first_page },
             Pagination::Cursor { .. }
             | Pagination::NextLink(_)
             | Pagination::LinkHeader
+            | Pagination::Keyset { .. }
             | Pagination::Single => PageToken::Start,
         }
     }
@@ -224,6 +284,12 @@ impl Pagination {
         match (self, token) {
             (
                 Pagination::OffsetLimit {
+                    limit,
+                    limit_param,
+                    offset_param,
+                    ..
+                }
+                | Pagination::LinkOrOffset {
                     limit,
                     limit_param,
                     offset_param,
@@ -261,6 +327,9 @@ impl Pagination {
                 }
                 p
             }
+            (Pagination::Keyset { limit, limit_param }, _) => {
+                vec![(*limit_param, limit.to_string())]
+            }
             _ => Vec::new(),
         }
     }
@@ -268,7 +337,8 @@ impl Pagination {
     /// JSON pointer of the total in the body, if the strategy uses one.
     pub fn total_at(&self) -> Option<&'static str> {
         match self {
-            Pagination::OffsetLimit { total_at, .. } => *total_at,
+            Pagination::OffsetLimit { total_at, .. }
+            | Pagination::LinkOrOffset { total_at, .. } => *total_at,
             Pagination::PageNumber { total_pages_at, .. } => *total_pages_at,
             _ => None,
         }
@@ -285,7 +355,14 @@ impl Pagination {
     pub fn next(&self, token: &PageToken, facts: &PageFacts) -> Option<PageToken> {
         let records = facts.records as u64;
         match (self, token) {
-            (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }) => {
+            (Pagination::LinkOrOffset { .. }, _) if facts.next.is_some() => {
+                facts.next.clone().map(|url| PageToken::Link { url })
+            }
+            (Pagination::LinkOrOffset { .. }, PageToken::Link { .. }) => None,
+            (
+                Pagination::OffsetLimit { limit, .. } | Pagination::LinkOrOffset { limit, .. },
+                PageToken::Offset { offset },
+            ) => {
                 let next = offset.checked_add(records)?;
                 let done = records == 0
                     || match facts.total {
@@ -319,6 +396,15 @@ impl Pagination {
             (Pagination::NextLink(_) | Pagination::LinkHeader, _) => {
                 facts.next.clone().map(|url| PageToken::Link { url })
             }
+            (Pagination::Keyset { limit, .. }, _) => {
+                if records < u64::from(*limit) {
+                    return None;
+                }
+                facts
+                    .next
+                    .clone()
+                    .map(|cursor| PageToken::Cursor { cursor })
+            }
             _ => None,
         }
     }
@@ -333,9 +419,10 @@ impl Pagination {
             return None;
         }
         match (self, token) {
-            (Pagination::OffsetLimit { .. }, PageToken::Offset { offset }) => {
-                (*offset < total).then_some(total)
-            }
+            (
+                Pagination::OffsetLimit { .. } | Pagination::LinkOrOffset { .. },
+                PageToken::Offset { offset },
+            ) => (*offset < total).then_some(total),
             (Pagination::PageNumber { first_page, .. }, PageToken::Page { page }) => {
                 let last = first_page.saturating_add(total.saturating_sub(1));
                 (*page <= last).then_some(total)
@@ -356,7 +443,10 @@ impl Pagination {
     ) -> Option<PageToken> {
         let total = total?;
         match (self, token) {
-            (Pagination::OffsetLimit { limit, .. }, PageToken::Offset { offset }) => {
+            (
+                Pagination::OffsetLimit { limit, .. } | Pagination::LinkOrOffset { limit, .. },
+                PageToken::Offset { offset },
+            ) => {
                 let step = step.filter(|s| *s > 0).unwrap_or(u64::from(*limit)).max(1);
                 let next = offset.checked_add(step)?;
                 (next < total).then_some(PageToken::Offset { offset: next })

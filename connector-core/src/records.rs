@@ -297,6 +297,89 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for CappedValues<'a> {
     }
 }
 
+/// A record's key under a stream's `primary_key`: one JSON pointer, or
+/// several separated by commas for a compound key (`"/CompanyCode,/FiscalYear,/AccountingDocument"`).
+/// The parts (strings, or numbers as their text) are joined by
+/// [`join_key`]. `None` when any part is absent, null or empty.
+pub fn key_at(v: &RawValue, spec: &str) -> Result<Option<String>, String> {
+    if !spec.contains(',') {
+        return string_at(v, spec);
+    }
+    let mut parts = Vec::new();
+    for ptr in spec.split(',') {
+        match string_at(v, ptr)? {
+            Some(p) if !p.is_empty() => parts.push(p),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(join_key(&parts)))
+}
+
+/// Joins the parts of a compound key with `|`, a `|` or `\` inside a part
+/// escaped by `\`, so that distinct part lists give distinct keys. One part
+/// is itself. An OData v2 `/Date(ms)/` part reads as its UTC date
+/// (`9999-12-31`) when it is a midnight, else as its RFC 3339 UTC time, so
+/// a v2 and a v4 service give one key. The canonical model's
+/// `Transform::Key` joins the same way (a test in the daemon holds the two
+/// together).
+pub fn join_key<S: AsRef<str>>(parts: &[S]) -> String {
+    if let [one] = parts {
+        return one.as_ref().to_owned();
+    }
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        for c in key_part(p.as_ref()).chars() {
+            if c == '|' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A compound key's part as [`join_key`] writes it.
+fn key_part(p: &str) -> std::borrow::Cow<'_, str> {
+    // `/Date(ms)/`, `/Date(ms+hhmm)/` or `/Date(ms-hhmm)/` exactly.
+    let well_formed = p
+        .strip_prefix("/Date(")
+        .and_then(|r| r.strip_suffix(")/"))
+        .is_some_and(|inner| {
+            let (ms, off) = match inner.rfind(['+', '-']).filter(|&i| i > 0) {
+                Some(i) => (&inner[..i], Some(&inner[i + 1..])),
+                None => (inner, None),
+            };
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            (digits(ms) || ms.strip_prefix('-').is_some_and(digits))
+                && off.is_none_or(|o| o.len() == 4 && digits(o))
+        });
+    let Some(t) = well_formed.then(|| crate::fetch::cursor_time(p)).flatten() else {
+        return std::borrow::Cow::Borrowed(p);
+    };
+    std::borrow::Cow::Owned(if t.timestamp_millis().rem_euclid(86_400_000) == 0 {
+        t.format("%Y-%m-%d").to_string()
+    } else {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    })
+}
+
+/// The parts of a key made by [`join_key`].
+pub fn split_key(key: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = key.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => parts.last_mut().expect("non-empty").extend(chars.next()),
+            '|' => parts.push(String::new()),
+            c => parts.last_mut().expect("non-empty").push(c),
+        }
+    }
+    parts
+}
+
 /// A string (or a number, as its text) at `ptr`; `None` when absent or
 /// null, an error for any other value.
 pub fn string_at(v: &RawValue, ptr: &str) -> Result<Option<String>, String> {

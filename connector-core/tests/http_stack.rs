@@ -452,6 +452,7 @@ fn netsuite_reading(a: &connector_core::ErrorAnswer<'_>) -> connector_core::Erro
     connector_core::ErrorReading {
         throttled,
         message: v["title"].as_str().map(str::to_owned),
+        ..Default::default()
     }
 }
 
@@ -464,6 +465,7 @@ fn bamboohr_reading(a: &connector_core::ErrorAnswer<'_>) -> connector_core::Erro
             .get("x-bamboohr-error-message")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        ..Default::default()
     }
 }
 

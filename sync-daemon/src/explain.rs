@@ -201,14 +201,12 @@ pub async fn explain_in(
             Ok(v) => (v.as_ref(), None),
             Err(p) => (None, Some(p.clone())),
         };
-        let located = pointers.as_ref().and_then(|ps| {
-            ps.iter().find_map(|p| {
-                record?
-                    .pointer(p)
-                    .filter(|v| !v.is_null())
-                    .map(|v| (p.clone(), v.clone()))
-            })
-        });
+        let transform: Option<String> = d.get(9);
+        let located = locate(
+            record,
+            pointers.as_deref().unwrap_or_default(),
+            transform.as_deref(),
+        );
         let shown = match (def.ty, &value) {
             (FieldType::Ref(target), serde_json::Value::Number(n)) => {
                 serde_json::json!({"canonical_id": n, "entity": target.as_str()})
@@ -223,10 +221,11 @@ pub async fn explain_in(
             raw_page_id: page_id,
             record_position: ordinal,
             object_pointer: located.as_ref().and_then(|(p, _)| {
+                let p = p.split(", ").next().unwrap_or(p);
                 // Records of an array sit at their position; a body that is
                 // the record at the root; keyed records under a key.
                 if record_path == "body:" {
-                    Some(p.clone())
+                    Some(p.to_owned())
                 } else if record_path.starts_with("values:") {
                     None
                 } else {
@@ -239,7 +238,7 @@ pub async fn explain_in(
                 .or_else(|| pointers.as_ref().map(|p| p.join(" | "))),
             source_value: located.map(|(_, v)| v),
             raw_object_problem,
-            transform: d.get(9),
+            transform,
             mapping: d.get(6),
             mapping_version: d.get(7),
             fetched_at: d.get(5),
@@ -373,5 +372,47 @@ impl std::fmt::Display for Explanation {
             }
         }
         Ok(())
+    }
+}
+
+/// Where a field's value is in its record, as `(pointer, source value)`: the
+/// first rule pointer that holds a value; every pointer and the value at each
+/// (an array) for a transform that reads them all (a compound key, a signed
+/// amount); the entry of the configured language for a localized text.
+fn locate(
+    record: Option<&serde_json::Value>,
+    pointers: &[String],
+    transform: Option<&str>,
+) -> Option<(String, serde_json::Value)> {
+    let record = record?;
+    let t = transform.and_then(|t| t.parse::<canonical_model::Transform>().ok());
+    match t {
+        Some(t @ canonical_model::Transform::Localized(_)) => {
+            let (list, text) = (pointers.first()?, pointers.get(1)?);
+            let (at, entry) = t.pick_language(record.pointer(list)?)?;
+            let v = entry.pointer(text).filter(|v| !v.is_null())?;
+            Some((format!("{list}{at}{text}"), v.clone()))
+        }
+        Some(t) if t.reads_all_pointers() => {
+            let values: Vec<serde_json::Value> = pointers
+                .iter()
+                .map(|p| {
+                    record
+                        .pointer(p)
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null)
+                })
+                .collect();
+            values
+                .iter()
+                .any(|v| !v.is_null())
+                .then(|| (pointers.join(", "), serde_json::Value::Array(values)))
+        }
+        _ => pointers.iter().find_map(|p| {
+            record
+                .pointer(p)
+                .filter(|v| !v.is_null())
+                .map(|v| (p.clone(), v.clone()))
+        }),
     }
 }

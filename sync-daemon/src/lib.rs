@@ -20,6 +20,7 @@ macro_rules! out {
     }};
 }
 
+pub mod balance;
 pub mod config;
 pub mod db;
 pub mod explain;
@@ -464,6 +465,13 @@ fn print_summary(
         outln!(
             "  {} rows soft-deleted: the complete pull no longer lists them (explain shows the run)",
             s.swept
+        );
+    }
+    if s.balance.entries > 0 {
+        outln!(
+            "  {} journal entries checked: {} do not balance per currency (status counts them; the column journal_entry.imbalance says by how much)",
+            s.balance.entries,
+            s.balance.unbalanced
         );
     }
     if what.starts_with("replay") && s.superseded > 0 {

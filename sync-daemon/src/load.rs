@@ -292,15 +292,9 @@ pub fn id_hash(source_id: &str) -> u64 {
 /// `Err` says why the record has no usable key.
 fn primary_key(raw: &RawValue, ptr: &str) -> Result<String, String> {
     let missing = || format!("record has no string or number primary key at {ptr}");
-    let v = connector_core::records::pointer(raw, ptr)
-        .ok()
-        .flatten()
-        .ok_or_else(missing)?;
-    let id = match serde_json::from_str::<serde_json::Value>(v.get()) {
-        Ok(serde_json::Value::String(s)) if !s.is_empty() => s,
-        Ok(serde_json::Value::Number(n)) => n.to_string(),
-        Ok(_) => return Err(missing()),
-        Err(e) => return Err(format!("primary key at {ptr} is unreadable: {e}")),
+    let id = match connector_core::records::key_at(raw, ptr) {
+        Ok(Some(s)) if !s.is_empty() => s,
+        Ok(_) | Err(_) => return Err(missing()),
     };
     if id.contains('\0') {
         return Err(format!(
@@ -1274,7 +1268,8 @@ fn sql_type(ty: FieldType) -> &'static str {
         FieldType::Bool => "boolean",
         FieldType::Date => "date",
         FieldType::Timestamp => "timestamptz",
-        FieldType::Decimal => "numeric",
+        FieldType::Decimal | FieldType::Money(_) => "numeric",
+        FieldType::Currency => "char(3)",
         FieldType::Ref(_) => "bigint",
     }
 }
@@ -1292,6 +1287,17 @@ fn column_text(
             .get(&(kind, sid.clone()))
             .map(|l| l.canonical_id.to_string()),
         (_, Some(v)) => Some(v.to_canonical_string()),
+    }
+}
+
+/// An amount at the minor-unit scale of its currency (checked by the row
+/// check before; as it is when the currency is unknown).
+fn money_text(amount: rust_decimal::Decimal, currency: Option<&CanonValue>) -> String {
+    match currency.map(|c| canonical_model::Currency::parse(&c.to_canonical_string())) {
+        Some(Ok(cur)) => canonical_model::Money::new(amount, cur)
+            .map(|m| m.amount.to_string())
+            .unwrap_or_else(|_| amount.to_string()),
+        _ => amount.to_string(),
     }
 }
 
@@ -1335,7 +1341,13 @@ async fn upsert_rows(
     for (i, f) in fields.iter().enumerate() {
         q = q.bind(
             rows.iter()
-                .map(|c| column_text(f.ty, &c.row.values[i], links))
+                .map(|c| match (f.ty, &c.row.values[i]) {
+                    // Money at its currency's scale (75.10 EUR, 150000 JPY).
+                    (FieldType::Money(cur), Some(CanonValue::Decimal(d))) => {
+                        Some(money_text(*d, c.row.get(cur)))
+                    }
+                    _ => column_text(f.ty, &c.row.values[i], links),
+                })
                 .collect::<Vec<_>>(),
         );
     }

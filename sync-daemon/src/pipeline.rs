@@ -141,6 +141,9 @@ pub struct Summary {
     pub superseded: i64,
     /// Rows soft-deleted because a complete full pull no longer listed them.
     pub swept: u64,
+    /// Journal entries whose balance this run checked, and how many of
+    /// them do not balance ([`crate::balance`]).
+    pub balance: crate::balance::Checked,
     pub elapsed_secs: f64,
     pub diff: Option<DiffReport>,
     /// `succeeded` or `deferred` (failures are errors).
@@ -436,6 +439,13 @@ async fn sync_streams(
                 "only some partitions of the stream ran: nothing is swept"
             );
         }
+    }
+    // Every page this run fetched is loaded: the entries its lines touched
+    // are complete as far as the source said, and are checked. After a pull
+    // that stopped short, the rest of an entry may be on a page not fetched:
+    // the entries stay listed for the next complete run.
+    if summary.pulls_incomplete == 0 {
+        summary.balance = crate::balance::check_entries(&ctx.pool, &ctx.connection).await?;
     }
     Ok(())
 }
@@ -1480,6 +1490,9 @@ async fn replay_streams(
         if let Some(tx) = dry {
             tx.rollback().await?;
         }
+    }
+    if !dry_run {
+        summary.balance = crate::balance::check_entries(&ctx.pool, &ctx.connection).await?;
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ pub fn connectors() -> Vec<Box<dyn Source>> {
     vec![
         Box::new(Registered::<workday::Workday>::new()),
         Box::new(Registered::<bamboohr::BambooHr>::new()),
+        Box::new(Registered::<sap_s4hana::SapS4Hana>::new()),
+        Box::new(Registered::<netsuite::NetSuite>::new()),
     ]
 }
 

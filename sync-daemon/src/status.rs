@@ -88,6 +88,9 @@ pub struct Status {
     pub generated_at: chrono::DateTime<chrono::Utc>,
     pub streams: Vec<StreamStatus>,
     pub circuit_breakers: Vec<BreakerStatus>,
+    /// Per connection: live journal entries whose lines do not balance per
+    /// currency (`journal_entry.imbalance`); connections without any absent.
+    pub unbalanced_journal_entries: std::collections::BTreeMap<String, i64>,
 }
 
 /// A connection of the config and its streams (empty when its connector
@@ -134,10 +137,21 @@ pub async fn status(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<
         }
     })
     .collect();
+    let unbalanced_journal_entries = sqlx::query_as::<_, (String, i64)>(
+        "select s.connection, count(*) from journal_entry e
+         join source_link s on s.entity_type = 'journal_entry' and s.canonical_id = e.id
+         where e.imbalance is not null and e.deleted_at is null
+         group by 1",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
     Ok(Status {
         generated_at,
         streams,
         circuit_breakers,
+        unbalanced_journal_entries,
     })
 }
 
@@ -443,6 +457,12 @@ pub fn render(status: &Status) -> String {
                 s.pages_unreadable
             ));
         }
+    }
+    for (conn, n) in &status.unbalanced_journal_entries {
+        notes.push(format!(
+            "{conn}: {n} journal entr{} do not balance per currency (journal_entry.imbalance has the difference)",
+            if *n == 1 { "y" } else { "ies" }
+        ));
     }
     for b in &status.circuit_breakers {
         let when = b.updated_at.format("%H:%M:%S UTC");

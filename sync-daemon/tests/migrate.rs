@@ -63,6 +63,11 @@ async fn entity_tables_match_their_declaration() {
         ("updated_at", "timestamp with time zone"),
         ("deleted_at", "timestamp with time zone"),
     ];
+    // The balance check's marks (not mapped fields).
+    let journal_entry_extra = [
+        ("balance_checked_at", "timestamp with time zone"),
+        ("imbalance", "jsonb"),
+    ];
     for kind in EntityKind::ALL {
         let mut want: Vec<(String, String)> = kind
             .fields()
@@ -73,7 +78,8 @@ async fn entity_tables_match_their_declaration() {
                     FieldType::Bool => "boolean",
                     FieldType::Date => "date",
                     FieldType::Timestamp => "timestamp with time zone",
-                    FieldType::Decimal => "numeric",
+                    FieldType::Decimal | FieldType::Money(_) => "numeric",
+                    FieldType::Currency => "character",
                     FieldType::Ref(_) => "bigint",
                 };
                 (f.column(), ty.to_owned())
@@ -81,6 +87,11 @@ async fn entity_tables_match_their_declaration() {
             .chain(
                 common
                     .iter()
+                    .chain(if kind == EntityKind::JournalEntry {
+                        &journal_entry_extra[..]
+                    } else {
+                        &[][..]
+                    })
                     .map(|(c, t)| ((*c).to_owned(), (*t).to_owned())),
             )
             .collect();
@@ -95,5 +106,63 @@ async fn entity_tables_match_their_declaration() {
         .unwrap();
         got.sort();
         assert_eq!(got, want, "table {} against its declaration", kind.as_str());
+    }
+}
+
+/// Every column of every entity table carries a comment, and it is the
+/// meaning `docs/canonical-model.md` gives the column, word for word: the
+/// schema explains itself, and the document cannot drift from it.
+#[tokio::test]
+async fn every_entity_column_is_commented_as_the_model_document_says() {
+    use canonical_model::EntityKind;
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/canonical-model.md"
+    ))
+    .unwrap();
+    // `### `table`` sections with `| `column` | type | meaning |` rows.
+    let mut documented: Vec<(String, String, String)> = Vec::new();
+    let mut table = String::new();
+    for line in doc.lines() {
+        if let Some(t) = line.strip_prefix("### `").and_then(|l| l.strip_suffix('`')) {
+            table = t.to_owned();
+        } else if let Some(row) = line.strip_prefix("| `") {
+            let cells: Vec<&str> = row.splitn(3, " | ").collect();
+            if let [col, _ty, meaning] = cells[..] {
+                documented.push((
+                    table.clone(),
+                    col.trim_end_matches('`').to_owned(),
+                    meaning.trim_end_matches(" |").to_owned(),
+                ));
+            }
+        }
+    }
+    for kind in EntityKind::ALL {
+        let got: Vec<(String, Option<String>)> = sqlx::query_as(
+            "select a.attname::text, col_description(a.attrelid, a.attnum)
+             from pg_attribute a
+             where a.attrelid = $1::regclass and a.attnum > 0 and not a.attisdropped
+             order by a.attnum",
+        )
+        .bind(kind.as_str())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (col, comment) in got {
+            let comment =
+                comment.unwrap_or_else(|| panic!("{}.{col} has no comment", kind.as_str()));
+            let doc = documented
+                .iter()
+                .find(|(t, c, _)| t == kind.as_str() && *c == col)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "docs/canonical-model.md does not document {}.{col}",
+                        kind.as_str()
+                    )
+                });
+            assert_eq!(doc.2, comment, "{}.{col}", kind.as_str());
+        }
     }
 }

@@ -147,6 +147,7 @@ impl Connector for BambooHr {
                 .and_then(|v| v.to_str().ok())
                 .filter(|m| !m.trim().is_empty())
                 .map(|m| m.chars().take(500).collect()),
+            ..Default::default()
         }
     }
 }

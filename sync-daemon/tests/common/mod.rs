@@ -254,9 +254,14 @@ pub fn workday_sized(base: &str, page_size: u32) -> workday::Workday {
 /// Empties the canonical model and marks every stored page unloaded: what a
 /// replay into an empty model starts from.
 pub async fn empty_model(pool: &sqlx::PgPool) {
-    sqlx::query(
-        "truncate worker, org_unit, location, source_link, derivation, dead_letter cascade",
-    )
+    let entities: Vec<&str> = canonical_model::EntityKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "truncate {}, journal_entry_unchecked, source_link, derivation, dead_letter cascade",
+        entities.join(", ")
+    )))
     .execute(pool)
     .await
     .unwrap();
