@@ -387,3 +387,202 @@ fn core_and_model_join_compound_keys_alike() {
         }
     }
 }
+
+/// One journal line row as SuiteQL answers it: `(lastmodifieddate,
+/// transaction, line)` and the row.
+type Row = (String, u64, u64, Value);
+
+fn ns_row(modified: &str, t: u64, l: u64, debit: Option<&str>, credit: Option<&str>) -> Row {
+    let mut r = json!({
+        "links": [], "transaction": t.to_string(), "transactionline": l.to_string(),
+        "tranid": format!("JE{t}"), "type": "Journal", "trandate": "2024-03-01",
+        "lastmodifieddate": modified, "currency": "USD", "basecurrency": "USD", "subsidiary": "1",
+        "account": if debit.is_some() { "58" } else { "25" },
+        "debitcredit": if debit.is_some() { "debit" } else { "credit" },
+    });
+    if let Some(d) = debit {
+        r["debit"] = json!(d);
+        r["debitforeignamount"] = json!(d);
+    }
+    if let Some(c) = credit {
+        r["credit"] = json!(c);
+        r["creditforeignamount"] = json!(c);
+    }
+    (modified.to_owned(), t, l, r)
+}
+
+/// The `'…'` literal and the numbers after each `needle` in `q`.
+fn after_each<'q>(q: &'q str, needle: &str) -> Vec<&'q str> {
+    q.match_indices(needle)
+        .map(|(i, _)| {
+            let rest = &q[i + needle.len()..];
+            // A time literal ends at its quote, a number at its last digit.
+            let end = if needle.ends_with('\'') {
+                rest.find('\'').unwrap_or(rest.len())
+            } else {
+                rest.find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len())
+            };
+            &rest[..end]
+        })
+        .collect()
+}
+
+/// A SuiteQL-shaped server over `rows`: it evaluates the connector's own
+/// keyset conditions (`(modified, transaction, line) >` a key, `modified >=`
+/// a time), orders by them, and answers `limit` rows. It refuses a request
+/// without `Prefer: transient` or the account's TBA realm, and answers the
+/// first request with NetSuite's 400 `CONCURRENCY_LIMIT_EXCEEDED`.
+async fn suiteql_server(rows: Arc<Mutex<Vec<Row>>>) -> (MockServer, Arc<Mutex<Vec<String>>>) {
+    let srv = MockServer::start().await;
+    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = queries.clone();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/services/rest/query/v1/suiteql"))
+        .respond_with(move |r: &Request| {
+            let header = |k: &str| {
+                r.headers
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let auth = header("authorization");
+            if !auth.starts_with("OAuth realm=\"1234567_SB1\"")
+                || !auth.contains("oauth_signature_method=\"HMAC-SHA256\"")
+            {
+                return ResponseTemplate::new(401).set_body_json(json!({"status": 401,
+                    "o:errorDetails": [{"detail": "Invalid login attempt.", "o:errorCode": "INVALID_LOGIN"}]}));
+            }
+            if header("prefer") != "transient" {
+                return ResponseTemplate::new(400).set_body_string("Prefer: transient missing");
+            }
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let body = std::fs::read(fixture_dir().join("../../netsuite/error-concurrency-400.json")).unwrap();
+                return ResponseTemplate::new(400).set_body_raw(body, "application/json");
+            }
+            let q: String = serde_json::from_slice::<Value>(&r.body).unwrap()["q"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            log.lock().unwrap().push(q.clone());
+            let limit: usize = r
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "limit")
+                .unwrap()
+                .1
+                .parse()
+                .unwrap();
+            assert!(!r.url.query().unwrap().contains("offset"), "no offset is ever sent");
+            let after: Vec<(String, u64, u64)> = after_each(&q, "t.lastmodifieddate > TO_DATE('")
+                .into_iter()
+                .zip(after_each(&q, "(t.id > "))
+                .zip(after_each(&q, "tal.transactionline > "))
+                .map(|((m, t), l)| (m.to_owned(), t.parse().unwrap(), l.parse().unwrap()))
+                .collect();
+            let from = after_each(&q, "t.lastmodifieddate >= TO_DATE('");
+            let mut hits: Vec<Row> = rows
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, t, l, _)| {
+                    after.iter().all(|k| (m.clone(), *t, *l) > k.clone())
+                        && from.iter().all(|f| m.as_str() >= *f)
+                })
+                .cloned()
+                .collect();
+            hits.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+            let items: Vec<Value> = hits.into_iter().take(limit).map(|r| r.3).collect();
+            ResponseTemplate::new(200).set_body_json(json!({
+                "links": [], "count": items.len(), "hasMore": false, "offset": 0, "items": items
+            }))
+        })
+        .mount(&srv)
+        .await;
+    (srv, queries)
+}
+
+fn ns_ctx(pool: &sqlx::PgPool, store: &RawStore, srv: &MockServer) -> pipeline::Ctx {
+    let ns = netsuite::NetSuite::new(
+        serde_json::from_value(json!({
+            "account_id": "1234567-sb1",
+            "base_url": srv.uri(),
+            "time_zone": "America/Los_Angeles",
+            "page_size": 2,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let auth: AuthConfig = serde_json::from_value(json!({
+        "strategy": "oauth1_tba", "realm": netsuite::realm("1234567-sb1"),
+        "consumer_key": "ck", "consumer_secret": "cs", "token_id": "ti", "token_secret": "ts",
+    }))
+    .unwrap();
+    pipeline::Ctx {
+        connection: "ns".into(),
+        ..ctx_built(pool, store, Built::new(ns).unwrap(), &auth)
+    }
+}
+
+#[tokio::test]
+async fn netsuite_keyset_pages_lose_nothing_at_equal_lastmodifieddate() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let store = RawStore::in_memory();
+    // Five lines changed in the same second, pages of two: page boundaries
+    // fall inside the tie.
+    let t0 = "2024-03-01 10:00:00";
+    let rows = Arc::new(Mutex::new(vec![
+        ns_row(t0, 901, 1, Some("10.00"), None),
+        ns_row(t0, 901, 2, None, Some("10.00")),
+        ns_row(t0, 902, 1, Some("7.25"), None),
+        ns_row(t0, 902, 2, None, Some("5.00")),
+        ns_row(t0, 902, 3, None, Some("2.25")),
+    ]));
+    let (srv, queries) = suiteql_server(rows.clone()).await;
+    let c = ns_ctx(&pool, &store, &srv);
+    let s = pipeline::sync(&c, Some("transactions")).await.unwrap();
+    assert_eq!(
+        s.outcome, "succeeded",
+        "the 400 CONCURRENCY_LIMIT_EXCEEDED was retried"
+    );
+    assert_eq!(count(&pool, "select count(*) from journal_line").await, 5);
+    assert_eq!((s.balance.entries, s.balance.unbalanced), (2, 0));
+    // 10:00:00 in Los Angeles.
+    assert_eq!(
+        text(
+            &pool,
+            "select min(source_modified_at)::text from journal_line"
+        )
+        .await
+        .as_deref(),
+        Some("2024-03-01 18:00:00+00")
+    );
+    assert!(queries.lock().unwrap().len() >= 3, "pages of two");
+
+    // Later: one more line in the same second as the last stored one (a
+    // late commit with a higher id) and one in the next second.
+    rows.lock().unwrap().extend([
+        ns_row(t0, 903, 1, Some("1.00"), None),
+        ns_row(t0, 903, 2, None, Some("1.00")),
+        ns_row("2024-03-01 10:00:01", 904, 1, Some("3.00"), None),
+        ns_row("2024-03-01 10:00:01", 904, 2, None, Some("3.00")),
+    ]);
+    queries.lock().unwrap().clear();
+    let s = pipeline::sync(&c, Some("transactions")).await.unwrap();
+    assert_eq!(count(&pool, "select count(*) from journal_line").await, 9);
+    assert_eq!(s.changed, 4, "only the new lines: {s:?}");
+    let q0 = queries.lock().unwrap()[0].clone();
+    assert!(
+        q0.contains("(t.lastmodifieddate > TO_DATE('2024-03-01 10:00:00', 'YYYY-MM-DD HH24:MI:SS') OR (t.lastmodifieddate = TO_DATE('2024-03-01 10:00:00', 'YYYY-MM-DD HH24:MI:SS') AND (t.id > 902 OR (t.id = 902 AND tal.transactionline > 3))))"),
+        "the stored compound key bounds the next pull: {q0}"
+    );
+    assert_eq!(
+        text(&pool, "select sum(amount)::text from journal_line")
+            .await
+            .as_deref(),
+        Some("0.00")
+    );
+}
