@@ -511,6 +511,54 @@ mod tests {
     }
 
     #[test]
+    fn amounts_fit_their_currency_or_the_row_names_the_field() {
+        use rust_decimal::Decimal;
+        let line = |amount: &str, currency: Option<&str>| {
+            Entity::JournalLine(JournalLine {
+                source_id: "l".into(),
+                amount: Some(amount.parse::<Decimal>().unwrap()),
+                currency: currency.map(str::to_owned),
+                ..Default::default()
+            })
+            .into_row()
+            .check()
+        };
+        assert!(line("150000", Some("JPY")).is_ok());
+        assert!(line("100.125", Some("KWD")).is_ok());
+        assert!(
+            line("12.500", Some("USD")).is_ok(),
+            "trailing zeros are no precision"
+        );
+        let e = line("1500.5", Some("JPY")).unwrap_err();
+        assert_eq!(e.0, "amount");
+        assert!(e.1.contains("JPY") && e.1.contains('0'), "{e:?}");
+        let e = line("0.0001", Some("KWD")).unwrap_err();
+        assert_eq!(e.0, "amount");
+        let e = line("1", None).unwrap_err();
+        assert_eq!(e.0, "amount");
+        assert!(e.1.contains("no currency"), "{e:?}");
+        let e = line("1", Some("XYZ")).unwrap_err();
+        assert_eq!(e.0, "currency");
+    }
+
+    /// Every `Money` field names a `Currency` field of its own entity.
+    #[test]
+    fn every_amount_names_a_currency_field_of_its_entity() {
+        for kind in EntityKind::ALL {
+            for f in kind.fields() {
+                if let FieldType::Money(cur) = f.ty {
+                    assert_eq!(
+                        kind.field(cur).map(|c| c.ty),
+                        Some(FieldType::Currency),
+                        "{kind}.{}",
+                        f.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unknown_entity_lists_the_valid_ones() {
         let e = "wrker".parse::<EntityKind>().unwrap_err();
         assert!(e.contains("worker, org_unit, location"), "{e}");

@@ -835,12 +835,118 @@ mod tests {
     }
 
     #[test]
+    fn finance_transforms_sign_amounts_read_flags_codes_and_keys() {
+        let all = |t: Transform, vs: &[Value]| {
+            let refs: Vec<Option<&Value>> =
+                vs.iter().map(|v| (!v.is_null()).then_some(v)).collect();
+            t.apply_all(&refs)
+                .map(|o| o.map(|v| v.to_canonical_string()))
+        };
+        // A credit marked H is negative however the source signs it; a
+        // negative posting (S with a negative amount) keeps its sign.
+        let signed = |a: &str, dc: &str| all(Transform::SignedBy, &[json!(a), json!(dc)]).unwrap();
+        assert_eq!(signed("150000", "H").as_deref(), Some("-150000"));
+        assert_eq!(signed("-1000.00", "H").as_deref(), Some("-1000"));
+        assert_eq!(signed("-5.00", "S").as_deref(), Some("-5"));
+        assert_eq!(signed("0.00", "H").as_deref(), Some("0"));
+        assert_eq!(signed("12.5", "credit").as_deref(), Some("-12.5"));
+        assert!(
+            all(Transform::SignedBy, &[json!("1"), json!("Q")])
+                .unwrap_err()
+                .message
+                .contains("indicator")
+        );
+        assert!(all(Transform::SignedBy, &[json!("1e400"), json!("S")]).is_err());
+        let dmc = |d: Value, c: Value| all(Transform::DebitMinusCredit, &[d, c]).unwrap();
+        assert_eq!(dmc(json!("108.70"), Value::Null).as_deref(), Some("108.7"));
+        assert_eq!(dmc(Value::Null, json!("0.10")).as_deref(), Some("-0.1"));
+        assert_eq!(dmc(Value::Null, Value::Null), None);
+        assert_eq!(dmc(json!(""), json!("2")).as_deref(), Some("-2"));
+        for (v, want) in [("X", true), ("", false), ("T", true), ("F", false)] {
+            assert_eq!(ok(Transform::Flag, json!(v)), want.to_string());
+        }
+        assert_eq!(ok(Transform::Flag, json!(true)), "true");
+        assert!(Transform::Flag.apply(&json!("yes please")).is_err());
+        assert_eq!(ok(Transform::Currency, json!(" kwd ")), "KWD");
+        assert!(
+            Transform::Currency
+                .apply(&json!("XYZ"))
+                .unwrap_err()
+                .message
+                .contains("XYZ")
+        );
+        // Compound keys: parts escaped, OData dates as dates, a missing part is no key.
+        let key = |vs: &[Value]| all(Transform::Key, vs).unwrap();
+        assert_eq!(
+            key(&[json!("1010"), json!(2024), json!("a|b\\c")]).as_deref(),
+            Some("1010|2024|a\\|b\\\\c")
+        );
+        assert_eq!(
+            key(&[json!("A000"), json!("/Date(253402214400000)/")]).as_deref(),
+            Some("A000|9999-12-31")
+        );
+        assert_eq!(key(&[json!("A000"), Value::Null]), None);
+        assert!(all(Transform::Key, &[json!("A"), json!({"x": 1})]).is_err());
+    }
+
+    #[test]
+    fn local_times_read_in_their_zone_and_texts_in_their_language() {
+        let la = Transform::TimestampIn("America/Los_Angeles".parse().unwrap());
+        assert_eq!(ok(la, json!("2024-03-01 10:00:00")), "2024-03-01T18:00:00Z");
+        assert!(
+            la.apply(&json!("2024-03-10 02:30:00"))
+                .unwrap_err()
+                .message
+                .contains("daylight-saving gap")
+        );
+        let kiritimati = Transform::TimestampIn("Pacific/Kiritimati".parse().unwrap());
+        assert_eq!(
+            ok(kiritimati, json!("2024-01-01 00:30:00")),
+            "2023-12-31T10:30:00Z"
+        );
+        let en = Transform::Localized(Language::parse("en").unwrap());
+        let texts = json!({"results": [{"Language": "DE", "Name": "Vertrieb"}, {"Language": "EN", "Name": "Sales"}]});
+        let (at, entry) = en.pick_language(&texts).unwrap();
+        assert_eq!(
+            (at.as_str(), &entry["Name"]),
+            ("/results/1", &json!("Sales"))
+        );
+        assert!(en.pick_language(&json!([{"Language": "JA"}])).is_none());
+        assert!(Language::parse("E N").is_err());
+    }
+
+    /// SAP's `/Date(ms)/` is a UTC instant: its calendar date is read in UTC,
+    /// whatever display offset the value carries (+14:00 or −06:00) and
+    /// whatever the machine's zone (nothing here reads the local zone).
+    #[test]
+    fn odata_dates_are_utc_calendar_dates_whatever_the_local_zone() {
+        for (v, want) in [
+            ("/Date(1711843200000)/", "2024-03-31"),
+            ("/Date(1711843200000+0840)/", "2024-03-31"),
+            ("/Date(1711929599999-0600)/", "2024-03-31"),
+            ("/Date(-86400000)/", "1969-12-31"),
+        ] {
+            assert_eq!(ok(Transform::Date, json!(v)), want, "{v}");
+        }
+        assert_eq!(
+            ok(Transform::Timestamp, json!("/Date(1712045722000+0060)/")),
+            "2024-04-02T08:15:22Z"
+        );
+        assert!(Transform::Date.apply(&json!("/Date(+5)/")).is_err());
+    }
+
+    #[test]
     fn names_round_trip() {
         for t in [
             Transform::Text,
             Transform::Date,
             Transform::Ref(EntityKind::OrgUnit),
             Transform::Decimal,
+            Transform::KeyRef(EntityKind::JournalEntry),
+            Transform::TimestampIn("Asia/Tokyo".parse().unwrap()),
+            Transform::Localized(Language::parse("DE").unwrap()),
+            Transform::SignedBy,
+            Transform::Currency,
         ] {
             assert_eq!(t.name().parse::<Transform>().unwrap(), t);
         }

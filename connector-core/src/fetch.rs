@@ -459,7 +459,22 @@ fn facts_of(
         (Pagination::Keyset { .. }, _) => Ok(keyset_after(def, &split.records)),
         _ => Ok(None),
     };
-    let (next, bad_next) = resolve_next(def, page_url, base, raw_next, endpoint)?;
+    let (next, mut bad_next) = resolve_next(def, page_url, base, raw_next, endpoint)?;
+    // A full keyset page whose records hold no usable key cannot say where
+    // the next page starts: the pull must not end as complete.
+    if let Pagination::Keyset { limit, .. } = def.pagination
+        && next.is_none()
+        && split.records.len() >= limit as usize
+        && bad_next.is_none()
+    {
+        bad_next = Some(format!(
+            "no record of this full page has a usable key ({}{}): the page after it is unknown",
+            def.primary_key,
+            def.cursor
+                .map(|c| format!(" and a readable {c}"))
+                .unwrap_or_default()
+        ));
+    }
     let max_cursor = match def.cursor {
         Some(ptr) => split
             .records

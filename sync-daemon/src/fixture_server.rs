@@ -5,7 +5,9 @@
 //! - BambooHR-shaped (when given its fixtures): HTTP Basic with the API key,
 //!   `POST /api/gateway.php/{company}/v1/reports/custom` (filtered by
 //!   `filters.lastChanged`) and `GET …/employees/changed/?since=` (an object
-//!   keyed by id, with `latest`), over the recorded runs merged in order.
+//!   keyed by id, with `latest`), over the recorded runs merged in order;
+//! - SAP S/4HANA- and NetSuite-shaped (when given their fixtures): see
+//!   `fixture_finance`.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -34,6 +36,10 @@ pub struct FixtureOptions {
     pub max_limit: usize,
     /// The BambooHR-shaped source, when served.
     pub bamboohr: Option<BambooData>,
+    /// The SAP-shaped system, when served.
+    pub sap: Option<crate::fixture_finance::SapData>,
+    /// The NetSuite-shaped account, when served.
+    pub netsuite: Option<crate::fixture_finance::NetSuiteData>,
 }
 
 /// The BambooHR company served: its employees and change entries as of
@@ -126,11 +132,15 @@ impl Default for FixtureOptions {
             token_max_requests: None,
             max_limit: 100,
             bamboohr: None,
+            sap: None,
+            netsuite: None,
         }
     }
 }
 
 struct State {
+    /// `http://host:port`, for the links the server writes.
+    origin: String,
     records: Vec<Box<RawValue>>,
     opts: FixtureOptions,
     /// Issued tokens: expiry and page requests left.
@@ -176,6 +186,7 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let state = Arc::new(State {
+        origin: format!("http://{local}"),
         records,
         opts,
         tokens: Mutex::new(HashMap::new()),
@@ -206,7 +217,7 @@ pub async fn start(
     })
 }
 
-fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub(crate) fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -357,6 +368,20 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     let o = &state.opts;
     let req = match &o.bamboohr {
         Some(data) => match bamboo(data, req).await {
+            Ok(resp) => return resp,
+            Err(req) => req,
+        },
+        None => req,
+    };
+    let req = match &o.sap {
+        Some(data) => match crate::fixture_finance::sap(data, &state.origin, req).await {
+            Ok(resp) => return resp,
+            Err(req) => req,
+        },
+        None => req,
+    };
+    let req = match &o.netsuite {
+        Some(data) => match crate::fixture_finance::netsuite(data, req).await {
             Ok(resp) => return resp,
             Err(req) => req,
         },

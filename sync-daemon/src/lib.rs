@@ -24,6 +24,7 @@ pub mod balance;
 pub mod config;
 pub mod db;
 pub mod explain;
+pub mod fixture_finance;
 pub mod fixture_server;
 pub mod lease;
 pub mod load;
@@ -109,7 +110,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve recorded Workday pages and a BambooHR company on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
+    /// Serve recorded Workday pages, a BambooHR company, an SAP S/4HANA system and a NetSuite account on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
     ServeFixtures {
         /// Address to listen on; port 0 takes a free port (the address is printed).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -140,6 +141,26 @@ pub enum Command {
         /// The BambooHR API key the server accepts (the Basic user name).
         #[arg(long, default_value = "demo-bamboo-key")]
         bamboohr_api_key: String,
+        /// Folder of SAP OData pages (`cost-centers-N.json`, `journal-…`) to
+        /// serve as an SAP S/4HANA system too; `none` to serve none.
+        #[arg(long, default_value = "fixtures/sap-s4hana")]
+        sap: PathBuf,
+        /// The SAP user the server accepts (HTTP Basic).
+        #[arg(long, default_value = "DEMO_COMM_USER")]
+        sap_user: String,
+        /// The SAP password the server accepts (HTTP Basic).
+        #[arg(long, default_value = "demo-sap-password")]
+        sap_password: String,
+        /// Folder of SuiteQL answers (`transactions-N.json`, …) to serve as a
+        /// NetSuite account too; `none` to serve none.
+        #[arg(long, default_value = "fixtures/netsuite")]
+        netsuite: PathBuf,
+        /// The TBA realm the NetSuite account accepts.
+        #[arg(long, default_value = "1234567_SB1")]
+        netsuite_realm: String,
+        /// Answer every n-th SuiteQL request with CONCURRENCY_LIMIT_EXCEEDED (0: never).
+        #[arg(long, default_value_t = 5)]
+        netsuite_throttle_every: u64,
     },
 }
 
@@ -162,6 +183,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         bamboohr,
         bamboohr_runs,
         bamboohr_api_key,
+        sap,
+        sap_user,
+        sap_password,
+        netsuite,
+        netsuite_realm,
+        netsuite_throttle_every,
     } = &cli.command
     {
         let records = fixture_server::load_records(pages)?;
@@ -184,12 +211,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 b.changes.len()
             );
         }
+        let sap = if sap.as_os_str() == "none" {
+            None
+        } else {
+            let d = fixture_finance::load_sap(sap, sap_user, sap_password)?;
+            eprintln!("serving an SAP S/4HANA system at /sap/opu/odata/sap/ (user {sap_user:?})");
+            Some(d)
+        };
+        let netsuite = if netsuite.as_os_str() == "none" {
+            None
+        } else {
+            let mut d = fixture_finance::load_netsuite(netsuite, netsuite_realm)?;
+            d.throttle_every = Some(*netsuite_throttle_every).filter(|n| *n > 0);
+            eprintln!(
+                "serving a NetSuite account at /services/rest/query/v1/suiteql (realm {netsuite_realm:?})"
+            );
+            Some(d)
+        };
         let opts = fixture_server::FixtureOptions {
             tenant: tenant.clone(),
             api_path: api_path.clone(),
             token_ttl: std::time::Duration::from_secs(*token_ttl_secs),
             token_max_requests: *token_max_requests,
             bamboohr: bamboo,
+            sap,
+            netsuite,
             ..Default::default()
         };
         let fixture_server::FixtureServer { addr, handle, .. } =

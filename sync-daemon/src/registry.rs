@@ -190,7 +190,13 @@ mod tests {
                 format!("<{k}>")
             })
         };
-        for name in ["workday.toml", "bamboohr.toml", "fixtures.toml"] {
+        for name in [
+            "workday.toml",
+            "bamboohr.toml",
+            "sap-s4hana.toml",
+            "netsuite.toml",
+            "fixtures.toml",
+        ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../examples")
                 .join(name);

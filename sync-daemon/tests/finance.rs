@@ -8,82 +8,33 @@ use common::*;
 use connector_core::{AuthConfig, Connector, RawStore};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
+use sync_daemon::fixture_finance::{self, NetSuiteData, SapData};
+use sync_daemon::fixture_server::{self, FixtureOptions};
 use sync_daemon::{explain, pipeline, registry::Built, status};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-fn sap_fixture(name: &str, base: &str) -> String {
-    let p = fixture_dir().join("../../sap-s4hana").join(name);
-    std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("{{base}}", base)
+/// The fixture server's SAP system over `fixtures/sap-s4hana` (user
+/// `COMM_USER`, client 100): `$skip` pages for the master data, the
+/// journal paged by the server's own `__next` links past four rows.
+async fn sap_server() -> (fixture_server::FixtureServer, SapData) {
+    let data =
+        fixture_finance::load_sap(&fixture_dir().join("../../sap-s4hana"), "COMM_USER", "pw")
+            .unwrap();
+    let srv = fixture_server_with(FixtureOptions {
+        sap: Some(data.clone()),
+        ..Default::default()
+    })
+    .await;
+    (srv, data)
 }
 
-/// An SAP-shaped server over the recorded pages: `$skip` pages of three
-/// for the master data, the server's own `$skiptoken` links for the
-/// journal; every request must carry `sap-client=100` and `$format=json`
-/// (else SAP's error body). The journal requests are kept.
-async fn sap_server(journal: Vec<String>) -> (MockServer, Arc<Mutex<Vec<String>>>) {
-    let srv = MockServer::start().await;
-    let base = srv.uri();
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let log = seen.clone();
-    Mock::given(wiremock::matchers::method("GET"))
-        .respond_with(move |r: &Request| {
-            let q: std::collections::HashMap<String, String> =
-                r.url.query_pairs().into_owned().collect();
-            let get = |k: &str| q.get(k).map(String::as_str);
-            if get("sap-client") != Some("100") || get("$format") != Some("json") {
-                return ResponseTemplate::new(400).set_body_json(json!({"error": {
-                    "code": "/IWBEP/CM_MGW_RT/001",
-                    "message": {"lang": "en", "value": "sap-client or $format missing"},
-                    "innererror": {"transactionid": "ABC123"}}}));
-            }
-            let path = r.url.path();
-            let page = |name: &str| {
-                ResponseTemplate::new(200)
-                    .set_body_raw(sap_fixture(name, &base).into_bytes(), "application/json")
-            };
-            let skip = get("$skip").unwrap_or("0");
-            if path.ends_with("/A_CostCenter") {
-                page(if skip == "0" {
-                    "cost-centers-1.json"
-                } else {
-                    "cost-centers-2.json"
-                })
-            } else if path.ends_with("/A_GLAccountInChartOfAccounts") {
-                page(if skip == "0" {
-                    "gl-accounts-1.json"
-                } else {
-                    "gl-accounts-2.json"
-                })
-            } else if path.ends_with("/A_Supplier") {
-                page("suppliers-1.json")
-            } else if path.ends_with("/A_JournalEntryItemBasic") {
-                log.lock()
-                    .unwrap()
-                    .push(r.url.query().unwrap_or("").to_owned());
-                let i = match get("$skiptoken") {
-                    None => 0,
-                    Some("5") => 1,
-                    Some(_) => 2,
-                };
-                ResponseTemplate::new(200).set_body_raw(
-                    journal[i].replace("{{base}}", &base).into_bytes(),
-                    "application/json",
-                )
-            } else {
-                ResponseTemplate::new(404)
-            }
-        })
-        .mount(&srv)
-        .await;
-    (srv, seen)
+fn base(srv: &fixture_server::FixtureServer) -> String {
+    format!("http://{}", srv.addr)
 }
 
-fn sap_ctx(pool: &sqlx::PgPool, store: &RawStore, srv: &MockServer) -> pipeline::Ctx {
+fn sap_ctx(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Ctx {
     let sap = sap_s4hana::SapS4Hana::new(
         serde_json::from_value(json!({
-            "base_url": srv.uri(),
+            "base_url": base,
             "sap_client": "100",
             "company_codes": ["1010"],
             "page_size": 3,
@@ -109,24 +60,13 @@ async fn text(pool: &sqlx::PgPool, sql: &str) -> Option<String> {
         .unwrap()
 }
 
-fn recorded_journal() -> Vec<String> {
-    [
-        "journal-1010-1.json",
-        "journal-1010-2.json",
-        "journal-1010-3.json",
-    ]
-    .iter()
-    .map(|n| sap_fixture(n, "{{base}}"))
-    .collect()
-}
-
 #[tokio::test]
 async fn sap_entries_spanning_pages_balance_and_the_unbalanced_are_flagged_and_counted() {
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
-    let (srv, seen) = sap_server(recorded_journal()).await;
+    let (srv, sap) = sap_server().await;
     let store = RawStore::in_memory();
-    let c = sap_ctx(&pool, &store, &srv);
+    let c = sap_ctx(&pool, &store, &base(&srv));
 
     let s = pipeline::sync(&c, None).await.unwrap();
     assert_eq!(s.outcome, "succeeded");
@@ -254,14 +194,14 @@ async fn sap_entries_spanning_pages_balance_and_the_unbalanced_are_flagged_and_c
     );
 
     // The next run asks for what changed since the newest item less the lookback.
-    seen.lock().unwrap().clear();
+    sap.journal_queries.lock().unwrap().clear();
     let s2 = pipeline::sync(&c, None).await.unwrap();
     assert_eq!((s2.changed, s2.dead_lettered), (0, 2));
     assert_eq!(
         s2.balance.entries, 0,
         "nothing changed, nothing to check again"
     );
-    let first = seen.lock().unwrap()[0].clone();
+    let first = sap.journal_queries.lock().unwrap()[0].clone();
     assert!(
         first.contains("$filter=CompanyCode%20eq%20%271010%27%20and%20LastChangeDateTime%20ge%20datetimeoffset%272024-04-01T08:00:00Z%27"),
         "{first}"
@@ -279,25 +219,26 @@ fn item(doc: &str, line: &str, dc: &str, amount: &str, changed_ms: i64) -> Value
     })
 }
 
-fn page(items: Vec<Value>) -> Vec<String> {
-    let body = json!({"d": {"results": items}}).to_string();
-    vec![body.clone(), body.clone(), body]
-}
-
 #[tokio::test]
 async fn an_entry_whose_lines_arrive_in_two_runs_is_flagged_then_balances() {
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
     let store = RawStore::in_memory();
-    let (srv, _) = sap_server(page(vec![item(
+    let (srv, sap) = sap_server().await;
+    let journal = |items: Vec<Value>| {
+        sap.sets
+            .lock()
+            .unwrap()
+            .insert("A_JournalEntryItemBasic".into(), items);
+    };
+    journal(vec![item(
         "200000001",
         "000001",
         "S",
         "75.10",
         1_712_000_000_000,
-    )]))
-    .await;
-    let c = sap_ctx(&pool, &store, &srv);
+    )]);
+    let c = sap_ctx(&pool, &store, &base(&srv));
     let s = pipeline::sync(&c, Some("journal_entry_items"))
         .await
         .unwrap();
@@ -312,16 +253,11 @@ async fn an_entry_whose_lines_arrive_in_two_runs_is_flagged_then_balances() {
     );
 
     // The other line is posted later: the next run loads it, and the entry balances.
-    let (srv2, _) = sap_server(page(vec![item(
-        "200000001",
-        "000002",
-        "H",
-        "75.10",
-        1_712_000_100_000,
-    )]))
-    .await;
-    let c2 = sap_ctx(&pool, &store, &srv2);
-    let s = pipeline::sync(&c2, Some("journal_entry_items"))
+    journal(vec![
+        item("200000001", "000001", "S", "75.10", 1_712_000_000_000),
+        item("200000001", "000002", "H", "75.10", 1_712_000_100_000),
+    ]);
+    let s = pipeline::sync(&c, Some("journal_entry_items"))
         .await
         .unwrap();
     assert_eq!((s.balance.entries, s.balance.unbalanced), (1, 0));
@@ -341,7 +277,7 @@ async fn an_entry_whose_lines_arrive_in_two_runs_is_flagged_then_balances() {
 
     // A replay into an empty model checks again and finds the same.
     empty_model(&pool).await;
-    let r = pipeline::replay(&c2, None, false).await.unwrap();
+    let r = pipeline::replay(&c, None, false).await.unwrap();
     assert_eq!((r.balance.entries, r.balance.unbalanced), (1, 0));
 }
 
@@ -388,13 +324,10 @@ fn core_and_model_join_compound_keys_alike() {
     }
 }
 
-/// One journal line row as SuiteQL answers it: `(lastmodifieddate,
-/// transaction, line)` and the row.
-type Row = (String, u64, u64, Value);
-
-fn ns_row(modified: &str, t: u64, l: u64, debit: Option<&str>, credit: Option<&str>) -> Row {
+/// One journal line row as SuiteQL answers it.
+fn ns_row(modified: &str, t: u64, l: u64, debit: Option<&str>, credit: Option<&str>) -> Value {
     let mut r = json!({
-        "links": [], "transaction": t.to_string(), "transactionline": l.to_string(),
+        "transaction": t.to_string(), "transactionline": l.to_string(),
         "tranid": format!("JE{t}"), "type": "Journal", "trandate": "2024-03-01",
         "lastmodifieddate": modified, "currency": "USD", "basecurrency": "USD", "subsidiary": "1",
         "account": if debit.is_some() { "58" } else { "25" },
@@ -408,107 +341,31 @@ fn ns_row(modified: &str, t: u64, l: u64, debit: Option<&str>, credit: Option<&s
         r["credit"] = json!(c);
         r["creditforeignamount"] = json!(c);
     }
-    (modified.to_owned(), t, l, r)
+    r
 }
 
-/// The `'…'` literal and the numbers after each `needle` in `q`.
-fn after_each<'q>(q: &'q str, needle: &str) -> Vec<&'q str> {
-    q.match_indices(needle)
-        .map(|(i, _)| {
-            let rest = &q[i + needle.len()..];
-            // A time literal ends at its quote, a number at its last digit.
-            let end = if needle.ends_with('\'') {
-                rest.find('\'').unwrap_or(rest.len())
-            } else {
-                rest.find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(rest.len())
-            };
-            &rest[..end]
-        })
-        .collect()
+/// The fixture server's NetSuite account over `rows` (realm `1234567_SB1`),
+/// answering every third request with NetSuite's 400 `CONCURRENCY_LIMIT_EXCEEDED`.
+async fn suiteql_server(rows: Vec<Value>) -> (fixture_server::FixtureServer, NetSuiteData) {
+    let data = NetSuiteData {
+        realm: "1234567_SB1".into(),
+        tables: Arc::new(Mutex::new([("transaction".to_owned(), rows)].into())),
+        throttle_every: Some(3),
+        ..Default::default()
+    };
+    let srv = fixture_server_with(FixtureOptions {
+        netsuite: Some(data.clone()),
+        ..Default::default()
+    })
+    .await;
+    (srv, data)
 }
 
-/// A SuiteQL-shaped server over `rows`: it evaluates the connector's own
-/// keyset conditions (`(modified, transaction, line) >` a key, `modified >=`
-/// a time), orders by them, and answers `limit` rows. It refuses a request
-/// without `Prefer: transient` or the account's TBA realm, and answers the
-/// first request with NetSuite's 400 `CONCURRENCY_LIMIT_EXCEEDED`.
-async fn suiteql_server(rows: Arc<Mutex<Vec<Row>>>) -> (MockServer, Arc<Mutex<Vec<String>>>) {
-    let srv = MockServer::start().await;
-    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-    let log = queries.clone();
-    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    Mock::given(wiremock::matchers::method("POST"))
-        .and(wiremock::matchers::path("/services/rest/query/v1/suiteql"))
-        .respond_with(move |r: &Request| {
-            let header = |k: &str| {
-                r.headers
-                    .get(k)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let auth = header("authorization");
-            if !auth.starts_with("OAuth realm=\"1234567_SB1\"")
-                || !auth.contains("oauth_signature_method=\"HMAC-SHA256\"")
-            {
-                return ResponseTemplate::new(401).set_body_json(json!({"status": 401,
-                    "o:errorDetails": [{"detail": "Invalid login attempt.", "o:errorCode": "INVALID_LOGIN"}]}));
-            }
-            if header("prefer") != "transient" {
-                return ResponseTemplate::new(400).set_body_string("Prefer: transient missing");
-            }
-            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let body = std::fs::read(fixture_dir().join("../../netsuite/error-concurrency-400.json")).unwrap();
-                return ResponseTemplate::new(400).set_body_raw(body, "application/json");
-            }
-            let q: String = serde_json::from_slice::<Value>(&r.body).unwrap()["q"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            log.lock().unwrap().push(q.clone());
-            let limit: usize = r
-                .url
-                .query_pairs()
-                .find(|(k, _)| k == "limit")
-                .unwrap()
-                .1
-                .parse()
-                .unwrap();
-            assert!(!r.url.query().unwrap().contains("offset"), "no offset is ever sent");
-            let after: Vec<(String, u64, u64)> = after_each(&q, "t.lastmodifieddate > TO_DATE('")
-                .into_iter()
-                .zip(after_each(&q, "(t.id > "))
-                .zip(after_each(&q, "tal.transactionline > "))
-                .map(|((m, t), l)| (m.to_owned(), t.parse().unwrap(), l.parse().unwrap()))
-                .collect();
-            let from = after_each(&q, "t.lastmodifieddate >= TO_DATE('");
-            let mut hits: Vec<Row> = rows
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(m, t, l, _)| {
-                    after.iter().all(|k| (m.clone(), *t, *l) > k.clone())
-                        && from.iter().all(|f| m.as_str() >= *f)
-                })
-                .cloned()
-                .collect();
-            hits.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-            let items: Vec<Value> = hits.into_iter().take(limit).map(|r| r.3).collect();
-            ResponseTemplate::new(200).set_body_json(json!({
-                "links": [], "count": items.len(), "hasMore": false, "offset": 0, "items": items
-            }))
-        })
-        .mount(&srv)
-        .await;
-    (srv, queries)
-}
-
-fn ns_ctx(pool: &sqlx::PgPool, store: &RawStore, srv: &MockServer) -> pipeline::Ctx {
+fn ns_ctx(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Ctx {
     let ns = netsuite::NetSuite::new(
         serde_json::from_value(json!({
             "account_id": "1234567-sb1",
-            "base_url": srv.uri(),
+            "base_url": base,
             "time_zone": "America/Los_Angeles",
             "page_size": 2,
         }))
@@ -534,15 +391,15 @@ async fn netsuite_keyset_pages_lose_nothing_at_equal_lastmodifieddate() {
     // Five lines changed in the same second, pages of two: page boundaries
     // fall inside the tie.
     let t0 = "2024-03-01 10:00:00";
-    let rows = Arc::new(Mutex::new(vec![
+    let (srv, ns) = suiteql_server(vec![
         ns_row(t0, 901, 1, Some("10.00"), None),
         ns_row(t0, 901, 2, None, Some("10.00")),
         ns_row(t0, 902, 1, Some("7.25"), None),
         ns_row(t0, 902, 2, None, Some("5.00")),
         ns_row(t0, 902, 3, None, Some("2.25")),
-    ]));
-    let (srv, queries) = suiteql_server(rows.clone()).await;
-    let c = ns_ctx(&pool, &store, &srv);
+    ])
+    .await;
+    let c = ns_ctx(&pool, &store, &base(&srv));
     let s = pipeline::sync(&c, Some("transactions")).await.unwrap();
     assert_eq!(
         s.outcome, "succeeded",
@@ -560,21 +417,39 @@ async fn netsuite_keyset_pages_lose_nothing_at_equal_lastmodifieddate() {
         .as_deref(),
         Some("2024-03-01 18:00:00+00")
     );
-    assert!(queries.lock().unwrap().len() >= 3, "pages of two");
+    let asked = ns.queries.lock().unwrap().len() as u64;
+    assert!(asked >= 3, "pages of two");
+    assert!(
+        ns.requests.load(std::sync::atomic::Ordering::SeqCst) > asked,
+        "a throttled request was asked again"
+    );
+    assert!(
+        ns.queries
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|q| !q.contains("OFFSET")),
+        "no query pages by offset"
+    );
 
     // Later: one more line in the same second as the last stored one (a
     // late commit with a higher id) and one in the next second.
-    rows.lock().unwrap().extend([
-        ns_row(t0, 903, 1, Some("1.00"), None),
-        ns_row(t0, 903, 2, None, Some("1.00")),
-        ns_row("2024-03-01 10:00:01", 904, 1, Some("3.00"), None),
-        ns_row("2024-03-01 10:00:01", 904, 2, None, Some("3.00")),
-    ]);
-    queries.lock().unwrap().clear();
+    ns.tables
+        .lock()
+        .unwrap()
+        .get_mut("transaction")
+        .unwrap()
+        .extend([
+            ns_row(t0, 903, 1, Some("1.00"), None),
+            ns_row(t0, 903, 2, None, Some("1.00")),
+            ns_row("2024-03-01 10:00:01", 904, 1, Some("3.00"), None),
+            ns_row("2024-03-01 10:00:01", 904, 2, None, Some("3.00")),
+        ]);
+    ns.queries.lock().unwrap().clear();
     let s = pipeline::sync(&c, Some("transactions")).await.unwrap();
     assert_eq!(count(&pool, "select count(*) from journal_line").await, 9);
     assert_eq!(s.changed, 4, "only the new lines: {s:?}");
-    let q0 = queries.lock().unwrap()[0].clone();
+    let q0 = ns.queries.lock().unwrap()[0].clone();
     assert!(
         q0.contains("(t.lastmodifieddate > TO_DATE('2024-03-01 10:00:00', 'YYYY-MM-DD HH24:MI:SS') OR (t.lastmodifieddate = TO_DATE('2024-03-01 10:00:00', 'YYYY-MM-DD HH24:MI:SS') AND (t.id > 902 OR (t.id = 902 AND tal.transactionline > 3))))"),
         "the stored compound key bounds the next pull: {q0}"
