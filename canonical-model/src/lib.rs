@@ -30,7 +30,7 @@ pub use entity::{
     CanonicalRow, CostCenter, Entity, EntityKind, FieldDef, FieldType, GlAccount, JournalEntry,
     JournalLine, Location, OrgUnit, Supplier, Worker,
 };
-pub use mapping::{FieldRule, MapError, Mapper, MappingVersion, RecordReader};
+pub use mapping::{FieldRule, MapError, Mapper, MappingVersion, RecordReader, resolve};
 pub use money::{Currency, Money, MoneyError};
 pub use stream::{Modeled, StreamModel, golden_line};
 pub use transform::{

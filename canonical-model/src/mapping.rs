@@ -45,6 +45,16 @@ impl FieldRule {
     }
 }
 
+/// The value at `pointer` in `record`, non-null. A pointer of a transform
+/// that reads every pointer may name alternatives, `/A|/B`: the first that
+/// holds a value (an OData property name never contains `|`). Returns the
+/// pointer that held it.
+pub fn resolve<'p, 'v>(record: &'v Value, pointer: &'p str) -> Option<(&'p str, &'v Value)> {
+    pointer
+        .split('|')
+        .find_map(|p| record.pointer(p).filter(|v| !v.is_null()).map(|v| (p, v)))
+}
+
 /// A named, versioned set of field rules. Its code hash covers every rule, so a
 /// change to any pointer or transform without a version bump is detected when
 /// the version is registered.
@@ -70,7 +80,11 @@ impl MappingVersion {
                     r.entity, r.field
                 )
             })?;
-            if r.pointers.is_empty() || r.pointers.iter().any(|p| !p.starts_with('/')) {
+            let alternatives_ok = |p: &str| {
+                p.split('|').all(|a| a.starts_with('/'))
+                    && (!p.contains('|') || r.transform.reads_all_pointers())
+            };
+            if r.pointers.is_empty() || r.pointers.iter().any(|p| !alternatives_ok(p)) {
                 return Err(format!(
                     "mapping {mapper} {version}: rule for {}.{} needs JSON pointers starting with '/'",
                     r.entity, r.field
@@ -275,7 +289,7 @@ impl<'a> RecordReader<'a> {
             let values: Vec<Option<&Value>> = rule
                 .pointers
                 .iter()
-                .map(|p| self.record.pointer(p).filter(|v| !v.is_null()))
+                .map(|p| resolve(self.record, p).map(|(_, v)| v))
                 .collect();
             return rule
                 .transform

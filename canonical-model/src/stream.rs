@@ -66,7 +66,7 @@ fn provenance_covers(mapper: &dyn Mapper, e: &Entity, record: &Value) -> Result<
         let found = rule
             .pointers
             .iter()
-            .any(|p| record.pointer(p).is_some_and(|v| !v.is_null()));
+            .any(|p| crate::mapping::resolve(record, p).is_some());
         if !found {
             return Err(format!(
                 "{:?}.{}: none of {:?} resolves in the record",

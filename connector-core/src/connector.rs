@@ -381,7 +381,7 @@ impl StreamDef {
             Records::Array(p) | Records::Values(p) => pointer("records", p, true)?,
             Records::Body => {}
         }
-        for part in self.primary_key.split(',') {
+        for part in self.primary_key.split([',', '|']) {
             pointer("primary_key", part, false)?;
         }
         if let Some(c) = self.cursor {

@@ -298,16 +298,27 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for CappedValues<'a> {
 }
 
 /// A record's key under a stream's `primary_key`: one JSON pointer, or
-/// several separated by commas for a compound key (`"/CompanyCode,/FiscalYear,/AccountingDocument"`).
+/// several separated by commas for a compound key (`"/CompanyCode,/FiscalYear,/AccountingDocument"`);
+/// a part may name alternatives, `/LedgerGLLineItem|/AccountingDocumentItem`
+/// (the first present).
 /// The parts (strings, or numbers as their text) are joined by
 /// [`join_key`]. `None` when any part is absent, null or empty.
 pub fn key_at(v: &RawValue, spec: &str) -> Result<Option<String>, String> {
-    if !spec.contains(',') {
+    if !spec.contains([',', '|']) {
         return string_at(v, spec);
     }
     let mut parts = Vec::new();
-    for ptr in spec.split(',') {
-        match string_at(v, ptr)? {
+    for part in spec.split(',') {
+        // A part may name alternatives, `/A|/B`: the first that is not
+        // absent or null (as the model's `key` transform reads them).
+        let mut found = None;
+        for ptr in part.split('|') {
+            if let Some(p) = string_at(v, ptr)? {
+                found = Some(p);
+                break;
+            }
+        }
+        match found {
             Some(p) if !p.is_empty() => parts.push(p),
             _ => return Ok(None),
         }

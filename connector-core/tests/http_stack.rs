@@ -560,7 +560,6 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn oauth1_signs_a_post_as_sent_method_query_and_form_body() {
-    use base64::Engine;
     let srv = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/services/rest/query/v1/suiteql"))
@@ -589,49 +588,7 @@ async fn oauth1_signs_a_post_as_sent_method_query_and_form_body() {
     };
     http.send(&req).await.unwrap();
     let got = &srv.received_requests().await.unwrap()[0];
-    assert_eq!(got.method.as_str(), "POST");
-    let auth = got.headers.get("authorization").unwrap().to_str().unwrap();
-    let param = |name: &str| -> String {
-        let v = auth
-            .split(&format!("{name}=\""))
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap();
-        percent_decode(v)
-    };
-    // RFC 5849 §3.4.1 from what the server received: the method, the URL
-    // without its query, and every query, form and oauth_ parameter.
-    let mut params: Vec<(String, String)> = got
-        .url
-        .query_pairs()
-        .chain(url::form_urlencoded::parse(&got.body))
-        .map(|(k, v)| (rfc3986(&k), rfc3986(&v)))
-        .collect();
-    for k in [
-        "oauth_consumer_key",
-        "oauth_nonce",
-        "oauth_signature_method",
-        "oauth_timestamp",
-        "oauth_token",
-        "oauth_version",
-    ] {
-        params.push((k.to_owned(), rfc3986(&param(k))));
-    }
-    params.sort();
-    let normalized: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    // (The mock rebuilds the URL without the port: the origin is the one addressed.)
-    let mut base_uri = req.url.clone();
-    base_uri.set_query(None);
-    assert_eq!(base_uri.path(), got.url.path());
-    let base = format!(
-        "POST&{}&{}",
-        rfc3986(base_uri.as_str()),
-        rfc3986(&normalized.join("&"))
-    );
-    let key = format!("{}&{}", rfc3986("cs&1"), rfc3986("ts 2"));
-    let want = base64::engine::general_purpose::STANDARD
-        .encode(hmac_sha256(key.as_bytes(), base.as_bytes()));
-    assert_eq!(param("oauth_signature"), want, "base string: {base}");
+    assert_oauth1_signed(got, &req.url);
     assert_eq!(
         got.headers.get("content-type").unwrap(),
         "application/x-www-form-urlencoded"
@@ -709,4 +666,100 @@ async fn a_request_that_is_not_idempotent_is_sent_again_only_when_it_was_not_pro
     report.idempotent = true;
     assert!(http.send(&report).await.is_err());
     assert!(sent("/write").await > 2);
+}
+
+/// Checks a received request's OAuth 1 signature (secrets `cs&1`, `ts 2`)
+/// against RFC 5849 §3.4.1, rebuilt from what the server received: the
+/// method, the URL without its query, and every query, form-body and
+/// `oauth_` parameter (a JSON body is not a parameter).
+fn assert_oauth1_signed(got: &wiremock::Request, sent: &Url) {
+    use base64::Engine;
+    let auth = got.headers.get("authorization").unwrap().to_str().unwrap();
+    let param = |name: &str| -> String {
+        let v = auth
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap();
+        percent_decode(v)
+    };
+    let form = got
+        .headers
+        .get("content-type")
+        .is_some_and(|c| c == "application/x-www-form-urlencoded");
+    let mut params: Vec<(String, String)> = got
+        .url
+        .query_pairs()
+        .chain(url::form_urlencoded::parse(if form {
+            &got.body
+        } else {
+            &[]
+        }))
+        .map(|(k, v)| (rfc3986(&k), rfc3986(&v)))
+        .collect();
+    for k in [
+        "oauth_consumer_key",
+        "oauth_nonce",
+        "oauth_signature_method",
+        "oauth_timestamp",
+        "oauth_token",
+        "oauth_version",
+    ] {
+        params.push((k.to_owned(), rfc3986(&param(k))));
+    }
+    params.sort();
+    let normalized: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // (The mock rebuilds the URL without the port: the origin is the one addressed.)
+    let mut base_uri = sent.clone();
+    base_uri.set_query(None);
+    assert_eq!(base_uri.path(), got.url.path());
+    let base = format!(
+        "{}&{}&{}",
+        got.method.as_str(),
+        rfc3986(base_uri.as_str()),
+        rfc3986(&normalized.join("&"))
+    );
+    let key = format!("{}&{}", rfc3986("cs&1"), rfc3986("ts 2"));
+    let want = base64::engine::general_purpose::STANDARD
+        .encode(hmac_sha256(key.as_bytes(), base.as_bytes()));
+    assert_eq!(param("oauth_signature"), want, "base string: {base}");
+    assert!(auth.starts_with("OAuth realm=\"1234567_SB1\""), "{auth}");
+    assert_eq!(param("oauth_signature_method"), "HMAC-SHA256");
+}
+
+/// SuiteQL: a POST of a JSON query, `limit` and `offset` in the URL; the
+/// signature covers the query parameters, not the JSON body.
+#[tokio::test]
+async fn oauth1_signs_a_suiteql_post_by_its_query_not_its_json_body() {
+    let srv = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/services/rest/query/v1/suiteql"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(&srv)
+        .await;
+    let auth: AuthConfig = serde_json::from_value(serde_json::json!({
+        "strategy": "oauth1_tba", "realm": "1234567_SB1", "consumer_key": "ck",
+        "consumer_secret": "cs&1", "token_id": "tid", "token_secret": "ts 2"
+    }))
+    .unwrap();
+    let http = common::client_with(&srv.uri(), auth, common::quick_settings(3));
+    let url = Url::parse(&format!(
+        "{}/services/rest/query/v1/suiteql?limit=1000",
+        srv.uri()
+    ))
+    .unwrap();
+    let req = connector_core::Request {
+        method: connector_core::Method::Post,
+        body: Some(connector_core::Body::Json(
+            serde_json::json!({"q": "SELECT id FROM transaction WHERE id > 5 ORDER BY id"}),
+        )),
+        idempotent: true,
+        headers: vec![("Prefer".into(), "transient".into())],
+        ..connector_core::Request::get(url)
+    };
+    http.send(&req).await.unwrap();
+    let got = &srv.received_requests().await.unwrap()[0];
+    assert_eq!(got.headers.get("content-type").unwrap(), "application/json");
+    assert_eq!(got.headers.get("prefer").unwrap(), "transient");
+    assert_oauth1_signed(got, &req.url);
 }

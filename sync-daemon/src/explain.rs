@@ -397,16 +397,19 @@ fn locate(
             let values: Vec<serde_json::Value> = pointers
                 .iter()
                 .map(|p| {
-                    record
-                        .pointer(p)
-                        .cloned()
-                        .unwrap_or(serde_json::Value::Null)
+                    canonical_model::resolve(record, p)
+                        .map_or(serde_json::Value::Null, |(_, v)| v.clone())
                 })
+                .collect();
+            // Each pointer as it resolved (the alternative that held a value).
+            let used: Vec<&str> = pointers
+                .iter()
+                .map(|p| canonical_model::resolve(record, p).map_or(p.as_str(), |(at, _)| at))
                 .collect();
             values
                 .iter()
                 .any(|v| !v.is_null())
-                .then(|| (pointers.join(", "), serde_json::Value::Array(values)))
+                .then(|| (used.join(", "), serde_json::Value::Array(values)))
         }
         _ => pointers.iter().find_map(|p| {
             record

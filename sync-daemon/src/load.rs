@@ -558,11 +558,15 @@ fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) ->
         };
         let bad = rows.iter().find_map(|row| {
             row.check().err().map(|(field, m)| {
-                let pointer = ctx
-                    .mapper
-                    .mapping()
-                    .rule(row.kind, field)
-                    .map(|rule| rule.pointers.join(" | "));
+                let pointer = ctx.mapper.mapping().rule(row.kind, field).map(|rule| {
+                    // Pointers read together (a signed amount), or the first of.
+                    let sep = if rule.transform.reads_all_pointers() {
+                        ", "
+                    } else {
+                        " | "
+                    };
+                    rule.pointers.join(sep)
+                });
                 (row.kind, field, pointer, m)
             })
         });

@@ -255,15 +255,22 @@ mod tests {
 
     #[test]
     fn error_codes_decide_throttling_and_refused_logins() {
-        let busy = br#"{"type":"https://www.rfc-editor.org/rfc/rfc9110.html#section-15.5.1","title":"Bad Request","status":400,
-            "o:errorDetails":[{"detail":"Concurrent request limit exceeded. Request blocked.","o:errorCode":"CONCURRENCY_LIMIT_EXCEEDED"}]}"#;
+        let fixture = |name: &str| {
+            std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../fixtures/netsuite")
+                    .join(name),
+            )
+            .unwrap()
+        };
+        let busy = &fixture("error-concurrency-400.json");
         let r = read_netsuite_error(busy);
         assert!(r.throttled && !r.unauthorized);
         assert_eq!(
             r.message.as_deref(),
             Some("CONCURRENCY_LIMIT_EXCEEDED: Concurrent request limit exceeded. Request blocked.")
         );
-        let login = br#"{"title":"Unauthorized","status":401,"o:errorDetails":[{"detail":"Invalid login attempt.","o:errorCode":"INVALID_LOGIN"}]}"#;
+        let login = &fixture("error-invalid-login-401.json");
         let r = read_netsuite_error(login);
         assert!(r.unauthorized && !r.throttled);
         assert_eq!(read_netsuite_error(b"<html/>"), ErrorReading::default());

@@ -6,7 +6,7 @@
 //! | `cost_centers` | `API_COSTCENTER_SRV/A_CostCenter` + `to_Text` | ControllingArea, CostCenter, ValidityEndDate | full pull (no change stamp), diffed by hash, swept |
 //! | `gl_accounts` | `API_GLACCOUNTINCHARTOFACCOUNTS_SRV/A_GLAccountInChartOfAccounts` + `to_Text` | ChartOfAccounts, GLAccount | full pull, swept |
 //! | `suppliers` | `API_BUSINESS_PARTNER/A_Supplier` | Supplier | full pull, swept |
-//! | `journal_entry_items` | `API_JOURNALENTRYITEMBASIC_SRV/A_JournalEntryItemBasic` | CompanyCode, FiscalYear, AccountingDocument, LedgerGLLineItem | incremental by `LastChangeDateTime`, one partition per company code |
+//! | `journal_entry_items` | `API_JOURNALENTRYITEMBASIC_SRV/A_JournalEntryItemBasic` | CompanyCode, FiscalYear (or LedgerFiscalYear), AccountingDocument, LedgerGLLineItem (or AccountingDocumentItem) | incremental by `LastChangeDateTime`, one partition per company code |
 //!
 //! Every request carries `sap-client` (when configured: without it an
 //! on-premise system answers from its default client), `$top` (at most
@@ -74,7 +74,12 @@ impl SapS4Hana {
 
     /// One entity set, read whole and ordered by its key.
     fn entity_set(&self, name: &'static str, key: &'static str, texts: bool) -> StreamDef {
-        let order = key.replace('/', "");
+        // Ordered by the key (each part's first name).
+        let order: Vec<&str> = key
+            .split(',')
+            .map(|p| p.split('|').next().unwrap_or(p).trim_start_matches('/'))
+            .collect();
+        let order = order.join(",");
         let mut query: Vec<(String, String)> = Vec::new();
         if self.v4() {
             query.push(("$count".into(), "true".into()));
@@ -176,7 +181,8 @@ impl SapS4Hana {
 }
 
 /// Percent-encodes a query key or value, leaving the characters OData
-/// writes literally (`$ ' , : ( ) / *`) and the unreserved ones.
+/// writes literally (`$ , : ( ) / *`; the URL library still writes a quote
+/// as `%27`) and the unreserved ones; a space is `%20`, never `+`.
 fn odata_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -228,7 +234,7 @@ impl Connector for SapS4Hana {
             request: Some(self.hook(Some((field, self.lookback)))),
             ..self.entity_set(
                 "journal_entry_items",
-                "/CompanyCode,/FiscalYear,/AccountingDocument,/LedgerGLLineItem",
+                "/CompanyCode,/FiscalYear|/LedgerFiscalYear,/AccountingDocument,/LedgerGLLineItem|/AccountingDocumentItem",
                 false,
             )
         };

@@ -26,7 +26,19 @@ use EntityKind::{
 /// Bump whenever a rule below changes.
 pub const VERSION: &str = "1";
 
-const ENTRY_KEY: [&str; 3] = ["/CompanyCode", "/FiscalYear", "/AccountingDocument"];
+/// The document's key. Services that name the fiscal year `LedgerFiscalYear`
+/// and the line `AccountingDocumentItem` are read too.
+const ENTRY_KEY: [&str; 3] = [
+    "/CompanyCode",
+    "/FiscalYear|/LedgerFiscalYear",
+    "/AccountingDocument",
+];
+const LINE_KEY: [&str; 4] = [
+    "/CompanyCode",
+    "/FiscalYear|/LedgerFiscalYear",
+    "/AccountingDocument",
+    "/LedgerGLLineItem|/AccountingDocumentItem",
+];
 
 /// The cost center rules; names and descriptions in `lang`.
 pub fn cost_center_rules(lang: Language) -> Vec<FieldRule> {
@@ -121,16 +133,15 @@ pub fn supplier_rules() -> Vec<FieldRule> {
 /// The journal item rules; `changed` is the change timestamp's pointer.
 pub fn journal_rules(changed: &str) -> Vec<FieldRule> {
     use Transform::*;
-    let line_key = [
-        "/CompanyCode",
-        "/FiscalYear",
-        "/AccountingDocument",
-        "/LedgerGLLineItem",
-    ];
     vec![
-        FieldRule::new(JL, "source_id", &line_key, Key),
+        FieldRule::new(JL, "source_id", &LINE_KEY, Key),
         FieldRule::new(JL, "entry", &ENTRY_KEY, KeyRef(JE)),
-        FieldRule::new(JL, "line_number", &["/LedgerGLLineItem"], Text),
+        FieldRule::new(
+            JL,
+            "line_number",
+            &["/LedgerGLLineItem", "/AccountingDocumentItem"],
+            Text,
+        ),
         FieldRule::new(
             JL,
             "gl_account",
@@ -144,24 +155,40 @@ pub fn journal_rules(changed: &str) -> Vec<FieldRule> {
         FieldRule::new(
             JL,
             "amount",
-            &["/AmountInTransactionCurrency", "/DebitCreditCode"],
+            &[
+                "/AmountInTransactionCurrency",
+                "/DebitCreditCode|/ControllingDebitCreditCode",
+            ],
             SignedBy,
         ),
         FieldRule::new(JL, "currency", &["/TransactionCurrency"], Currency),
         FieldRule::new(
             JL,
             "amount_company",
-            &["/AmountInCompanyCodeCurrency", "/DebitCreditCode"],
+            &[
+                "/AmountInCompanyCodeCurrency",
+                "/DebitCreditCode|/ControllingDebitCreditCode",
+            ],
             SignedBy,
         ),
         FieldRule::new(JL, "company_currency", &["/CompanyCodeCurrency"], Currency),
-        FieldRule::new(JL, "debit_credit", &["/DebitCreditCode"], TextOrBlank),
+        FieldRule::new(
+            JL,
+            "debit_credit",
+            &["/DebitCreditCode", "/ControllingDebitCreditCode"],
+            TextOrBlank,
+        ),
         FieldRule::new(JL, "posting_date", &["/PostingDate"], DateOrBlank),
         FieldRule::new(JL, "text", &["/DocumentItemText"], TextOrBlank),
         FieldRule::new(JL, "source_modified_at", &[changed], Timestamp),
         FieldRule::new(JE, "source_id", &ENTRY_KEY, Key),
         FieldRule::new(JE, "company_code", &["/CompanyCode"], Text),
-        FieldRule::new(JE, "fiscal_year", &["/FiscalYear"], Text),
+        FieldRule::new(
+            JE,
+            "fiscal_year",
+            &["/FiscalYear", "/LedgerFiscalYear"],
+            Text,
+        ),
         FieldRule::new(JE, "document_number", &["/AccountingDocument"], Text),
         FieldRule::new(JE, "posting_date", &["/PostingDate"], DateOrBlank),
         FieldRule::new(JE, "document_date", &["/DocumentDate"], DateOrBlank),
