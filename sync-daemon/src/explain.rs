@@ -37,6 +37,10 @@ pub struct Explanation {
     /// Set when the row is (or was) soft-deleted: what said so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deletion: Option<Deletion>,
+    /// A journal entry whose live lines do not sum to zero: the sums per
+    /// currency (`journal_entry.imbalance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imbalance: Option<serde_json::Value>,
     pub fields: Vec<FieldExplain>,
 }
 
@@ -283,6 +287,7 @@ pub async fn explain_in(
         id: canonical_id,
         source_id,
         deletion,
+        imbalance: row.get("imbalance").filter(|v| !v.is_null()).cloned(),
         fields,
     })
 }
@@ -331,6 +336,12 @@ impl std::fmt::Display for Explanation {
                     "  revived: deleted earlier by {what}; a newer record wrote it again"
                 )?,
             }
+        }
+        if let Some(off) = &self.imbalance {
+            writeln!(
+                f,
+                "  UNBALANCED: its live lines sum to {off} (non-zero sums per currency), not zero"
+            )?;
         }
         let width = self.fields.iter().map(|x| x.field.len()).max().unwrap_or(0);
         let mut last = None;

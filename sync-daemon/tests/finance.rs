@@ -196,6 +196,21 @@ async fn sap_entries_spanning_pages_balance_and_the_unbalanced_are_flagged_and_c
         Some("/d/results/2/AmountInTransactionCurrency")
     );
 
+    let e = explain::explain_in(
+        &pool,
+        &store,
+        "journal_entry",
+        "1010|2024|100000004",
+        None,
+        Some("sap"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        e.to_string().contains(r#"UNBALANCED: its live lines sum to {"company":{"EUR":"0.01"},"transaction":{"EUR":"0.01"}}"#),
+        "{e}"
+    );
+
     // The next run asks for what changed since the newest item less the lookback.
     sap.journal_queries.lock().unwrap().clear();
     let s2 = pipeline::sync(&c, None).await.unwrap();
