@@ -299,13 +299,12 @@ impl Error {
                 retry_after,
                 detail,
             },
+            // What the connector read replaces the body: an error body is
+            // quoted only when nobody could read it (bounded, one line).
             _ => Error::Client {
                 endpoint,
                 status,
-                snippet: match detail {
-                    Some(d) => format!("{d}; {}", snippet(body)),
-                    None => snippet(body),
-                },
+                snippet: detail.unwrap_or_else(|| snippet(body)),
             },
         }
     }
