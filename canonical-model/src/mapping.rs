@@ -34,12 +34,14 @@ impl FieldRule {
         }
     }
 
-    /// The first pointer that yields a non-null value in `record`, with that value.
+    /// The first pointer that yields a value in `record`, with that value:
+    /// not null, and not blank under the rule's transform (a blank
+    /// `SupplierFullName` falls through to `SupplierName`).
     pub fn locate<'r>(&self, record: &'r Value) -> Option<(&str, &'r Value)> {
         self.pointers.iter().find_map(|p| {
             record
                 .pointer(p)
-                .filter(|v| !v.is_null())
+                .filter(|v| !v.is_null() && !self.transform.is_blank(v))
                 .map(|v| (p.as_str(), v))
         })
     }
@@ -439,6 +441,36 @@ mod tests {
                 .unwrap()
                 .0,
             "/altEmail"
+        );
+    }
+
+    #[test]
+    fn a_blank_value_falls_through_to_the_next_pointer() {
+        let m = MappingVersion::new(
+            "t",
+            "1",
+            vec![FieldRule::new(
+                EntityKind::Supplier,
+                "legal_name",
+                &["/SupplierFullName", "/SupplierName"],
+                Transform::TextOrBlank,
+            )],
+        )
+        .unwrap();
+        let r = json!({"SupplierFullName": " ", "SupplierName": "Gulf Logistics WLL"});
+        assert_eq!(
+            m.reader(&r)
+                .text(EntityKind::Supplier, "legal_name")
+                .unwrap()
+                .as_deref(),
+            Some("Gulf Logistics WLL")
+        );
+        let none = json!({"SupplierFullName": "", "SupplierName": ""});
+        assert_eq!(
+            m.reader(&none)
+                .text(EntityKind::Supplier, "legal_name")
+                .unwrap(),
+            None
         );
     }
 

@@ -122,7 +122,7 @@ pub enum Transform {
     /// (NetSuite), or what `bool` reads.
     Flag,
     /// An ISO 4217 currency code (trimmed, upper-cased); an unknown code is
-    /// a data error.
+    /// a data error, a blank one no value.
     Currency,
     /// A compound source id: every pointer of the rule is read (a string or
     /// a number) and the parts are joined with `|` (a `|` or `\` inside a
@@ -207,7 +207,7 @@ impl Transform {
     /// canonical value is absent, as for `null`.
     pub fn is_blank(&self, v: &Value) -> bool {
         match (self, v) {
-            (Transform::TextOrBlank, Value::String(s)) => s.trim().is_empty(),
+            (Transform::TextOrBlank | Transform::Currency, Value::String(s)) => s.trim().is_empty(),
             (Transform::DateOrBlank, Value::String(s)) => {
                 let s = s.trim();
                 s.is_empty() || s.starts_with("0000-00-00")

@@ -499,7 +499,7 @@ impl StreamDef {
         token: &PageToken,
         page: &PageCtx<'_>,
     ) -> Result<Request, Error> {
-        let url = if let PageToken::Link { url } = token {
+        let url = if let PageToken::Link { url, .. } = token {
             Url::parse(url).map_err(|e| {
                 Error::Config(format!(
                     "stream {}: stored next link is not a URL: {e}",
@@ -631,6 +631,12 @@ pub trait Connector: Send + Sync + fmt::Debug + Sized + 'static {
     fn read_error(answer: &ErrorAnswer<'_>) -> ErrorReading {
         read_nothing(answer)
     }
+    /// Refuses an auth config the source cannot accept, before any request
+    /// (NetSuite: TBA whose `realm` is not the account id upper-cased with
+    /// `_`). The message names the key and the fix. Default: any.
+    fn check_auth(&self, _auth: &crate::AuthConfig) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// An answer of the source that is not a success, as a connector sees it.
@@ -673,6 +679,10 @@ pub trait DynConnector: Send + Sync + fmt::Debug {
     fn error_reader(&self) -> ReadError {
         read_nothing
     }
+    /// The connector's [`Connector::check_auth`].
+    fn check_auth(&self, _auth: &crate::AuthConfig) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl<C: Connector> DynConnector for C {
@@ -687,6 +697,9 @@ impl<C: Connector> DynConnector for C {
     }
     fn error_reader(&self) -> ReadError {
         C::read_error
+    }
+    fn check_auth(&self, auth: &crate::AuthConfig) -> Result<(), String> {
+        Connector::check_auth(self, auth)
     }
 }
 

@@ -51,8 +51,13 @@ pub enum Error {
     /// The logical call (all its attempts and waits) ran past its deadline.
     #[error("{endpoint}: gave up after {after:?} (call timeout)")]
     CallTimeout { endpoint: String, after: Duration },
-    #[error("{endpoint}: credential refused (HTTP 401)")]
-    Unauthorized { endpoint: String },
+    #[error("{endpoint}: credential refused{}", .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Unauthorized {
+        endpoint: String,
+        /// The source's explanation, when the connector read one (NetSuite's
+        /// `INVALID_LOGIN: Invalid login attempt …`).
+        detail: Option<String>,
+    },
     #[error("{endpoint}: credentials refused; the connection needs re-authorization ({detail})")]
     NeedsReauth { endpoint: String, detail: String },
     #[error("{endpoint}: HTTP {status}: {snippet}")]
@@ -292,7 +297,10 @@ impl Error {
                 retry_after,
                 detail,
             },
-            _ if reading.unauthorized || status == 401 => Error::Unauthorized { endpoint },
+            _ if reading.unauthorized || status == 401 => Error::Unauthorized {
+                endpoint,
+                detail: Some(detail.unwrap_or_else(|| format!("HTTP {status}"))),
+            },
             500..=599 => Error::Server {
                 endpoint,
                 status,

@@ -180,7 +180,15 @@ impl Pager {
             // Offsets and page numbers only ever grow; only tokens a body
             // names can loop (and only they are remembered: memory stays flat).
             let body_named = matches!(token, PageToken::Cursor { .. } | PageToken::Link { .. });
-            if body_named && !self.seen.insert(token.clone()) {
+            // A link is the same page whatever window it was met in.
+            let seen_as = match &token {
+                PageToken::Link { url, .. } => PageToken::Link {
+                    url: url.clone(),
+                    window_end: None,
+                },
+                t => t.clone(),
+            };
+            if body_named && !self.seen.insert(seen_as) {
                 self.failed = Some(token.clone());
                 return Some(Err(Error::PaginationLoop {
                     endpoint: self.endpoint.clone(),

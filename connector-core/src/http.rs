@@ -290,6 +290,9 @@ impl HttpClient {
         store: Arc<dyn CredentialStore>,
         share_breaker: bool,
     ) -> Result<Self, Error> {
+        connector.check_auth(auth).map_err(|e| {
+            Error::Config(format!("connection {connection}: [connection.auth]: {e}"))
+        })?;
         let base = connector.base_url();
         let breaker = share_breaker.then(|| {
             CircuitBreaker::shared(
@@ -579,20 +582,26 @@ impl HttpClient {
 
     async fn attempt_with_auth(&self, endpoint: &str, url: &Request) -> Result<Response, Error> {
         match self.attempt(endpoint, url).await {
-            Err(Error::Unauthorized { endpoint }) if !self.inner.auth.refreshes() => {
+            Err(Error::Unauthorized { endpoint, detail }) if !self.inner.auth.refreshes() => {
                 // Nothing to refresh: asking again with the same credential
                 // would be refused the same way.
                 Err(Error::NeedsReauth {
                     endpoint,
-                    detail: "the configured credential was refused (HTTP 401)".into(),
+                    detail: format!(
+                        "the configured credential was refused: {}",
+                        detail.as_deref().unwrap_or("HTTP 401")
+                    ),
                 })
             }
             Err(Error::Unauthorized { .. }) => {
                 self.inner.auth.invalidate().await;
                 match self.attempt(endpoint, url).await {
-                    Err(Error::Unauthorized { endpoint }) => Err(Error::NeedsReauth {
+                    Err(Error::Unauthorized { endpoint, detail }) => Err(Error::NeedsReauth {
                         endpoint,
-                        detail: "a freshly issued credential was refused".into(),
+                        detail: format!(
+                            "a freshly issued credential was refused: {}",
+                            detail.as_deref().unwrap_or("HTTP 401")
+                        ),
                     }),
                     other => other,
                 }

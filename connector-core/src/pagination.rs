@@ -104,6 +104,11 @@ pub enum PageToken {
     /// An absolute URL on the connection's origin.
     Link {
         url: String,
+        /// Under [`Pagination::LinkOrOffset`]: the offset where the pull goes
+        /// on by `$skip` when the server's links end (the records before it
+        /// are read); the server pages within the client's `$top` window.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_end: Option<u64>,
     },
 }
 
@@ -115,7 +120,7 @@ impl std::fmt::Display for PageToken {
             PageToken::Page { page } => write!(f, "page {page}"),
             PageToken::Cursor { cursor } => write!(f, "cursor {}", shorten(cursor)),
             // The path only: a query could carry anything.
-            PageToken::Link { url } => match url::Url::parse(url) {
+            PageToken::Link { url, .. } => match url::Url::parse(url) {
                 Ok(u) => write!(f, "link {}", u.path()),
                 Err(_) => f.write_str("link (unparsable)"),
             },
@@ -128,7 +133,7 @@ impl PageToken {
     /// query parameters named in `names` (exact, case-insensitive) have their
     /// values replaced by `***`. Other tokens are returned as they are.
     pub fn redacted(&self, names: &[String]) -> PageToken {
-        let PageToken::Link { url } = self else {
+        let PageToken::Link { url, window_end } = self else {
             return self.clone();
         };
         let Ok(mut u) = url::Url::parse(url) else {
@@ -153,14 +158,17 @@ impl PageToken {
             })
             .collect();
         u.query_pairs_mut().clear().extend_pairs(pairs);
-        PageToken::Link { url: u.into() }
+        PageToken::Link {
+            url: u.into(),
+            window_end: *window_end,
+        }
     }
 
     /// True for a stored link whose masked values make it unusable: a pull
     /// resuming from it starts over from the first page instead.
     pub fn is_redacted(&self) -> bool {
         match self {
-            PageToken::Link { url } => url::Url::parse(url)
+            PageToken::Link { url, .. } => url::Url::parse(url)
                 .map(|u| u.query_pairs().any(|(_, v)| v == crate::secret::MASK))
                 .unwrap_or(false),
             _ => false,
@@ -355,8 +363,33 @@ impl Pagination {
     pub fn next(&self, token: &PageToken, facts: &PageFacts) -> Option<PageToken> {
         let records = facts.records as u64;
         match (self, token) {
-            (Pagination::LinkOrOffset { .. }, _) if facts.next.is_some() => {
-                facts.next.clone().map(|url| PageToken::Link { url })
+            // The server's link, with where its window ends so far.
+            (Pagination::LinkOrOffset { .. }, t) if facts.next.is_some() => {
+                let read = match t {
+                    PageToken::Offset { offset } => Some(*offset),
+                    PageToken::Link { window_end, .. } => *window_end,
+                    _ => None,
+                };
+                facts.next.clone().map(|url| PageToken::Link {
+                    url,
+                    window_end: read.and_then(|r| r.checked_add(records)),
+                })
+            }
+            // The links ended: the next window by `$skip`, unless the total
+            // is reached or the window's last page was empty.
+            (
+                Pagination::LinkOrOffset { .. },
+                PageToken::Link {
+                    window_end: Some(read),
+                    ..
+                },
+            ) => {
+                let next = read.checked_add(records)?;
+                let done = match facts.total {
+                    Some(t) => next >= t,
+                    None => records == 0,
+                };
+                (!done).then_some(PageToken::Offset { offset: next })
             }
             (Pagination::LinkOrOffset { .. }, PageToken::Link { .. }) => None,
             (
@@ -394,7 +427,10 @@ impl Pagination {
                 .filter(|c| !c.is_empty())
                 .map(|cursor| PageToken::Cursor { cursor }),
             (Pagination::NextLink(_) | Pagination::LinkHeader, _) => {
-                facts.next.clone().map(|url| PageToken::Link { url })
+                facts.next.clone().map(|url| PageToken::Link {
+                    url,
+                    window_end: None,
+                })
             }
             (Pagination::Keyset { limit, .. }, _) => {
                 if records < u64::from(*limit) {
@@ -422,6 +458,13 @@ impl Pagination {
             (
                 Pagination::OffsetLimit { .. } | Pagination::LinkOrOffset { .. },
                 PageToken::Offset { offset },
+            )
+            | (
+                Pagination::LinkOrOffset { .. },
+                PageToken::Link {
+                    window_end: Some(offset),
+                    ..
+                },
             ) => (*offset < total).then_some(total),
             (Pagination::PageNumber { first_page, .. }, PageToken::Page { page }) => {
                 let last = first_page.saturating_add(total.saturating_sub(1));
@@ -724,6 +767,7 @@ mod tests {
         assert_eq!(
             l.next(&PageToken::Start, &f),
             Some(PageToken::Link {
+                window_end: None,
                 url: "https://h/x?$skiptoken=2".into()
             })
         );
@@ -751,6 +795,7 @@ mod tests {
             PageToken::Page { page: 2 },
             PageToken::Cursor { cursor: "c".into() },
             PageToken::Link {
+                window_end: None,
                 url: "https://h/p?token=x".into(),
             },
             PageToken::Start,
@@ -764,6 +809,7 @@ mod tests {
         );
         assert_eq!(
             PageToken::Link {
+                window_end: None,
                 url: "https://h/p?sig=x".into()
             }
             .to_string(),
@@ -775,10 +821,11 @@ mod tests {
     fn stored_links_mask_named_parameters_only() {
         let names = vec!["api_key".to_owned(), "SIG".to_owned()];
         let t = PageToken::Link {
+            window_end: None,
             url: "https://h/p?%24skiptoken=abc&Api_Key=s3cr3t&sig=zz&page=2".into(),
         };
         let r = t.redacted(&names);
-        let PageToken::Link { url } = &r else {
+        let PageToken::Link { url, .. } = &r else {
             panic!()
         };
         assert!(!url.contains("s3cr3t") && !url.contains("zz"), "{url}");
@@ -788,12 +835,64 @@ mod tests {
         );
         assert!(r.is_redacted() && !t.is_redacted());
         let plain = PageToken::Link {
+            window_end: None,
             url: "https://h/p?%24skiptoken=abc".into(),
         };
         assert_eq!(plain.redacted(&names), plain);
         assert_eq!(
             PageToken::Offset { offset: 5 }.redacted(&names),
             PageToken::Offset { offset: 5 }
+        );
+    }
+
+    /// OData: the server pages inside the client's `$top` window and names
+    /// the rest of the window with a link; when the links end, the pull goes
+    /// on by `$skip` after what was read, up to the count.
+    #[test]
+    fn link_or_offset_follows_the_servers_window_then_skips_on() {
+        let p = Pagination::odata_v2_or_skip(3);
+        let facts = |records: usize, total: Option<u64>, next: Option<&str>| PageFacts {
+            records,
+            total,
+            next: next.map(str::to_owned),
+        };
+        let link = |w: u64| PageToken::Link {
+            url: "https://h/x?$skiptoken=2".into(),
+            window_end: Some(w),
+        };
+        let first = p.first();
+        assert_eq!(first, PageToken::Offset { offset: 0 });
+        // 2 of the 3 asked for, and a link to the third.
+        let t = p
+            .next(
+                &first,
+                &facts(2, Some(17), Some("https://h/x?$skiptoken=2")),
+            )
+            .unwrap();
+        assert_eq!(t, link(2));
+        assert!(p.params(&t).is_empty(), "a link is the whole URL");
+        // The link's page ends the window: on by $skip after the 3 read.
+        assert_eq!(
+            p.next(&t, &facts(1, Some(17), None)),
+            Some(PageToken::Offset { offset: 3 })
+        );
+        // The count reached: done; without a count, an empty page ends it.
+        assert_eq!(p.next(&link(16), &facts(1, Some(17), None)), None);
+        assert_eq!(p.next(&link(5), &facts(0, None, None)), None);
+        assert_eq!(
+            p.next(&link(5), &facts(1, None, None)),
+            Some(PageToken::Offset { offset: 6 })
+        );
+        // A link met on its own (not from a window) ends with its chain.
+        let bare = PageToken::Link {
+            url: "https://h/x".into(),
+            window_end: None,
+        };
+        assert_eq!(p.next(&bare, &facts(3, Some(17), None)), None);
+        // An empty link page before the count is an incomplete pull.
+        assert_eq!(
+            p.empty_before_total(&link(4), &facts(0, Some(17), None)),
+            Some(17)
         );
     }
 }

@@ -271,7 +271,7 @@ async fn next_links_lose_auth_parameters_and_store_masked() {
     let mut pager = Pager::new(c.clone(), def, PageToken::Start, None, 1);
     let first = pager.next_page().await.unwrap().unwrap();
     let next = first.next.clone().unwrap();
-    let PageToken::Link { url: link } = &next else {
+    let PageToken::Link { url: link, .. } = &next else {
         panic!("{next:?}")
     };
     assert!(

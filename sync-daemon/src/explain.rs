@@ -425,7 +425,7 @@ fn locate(
         _ => pointers.iter().find_map(|p| {
             record
                 .pointer(p)
-                .filter(|v| !v.is_null())
+                .filter(|v| !v.is_null() && !t.is_some_and(|t| t.is_blank(v)))
                 .map(|v| (p.clone(), v.clone()))
         }),
     }

@@ -75,7 +75,7 @@ pub fn load_sap(dir: &Path, user: &str, password: &str) -> anyhow::Result<SapDat
         password: password.into(),
         client: Some("100".into()),
         sets: Arc::new(Mutex::new(sets)),
-        journal_page: 4,
+        journal_page: 2,
         journal_queries: Arc::default(),
     })
 }
@@ -206,6 +206,9 @@ pub async fn sap(
     let num = |k: &str| params.get(k).and_then(|v| v.parse::<usize>().ok());
     let start = num("$skiptoken").or(num("$skip")).unwrap_or(0);
     let top = num("$top").unwrap_or(usize::MAX).min(5000);
+    // The journal pages by itself within the client's `$top` window, as
+    // OData servers do: a page of at most `journal_page` rows, and a link to
+    // the rest of the window while some of it is left.
     let size = if journal {
         top.min(data.journal_page)
     } else {
@@ -216,8 +219,10 @@ pub async fn sap(
     if params.get("$inlinecount").map(String::as_str) == Some("allpages") {
         d["__count"] = json!(keep.len().to_string());
     }
-    if journal && start + size < keep.len() {
-        // The server's own next page: the query without the paging, plus a skip token.
+    if journal && size < top && start + size < keep.len() {
+        // The rest of the window: the query without its paging (and, like
+        // some servers, without `$format` and `sap-client`), the window's
+        // remaining `$top` and a skip token.
         let rest: Vec<(String, String)> = params
             .iter()
             .filter(|(k, _)| {
@@ -229,8 +234,12 @@ pub async fn sap(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut next = url::Url::parse(&format!("{origin}{path}")).expect("origin URL");
+        next.query_pairs_mut().extend_pairs(rest);
+        if top < 5000 {
+            next.query_pairs_mut()
+                .append_pair("$top", &(top - size).to_string());
+        }
         next.query_pairs_mut()
-            .extend_pairs(rest)
             .append_pair("$skiptoken", &(start + size).to_string());
         d["__next"] = json!(next.as_str());
     }

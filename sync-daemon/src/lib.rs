@@ -509,15 +509,27 @@ fn print_summary(
     );
     if s.swept > 0 {
         outln!(
-            "  {} rows soft-deleted: the complete pull no longer lists them (explain shows the run)",
-            s.swept
+            "  {} {} soft-deleted: the complete pull no longer lists {} (explain shows the run)",
+            s.swept,
+            if s.swept == 1 { "row" } else { "rows" },
+            if s.swept == 1 { "it" } else { "them" }
         );
     }
     if s.balance.entries > 0 {
         outln!(
-            "  {} journal entries checked: {} do not balance per currency (status counts them; the column journal_entry.imbalance says by how much)",
+            "  {} journal {} checked: {} {} per currency (status counts them; the column journal_entry.imbalance says by how much)",
             s.balance.entries,
-            s.balance.unbalanced
+            if s.balance.entries == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
+            s.balance.unbalanced,
+            if s.balance.unbalanced == 1 {
+                "does not balance"
+            } else {
+                "do not balance"
+            }
         );
     }
     if what.starts_with("replay") && s.superseded > 0 {

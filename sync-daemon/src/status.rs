@@ -293,7 +293,14 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
         // A keyset state: (modified, id).
         serde_json::Value::Object(o) if o.contains_key("modified") => match o.get("id") {
             Some(serde_json::Value::String(id)) => {
-                format!("{} after id {id}", o["modified"].as_str().unwrap_or("?"))
+                // The source's own time text: say so when it has no zone.
+                let m = o["modified"].as_str().unwrap_or("?");
+                let zone = if chrono::DateTime::parse_from_rfc3339(m).is_ok() {
+                    ""
+                } else {
+                    " (the source's local time)"
+                };
+                format!("{m}{zone} after id {id}")
             }
             _ => o["modified"].as_str().unwrap_or("?").to_owned(),
         },
@@ -460,8 +467,12 @@ pub fn render(status: &Status) -> String {
     }
     for (conn, n) in &status.unbalanced_journal_entries {
         notes.push(format!(
-            "{conn}: {n} journal entr{} do not balance per currency (journal_entry.imbalance has the difference)",
-            if *n == 1 { "y" } else { "ies" }
+            "{conn}: {n} journal {} per currency (journal_entry.imbalance has the difference)",
+            if *n == 1 {
+                "entry does not balance"
+            } else {
+                "entries do not balance"
+            }
         ));
     }
     for b in &status.circuit_breakers {

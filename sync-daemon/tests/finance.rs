@@ -193,8 +193,16 @@ async fn sap_entries_spanning_pages_balance_and_the_unbalanced_are_flagged_and_c
     assert_eq!(f.source_value, Some(json!(["150000", "H"])));
     assert_eq!(
         f.object_pointer.as_deref(),
-        Some("/d/results/2/AmountInTransactionCurrency")
+        Some("/d/results/0/AmountInTransactionCurrency")
     );
+    // The server paged inside each `$top` window (a link to the window's
+    // rest); after each window, the connector went on by `$skip`.
+    let asked = sap.journal_queries.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|q| q.contains("$skiptoken=2")),
+        "{asked:?}"
+    );
+    assert!(asked.iter().any(|q| q.contains("$skip=9")), "{asked:?}");
 
     let e = explain::explain_in(
         &pool,

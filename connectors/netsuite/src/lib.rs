@@ -138,6 +138,24 @@ impl Connector for NetSuite {
     fn read_error(answer: &ErrorAnswer<'_>) -> ErrorReading {
         read_netsuite_error(answer.body)
     }
+
+    /// TBA's realm must be the account id upper-cased with `_`: NetSuite
+    /// refuses `1234567_sb1` or `1234567-SB1` as an invalid login.
+    fn check_auth(&self, auth: &connector_core::AuthConfig) -> Result<(), String> {
+        match auth {
+            connector_core::AuthConfig::Oauth1Tba { realm: got, .. } => {
+                let want = realm(&self.config.account_id);
+                if *got == want {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "realm = {got:?}, but NetSuite expects the account id upper-cased with `_`: realm = {want:?}"
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// NetSuite's error body: `o:errorDetails[]` with `o:errorCode` and `detail`.
@@ -274,6 +292,23 @@ mod tests {
         let r = read_netsuite_error(login);
         assert!(r.unauthorized && !r.throttled);
         assert_eq!(read_netsuite_error(b"<html/>"), ErrorReading::default());
+    }
+
+    #[test]
+    fn a_realm_netsuite_would_refuse_is_refused_before_any_request() {
+        let n = ns();
+        let tba = |realm: &str| -> connector_core::AuthConfig {
+            serde_json::from_value(serde_json::json!({
+                "strategy": "oauth1_tba", "realm": realm, "consumer_key": "k",
+                "consumer_secret": "s", "token_id": "t", "token_secret": "u"
+            }))
+            .unwrap()
+        };
+        assert!(Connector::check_auth(&n, &tba("1234567_SB1")).is_ok());
+        for bad in ["1234567_sb1", "1234567-SB1"] {
+            let e = Connector::check_auth(&n, &tba(bad)).unwrap_err();
+            assert!(e.contains(r#"realm = "1234567_SB1""#), "{e}");
+        }
     }
 
     #[test]

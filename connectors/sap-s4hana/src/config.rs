@@ -38,6 +38,21 @@ pub enum ODataVersion {
     V4,
 }
 
+/// How the journal's amounts carry their sign.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmountSign {
+    /// A positive amount marked credit (`DebitCreditCode` `H`) is negated; an
+    /// amount the source already signs keeps its sign. Right for a source
+    /// that sends unsigned amounts with the indicator, and for SAP's signed
+    /// amounts except a negative posting's credit line (positive, marked `H`).
+    #[default]
+    Auto,
+    /// The amounts are SAP's own signed values (+ debit, − credit, negative
+    /// postings included): taken as they are; the indicator is only recorded.
+    Signed,
+}
+
 /// `[[connection]]` keys of an SAP S/4HANA connection (credentials are in
 /// `[connection.auth]`: `basic` or `oauth2_client_credentials`).
 #[derive(Clone, Debug, Deserialize)]
@@ -62,6 +77,9 @@ pub struct SapConfig {
     /// (late postings; `"2d"`, `"12h"`).
     #[serde(default = "default_lookback")]
     pub journal_lookback: String,
+    /// How the journal's amounts are signed: `auto` (the default) or `signed`.
+    #[serde(default)]
+    pub amount_sign: AmountSign,
     /// Records per page (`$top`), at most 5000.
     #[serde(default = "default_top")]
     pub page_size: u32,

@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
-pub use config::{DEFAULT_PATHS, MAX_TOP, ODataVersion, SapConfig};
+pub use config::{AmountSign, DEFAULT_PATHS, MAX_TOP, ODataVersion, SapConfig};
 
 /// Late postings: the journal's bound stays this far behind the server's clock.
 const LAG: Duration = Duration::from_secs(60);
@@ -316,7 +316,10 @@ impl Modeled for SapS4Hana {
             StreamModel {
                 stream: "journal_entry_items",
                 entity: EntityKind::JournalLine,
-                mapper: Arc::new(mapper::SapMapper::journal_items(self.change_pointer)),
+                mapper: Arc::new(mapper::SapMapper::journal_items(
+                    self.change_pointer,
+                    self.config.amount_sign,
+                )),
             },
         ]
     }
@@ -371,6 +374,7 @@ mod tests {
         }
         // A next link that dropped the client and the format gets them back, once.
         let link = PageToken::Link {
+            window_end: None,
             url: "http://127.0.0.1:9/sap/opu/odata/sap/API_COSTCENTER_SRV/A_CostCenter?$skiptoken=5000"
                 .into(),
         };

@@ -7,10 +7,11 @@
 //! string for "no value", and `9999-12-31` as an open-ended validity. v4
 //! writes ISO dates and booleans, which the same rules read.
 //!
-//! Journal item amounts are signed (+ debit, − credit): a positive amount
-//! marked credit (`DebitCreditCode` `H`) is negated, and an amount SAP
-//! already signs keeps its sign (a negative posting marks the line with the
-//! original side). The entry (`journal_entry`) is the item's document:
+//! Journal item amounts are signed (+ debit, − credit). With `amount_sign =
+//! "auto"` (the default) a positive amount marked credit (`DebitCreditCode`
+//! `H`) is negated and an amount the source already signs keeps its sign;
+//! with `"signed"` SAP's signed amounts are taken as they are, which is right
+//! for negative postings too (a credit line with a positive amount, marked `H`). The entry (`journal_entry`) is the item's document:
 //! company code, fiscal year and document number.
 
 use canonical_model::{
@@ -18,6 +19,8 @@ use canonical_model::{
     MapError, Mapper, MappingVersion, Supplier, Transform,
 };
 use serde_json::Value;
+
+use crate::AmountSign;
 
 use EntityKind::{
     CostCenter as CC, GlAccount as GL, JournalEntry as JE, JournalLine as JL, Supplier as SU,
@@ -131,8 +134,17 @@ pub fn supplier_rules() -> Vec<FieldRule> {
 }
 
 /// The journal item rules; `changed` is the change timestamp's pointer.
-pub fn journal_rules(changed: &str) -> Vec<FieldRule> {
+pub fn journal_rules(changed: &str, sign: AmountSign) -> Vec<FieldRule> {
     use Transform::*;
+    let dc = "/DebitCreditCode|/ControllingDebitCreditCode";
+    let amount = |at: &'static str| -> (Vec<&'static str>, Transform) {
+        match sign {
+            AmountSign::Auto => (vec![at, dc], SignedBy),
+            AmountSign::Signed => (vec![at], Decimal),
+        }
+    };
+    let (tc, tc_t) = amount("/AmountInTransactionCurrency");
+    let (cc, cc_t) = amount("/AmountInCompanyCodeCurrency");
     vec![
         FieldRule::new(JL, "source_id", &LINE_KEY, Key),
         FieldRule::new(JL, "entry", &ENTRY_KEY, KeyRef(JE)),
@@ -152,25 +164,9 @@ pub fn journal_rules(changed: &str) -> Vec<FieldRule> {
         FieldRule::new(JL, "cost_center", &["/CostCenter"], TextOrBlank),
         FieldRule::new(JL, "controlling_area", &["/ControllingArea"], TextOrBlank),
         FieldRule::new(JL, "profit_center", &["/ProfitCenter"], TextOrBlank),
-        FieldRule::new(
-            JL,
-            "amount",
-            &[
-                "/AmountInTransactionCurrency",
-                "/DebitCreditCode|/ControllingDebitCreditCode",
-            ],
-            SignedBy,
-        ),
+        FieldRule::new(JL, "amount", &tc, tc_t),
         FieldRule::new(JL, "currency", &["/TransactionCurrency"], Currency),
-        FieldRule::new(
-            JL,
-            "amount_company",
-            &[
-                "/AmountInCompanyCodeCurrency",
-                "/DebitCreditCode|/ControllingDebitCreditCode",
-            ],
-            SignedBy,
-        ),
+        FieldRule::new(JL, "amount_company", &cc, cc_t),
         FieldRule::new(JL, "company_currency", &["/CompanyCodeCurrency"], Currency),
         FieldRule::new(
             JL,
@@ -249,11 +245,11 @@ impl SapMapper {
     pub fn suppliers() -> Self {
         Self::new(Kind::Suppliers, "sap_s4hana.suppliers", supplier_rules())
     }
-    pub fn journal_items(changed: &str) -> Self {
+    pub fn journal_items(changed: &str, sign: AmountSign) -> Self {
         Self::new(
             Kind::Journal,
             "sap_s4hana.journal_entry_items",
-            journal_rules(changed),
+            journal_rules(changed, sign),
         )
     }
 }
@@ -341,5 +337,53 @@ impl Mapper for SapMapper {
                 vec![Entity::JournalLine(line), Entity::JournalEntry(entry)]
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn amount(sign: AmountSign, value: &str, dc: &str) -> String {
+        let rec = json!({
+            "CompanyCode": "1010", "FiscalYear": "2024", "AccountingDocument": "1", "LedgerGLLineItem": "2",
+            "AmountInTransactionCurrency": value, "TransactionCurrency": "EUR", "DebitCreditCode": dc,
+        });
+        let out = SapMapper::journal_items("/LastChangeDateTime", sign)
+            .map(&rec)
+            .unwrap();
+        let Entity::JournalLine(l) = &out[0] else {
+            panic!("a line first")
+        };
+        l.amount.unwrap().to_string()
+    }
+
+    /// A negative posting (Storno) keeps the original side's code with the
+    /// opposite sign: a credit line with a positive amount, marked `H`.
+    #[test]
+    fn signs_by_indicator_or_as_sap_signs_them() {
+        assert_eq!(amount(AmountSign::Auto, "300.00", "H"), "-300");
+        assert_eq!(amount(AmountSign::Auto, "-300.00", "H"), "-300");
+        assert_eq!(amount(AmountSign::Auto, "-300.00", "S"), "-300");
+        assert_eq!(amount(AmountSign::Signed, "300.00", "H"), "300");
+        assert_eq!(amount(AmountSign::Signed, "-300.00", "S"), "-300");
+    }
+
+    #[test]
+    fn alternative_names_of_the_document_fields_are_read() {
+        let rec = json!({
+            "CompanyCode": "1710", "LedgerFiscalYear": "2025", "AccountingDocument": "9", "AccountingDocumentItem": "3",
+            "AmountInTransactionCurrency": "5", "TransactionCurrency": "JPY", "ControllingDebitCreditCode": "H",
+        });
+        let out = SapMapper::journal_items("/LastChangeDateTime", AmountSign::Auto)
+            .map(&rec)
+            .unwrap();
+        let Entity::JournalLine(l) = &out[0] else {
+            panic!("a line first")
+        };
+        assert_eq!(l.source_id, "1710|2025|9|3");
+        assert_eq!(l.entry.as_deref(), Some("1710|2025|9"));
+        assert_eq!(l.amount.unwrap().to_string(), "-5");
     }
 }
