@@ -26,8 +26,8 @@ pub struct StreamStatus {
     pub last_dry_run_started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Records of the stream's canonical entity type from this connection in
     /// the canonical model now (deleted ones, and references to records not
-    /// loaded yet, not counted); `None` for a
-    /// stream the config does not describe.
+    /// loaded yet, not counted; a partition, `name@code`, counts the rows its
+    /// own pages wrote last); `None` for a stream the config does not describe.
     pub records_in_model: Option<i64>,
     pub dead_letters_open: i64,
     /// The stored watermark, as stored.
@@ -198,7 +198,10 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                 case when e.entity is not null then
                   (select count(*) from source_link l where l.entity_type = e.entity
                      and l.connection = s.connection and l.deleted_at is null
-                     and l.row_hash is not null) end,
+                     and l.row_hash is not null
+                     -- A partition (`name@code`) counts the rows its own pages wrote.
+                     and (position('@' in s.stream) = 0 or exists (
+                         select 1 from raw_page rp where rp.id = l.raw_page_id and rp.stream = s.stream))) end,
                 (select count(*) from dead_letter x where x.connection = s.connection
                    and x.stream = s.stream and x.status = 'open'),
                 w.cursor,

@@ -36,7 +36,7 @@ fn sap_ctx(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Ctx {
         serde_json::from_value(json!({
             "base_url": base,
             "sap_client": "100",
-            "company_codes": ["1010"],
+            "company_codes": ["1010", "1710"],
             "page_size": 3,
             "journal_lookback": "2d",
         }))
@@ -152,8 +152,40 @@ async fn sap_entries_spanning_pages_balance_and_the_unbalanced_are_flagged_and_c
         imbalance("100000006").await,
         Some(json!({"transaction": {"USD": "920"}, "company": {"EUR": "846.4"}}))
     );
-    let st = status::status(&pool, &[]).await.unwrap();
+    let configured = [status::Configured {
+        connection: "sap".into(),
+        streams: vec![
+            "journal_entry_items@1010".into(),
+            "journal_entry_items@1710".into(),
+        ],
+        entities: [
+            (
+                "journal_entry_items@1010".to_owned(),
+                "journal_line".to_owned(),
+            ),
+            (
+                "journal_entry_items@1710".to_owned(),
+                "journal_line".to_owned(),
+            ),
+        ]
+        .into(),
+    }];
+    let st = status::status(&pool, &configured).await.unwrap();
     assert_eq!(st.unbalanced_journal_entries.get("sap"), Some(&2));
+    let records = |key: &str| {
+        st.streams
+            .iter()
+            .find(|s| s.stream == key)
+            .and_then(|s| s.records_in_model)
+    };
+    assert_eq!(
+        (
+            records("journal_entry_items@1010"),
+            records("journal_entry_items@1710")
+        ),
+        (Some(9), Some(0)),
+        "each company code counts its own lines"
+    );
     assert!(status::render(&st).contains("sap: 2 journal entries do not balance per currency"));
 
     // Dates: /Date(ms)/ as the UTC calendar date; 9999-12-31 open-ended;
