@@ -90,7 +90,7 @@ pub enum Command {
     },
     /// Show where each field of a canonical row came from.
     Explain {
-        /// The entity type: worker, org_unit or location.
+        /// The entity type: worker, org_unit, location, cost_center, gl_account, supplier, journal_entry or journal_line.
         entity: String,
         /// Canonical id or the source's own id.
         id: String,

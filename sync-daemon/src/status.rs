@@ -291,8 +291,14 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
     let Ok(c) = serde_json::from_value::<crate::db::Cursor>(w.clone()) else {
         return format!("unreadable: {w}");
     };
+    // What the source wrote is shown up to 40 characters a value.
+    let cap = |t: &str| {
+        let shown: String = t.chars().take(40).collect();
+        let more = if t.chars().count() > 40 { "…" } else { "" };
+        format!("{shown}{more}")
+    };
     let token = c.state.as_ref().map(|s| match s {
-        serde_json::Value::String(s) => format!("the source's {s}"),
+        serde_json::Value::String(s) => format!("the source's {}", cap(s)),
         // A keyset state: (modified, id).
         serde_json::Value::Object(o) if o.contains_key("modified") => match o.get("id") {
             Some(serde_json::Value::String(id)) => {
@@ -303,19 +309,16 @@ pub fn watermark_text(w: Option<&serde_json::Value>, now: chrono::DateTime<chron
                 } else {
                     " (the source's local time)"
                 };
-                format!("{m}{zone} after id {id}")
+                format!("{}{zone} after id {}", cap(m), cap(id))
             }
-            _ => o["modified"].as_str().unwrap_or("?").to_owned(),
+            _ => cap(o["modified"].as_str().unwrap_or("?")),
         },
-        other => other.to_string(),
+        other => cap(&other.to_string()),
     });
     let mut text = match (&c.next, c.high_water, c.completed_at) {
         // The server's own token (BambooHR `latest`, a delta token).
         (None, _, _) if token.is_some() => {
-            let t = token.unwrap_or_default();
-            let shown: String = t.chars().take(40).collect();
-            let more = if t.chars().count() > 40 { "…" } else { "" };
-            format!("changes since {shown}{more}")
+            format!("changes since {}", token.unwrap_or_default())
         }
         (Some(next), _, _) => format!(
             "mid-pull, resumes at {next}{}",
@@ -550,4 +553,30 @@ pub fn render(status: &Status) -> String {
         "RECORDS: in the canonical model now; CHANGED/SAME/DEAD: the stream's records in the last run; DEAD LETTERS: open now\n(lifetime totals: status --json)\n",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keyset state says where the next pull starts in full: the
+    /// source's own time (and that it has no zone) and the id after it.
+    #[test]
+    fn a_keyset_watermark_names_its_time_and_id_whole() {
+        let now = chrono::Utc::now();
+        let w = serde_json::json!({
+            "state": {"modified": "2025-12-31 23:30:00", "id": "9107|1"},
+            "completed_at": now,
+        });
+        let t = watermark_text(Some(&w), now);
+        assert!(
+            t.starts_with(
+                "changes since 2025-12-31 23:30:00 (the source's local time) after id 9107|1"
+            ),
+            "{t}"
+        );
+        let long = serde_json::json!({"state": "x".repeat(100), "completed_at": now});
+        let t = watermark_text(Some(&long), now);
+        assert!(t.contains(&format!("{}…", "x".repeat(40))), "{t}");
+    }
 }
