@@ -48,9 +48,9 @@ impl FieldRule {
 }
 
 /// The value at `pointer` in `record`, non-null. A pointer of a transform
-/// that reads every pointer may name alternatives, `/A|/B`: the first that
-/// holds a value (an OData property name never contains `|`). Returns the
-/// pointer that held it.
+/// that reads every pointer (or of `localized`'s list) may name
+/// alternatives, `/A|/B`: the first that holds a value (an OData property
+/// name never contains `|`). Returns the pointer that held it.
 pub fn resolve<'p, 'v>(record: &'v Value, pointer: &'p str) -> Option<(&'p str, &'v Value)> {
     pointer
         .split('|')
@@ -84,7 +84,9 @@ impl MappingVersion {
             })?;
             let alternatives_ok = |p: &str| {
                 p.split('|').all(|a| a.starts_with('/'))
-                    && (!p.contains('|') || r.transform.reads_all_pointers())
+                    && (!p.contains('|')
+                        || r.transform.reads_all_pointers()
+                        || matches!(r.transform, Transform::Localized(_)))
             };
             if r.pointers.is_empty() || r.pointers.iter().any(|p| !alternatives_ok(p)) {
                 return Err(format!(
@@ -264,10 +266,8 @@ impl<'a> RecordReader<'a> {
             else {
                 return Ok(None);
             };
-            let Some((at, entry)) = self
-                .record
-                .pointer(list_at)
-                .and_then(|l| rule.transform.pick_language(l))
+            let Some((list_at, (at, entry))) = resolve(self.record, list_at)
+                .and_then(|(p, l)| rule.transform.pick_language(l).map(|e| (p, e)))
             else {
                 return Ok(None);
             };

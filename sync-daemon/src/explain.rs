@@ -400,7 +400,8 @@ fn locate(
     match t {
         Some(t @ canonical_model::Transform::Localized(_)) => {
             let (list, text) = (pointers.first()?, pointers.get(1)?);
-            let (at, entry) = t.pick_language(record.pointer(list)?)?;
+            let (list, l) = canonical_model::resolve(record, list)?;
+            let (at, entry) = t.pick_language(l)?;
             let v = entry.pointer(text).filter(|v| !v.is_null())?;
             Some((format!("{list}{at}{text}"), v.clone()))
         }

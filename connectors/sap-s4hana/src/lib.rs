@@ -89,7 +89,9 @@ impl SapS4Hana {
         }
         query.push(("$orderby".into(), order));
         if texts {
-            query.push(("$expand".into(), "to_Text".into()));
+            // The texts' navigation: `to_Text` in the v2 APIs, `_Text` in v4.
+            let nav = if self.v4() { "_Text" } else { "to_Text" };
+            query.push(("$expand".into(), nav.into()));
         }
         let top = self.config.page_size;
         StreamDef {
@@ -431,6 +433,15 @@ mod tests {
                 "gl_accounts": "x/gl", "suppliers": "x/s", "journal_entry_items": "x/j"
             }
         }));
+        let cc = &v4.streams()[0];
+        let r = cc
+            .request(v4.base_url(), &cc.pagination.first(), &PageCtx::default())
+            .unwrap();
+        assert!(
+            r.url.as_str().contains("$expand=_Text") && r.url.as_str().contains("$count=true"),
+            "{}",
+            r.url
+        );
         let j = v4.streams().pop().unwrap();
         let r = j
             .request(

@@ -60,13 +60,13 @@ pub fn cost_center_rules(lang: Language) -> Vec<FieldRule> {
         FieldRule::new(
             CC,
             "name",
-            &["/to_Text", "/CostCenterName"],
+            &["/to_Text|/_Text", "/CostCenterName"],
             Localized(lang),
         ),
         FieldRule::new(
             CC,
             "description",
-            &["/to_Text", "/CostCenterDescription"],
+            &["/to_Text|/_Text", "/CostCenterDescription"],
             Localized(lang),
         ),
         FieldRule::new(CC, "company_code", &["/CompanyCode"], TextOrBlank),
@@ -89,11 +89,16 @@ pub fn gl_account_rules(lang: Language) -> Vec<FieldRule> {
         FieldRule::new(GL, "source_id", &["/ChartOfAccounts", "/GLAccount"], Key),
         FieldRule::new(GL, "chart_of_accounts", &["/ChartOfAccounts"], Text),
         FieldRule::new(GL, "account_number", &["/GLAccount"], Text),
-        FieldRule::new(GL, "name", &["/to_Text", "/GLAccountName"], Localized(lang)),
+        FieldRule::new(
+            GL,
+            "name",
+            &["/to_Text|/_Text", "/GLAccountName"],
+            Localized(lang),
+        ),
         FieldRule::new(
             GL,
             "long_name",
-            &["/to_Text", "/GLAccountLongName"],
+            &["/to_Text|/_Text", "/GLAccountLongName"],
             Localized(lang),
         ),
         FieldRule::new(GL, "is_balance_sheet", &["/IsBalanceSheetAccount"], Flag),
@@ -368,6 +373,28 @@ mod tests {
         assert_eq!(amount(AmountSign::Auto, "-300.00", "S"), "-300");
         assert_eq!(amount(AmountSign::Signed, "300.00", "H"), "300");
         assert_eq!(amount(AmountSign::Signed, "-300.00", "S"), "-300");
+    }
+
+    /// OData v4 (`A_CostCenter_2`): ISO dates, texts under `_Text` as a plain
+    /// array; the same key as v2's `/Date(ms)/` end date.
+    #[test]
+    fn a_v4_cost_center_keys_and_names_like_a_v2_one() {
+        let v4 = json!({
+            "ControllingArea": "A000", "CostCenter": "10101101", "ValidityEndDate": "9999-12-31",
+            "ValidityStartDate": "2024-01-01", "CostCenterCurrency": "EUR",
+            "_Text": [{"Language": "DE", "CostCenterName": "Vertrieb"}, {"Language": "EN", "CostCenterName": "Sales"}],
+        });
+        let v2 = json!({
+            "ControllingArea": "A000", "CostCenter": "10101101", "ValidityEndDate": "/Date(253402214400000)/",
+            "to_Text": {"results": [{"Language": "EN", "CostCenterName": "Sales"}]},
+        });
+        let m = SapMapper::cost_centers(Language::parse("EN").unwrap());
+        let cc = |r: &Value| match &m.map(r).unwrap()[0] {
+            Entity::CostCenter(c) => (c.source_id.clone(), c.name.clone(), c.valid_to),
+            _ => panic!("a cost center"),
+        };
+        assert_eq!(cc(&v4), cc(&v2));
+        assert_eq!(cc(&v4).1.as_deref(), Some("Sales"));
     }
 
     #[test]
