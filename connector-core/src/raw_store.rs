@@ -82,11 +82,10 @@ impl RawStore {
                 url: url.to_string(),
             });
         }
-        let (store, prefix) = object_store::parse_url_opts(
-            url,
-            options.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .map_err(|e| Error::Config(format!("raw_store.url {url}: {e}")))?;
+        let merged = store_options(url, options, std::env::vars());
+        let (store, prefix) =
+            object_store::parse_url_opts(url, merged.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(|e| Error::Config(format!("raw_store.url {url}: {e}")))?;
         Ok(Self {
             store: Arc::from(store),
             prefix,
@@ -249,9 +248,96 @@ impl RawStore {
     }
 }
 
+/// The options an `s3://` store is built with: the standard `AWS_*`
+/// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`,
+/// `AWS_ALLOW_HTTP`, …, as object_store's own `from_env` reads them), under
+/// the config's `[raw_store.options]`, which win. Other stores get the
+/// options alone.
+pub fn store_options(
+    url: &Url,
+    options: &[(String, String)],
+    env: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if matches!(url.scheme(), "s3" | "s3a") {
+        out.extend(
+            env.filter(|(k, _)| k.starts_with("AWS_"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+        );
+        // The region's other name, as the AWS tools read it.
+        if !out.iter().any(|(k, _)| k == "aws_region")
+            && let Some(v) = out
+                .iter()
+                .find(|(k, _)| k == "aws_default_region")
+                .map(|(_, v)| v.clone())
+        {
+            out.push(("aws_region".into(), v));
+        }
+    }
+    out.extend(options.iter().cloned());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `s3://` store reads the standard `AWS_*` variables, under the
+    /// config's options; the keys are object_store's own.
+    #[test]
+    fn s3_stores_read_the_aws_environment_under_the_configs_options() {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        let env = || {
+            [
+                ("AWS_ENDPOINT", "http://127.0.0.1:9000"),
+                ("AWS_ACCESS_KEY_ID", "AKIAENV"),
+                ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                ("AWS_DEFAULT_REGION", "eu-central-1"),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("HOME", "/root"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        };
+        let s3 = Url::parse("s3://raw-bucket/sync").unwrap();
+        let opts = vec![("aws_access_key_id".to_owned(), "AKIACONFIG".to_owned())];
+        let merged = store_options(&s3, &opts, env());
+        assert!(
+            merged.iter().all(|(k, _)| k.starts_with("aws_")),
+            "{merged:?}"
+        );
+        let b = merged
+            .iter()
+            .fold(AmazonS3Builder::new().with_url(s3.as_str()), |b, (k, v)| {
+                b.with_config(k.parse().unwrap(), v)
+            });
+        let get = |k| b.get_config_value(&k);
+        assert_eq!(
+            get(AmazonS3ConfigKey::Endpoint).as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(
+            get(AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("AKIACONFIG"),
+            "the config wins"
+        );
+        assert_eq!(
+            get(AmazonS3ConfigKey::SecretAccessKey).as_deref(),
+            Some("env-secret")
+        );
+        assert_eq!(
+            get(AmazonS3ConfigKey::Region).as_deref(),
+            Some("eu-central-1")
+        );
+        // Built without any call; other stores take the options alone.
+        assert!(
+            RawStore::from_url(&s3, &merged).is_ok(),
+            "an s3 store builds from the merged options"
+        );
+        let file = Url::parse("file:///tmp/x").unwrap();
+        assert!(store_options(&file, &[], env()).is_empty());
+    }
 
     #[tokio::test]
     async fn puts_are_content_addressed_and_idempotent() {
