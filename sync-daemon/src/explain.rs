@@ -294,7 +294,7 @@ pub async fn explain_in(
 
 /// Record `ordinal` of a stored page body, whatever the page's shape (an
 /// array at a pointer, an object keyed by id, the body itself).
-fn record_at(body: &[u8], record_path: &str, ordinal: i32) -> Option<serde_json::Value> {
+pub(crate) fn record_at(body: &[u8], record_path: &str, ordinal: i32) -> Option<serde_json::Value> {
     let text = connector_core::records::readable(body, None);
     let split = connector_core::records::split_records(&text, record_path, None).ok()?;
     let raw = split.records.get(usize::try_from(ordinal).ok()?)?;

@@ -23,6 +23,7 @@ macro_rules! out {
 pub mod balance;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod explain;
 pub mod fixture_finance;
 pub mod fixture_server;
@@ -110,6 +111,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Records that could not be loaded: list the open ones, show one whole, discard one.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Serve recorded Workday pages, a BambooHR company, an SAP S/4HANA system and a NetSuite account on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
     ServeFixtures {
         /// Address to listen on; port 0 takes a free port (the address is printed).
@@ -161,6 +167,42 @@ pub enum Command {
         /// Answer every n-th SuiteQL request with CONCURRENCY_LIMIT_EXCEEDED (0: never).
         #[arg(long, default_value_t = 5)]
         netsuite_throttle_every: u64,
+    },
+}
+
+/// `dead-letters …`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// The open dead letters, oldest first.
+    List {
+        /// Only this connection's.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only this stream's (a partition is `name@code`).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter whole: reason, field, pointer, mapping version and the raw record.
+    Show {
+        /// The dead letter's id (`#N` in `list`).
+        id: i64,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Discard an open dead letter (recorded with who, when and why; never deleted).
+    Discard {
+        /// The dead letter's id.
+        id: i64,
+        /// Why it is discarded.
+        #[arg(long)]
+        reason: String,
+        /// Who discards it (default: the OS user).
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -378,6 +420,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 out!("{}", status::render(&rows));
             }
         }
+        Command::DeadLetters { action } => match action {
+            DeadLetterAction::List {
+                connection,
+                stream,
+                json,
+            } => {
+                let l = dead_letters::list(&pool, connection.as_deref(), stream.as_deref()).await?;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&l)?);
+                } else {
+                    out!("{}", dead_letters::render_list(&l));
+                }
+            }
+            DeadLetterAction::Show { id, json } => {
+                let d = dead_letters::show(&pool, &store, id).await?;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&d)?);
+                } else {
+                    out!("{}", dead_letters::render_detail(&d));
+                }
+            }
+            DeadLetterAction::Discard { id, reason, by } => {
+                let by = by.unwrap_or_else(dead_letters::os_user);
+                dead_letters::discard(&pool, id, &reason, &by).await?;
+                outln!("dead letter {id} discarded by {by}: {reason}");
+            }
+        },
         Command::Migrate | Command::ServeFixtures { .. } => unreachable!("handled above"),
     }
     Ok(())

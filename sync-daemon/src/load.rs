@@ -1207,6 +1207,14 @@ async fn record_dead_letters(
          from unnest($3::bigint[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
                      $10::text[], $12::int[])
               as u(page, ord, sid, key, class, field, ptr, msg, n)
+         -- The same failure (class, field, mapping version) of a record an
+         -- operator discarded stays discarded.
+         where not exists (
+             select 1 from dead_letter x
+             where x.status = 'discarded' and x.connection = $1 and x.stream = $2
+               and x.dedupe_key = u.key and x.error_class = u.class
+               and x.field is not distinct from u.field
+               and x.mapping_version_id is not distinct from $11)
          on conflict (connection, stream, dedupe_key) where status = 'open' do update set
             raw_page_id = excluded.raw_page_id, record_ordinal = excluded.record_ordinal,
             source_id = excluded.source_id, error_class = excluded.error_class, field = excluded.field,

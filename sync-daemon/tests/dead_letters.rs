@@ -1,0 +1,156 @@
+//! `dead-letters list | show | discard` on the SAP fixtures' two refused
+//! journal items (an unknown currency, yen with decimals).
+
+mod common;
+
+use common::*;
+use connector_core::{Connector, RawStore};
+use serde_json::json;
+use sync_daemon::fixture_server::FixtureOptions;
+use sync_daemon::{dead_letters, fixture_finance, pipeline, registry::Built, status};
+
+async fn sap_sync(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Summary {
+    let sap = sap_s4hana::SapS4Hana::new(
+        serde_json::from_value(json!({
+            "base_url": base, "sap_client": "100", "company_codes": ["1010"], "page_size": 3,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let auth = serde_json::from_value(
+        json!({"strategy": "basic", "username": "COMM_USER", "password": "pw"}),
+    )
+    .unwrap();
+    let c = pipeline::Ctx {
+        connection: "sap".into(),
+        ..ctx_built(pool, store, Built::new(sap).unwrap(), &auth)
+    };
+    pipeline::sync(&c, None).await.unwrap()
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_whole_and_discarded_for_good() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let store = RawStore::in_memory();
+    let data =
+        fixture_finance::load_sap(&fixture_dir().join("../../sap-s4hana"), "COMM_USER", "pw")
+            .unwrap();
+    let srv = fixture_server_with(FixtureOptions {
+        sap: Some(data),
+        ..Default::default()
+    })
+    .await;
+    let base = format!("http://{}", srv.addr);
+    sap_sync(&pool, &store, &base).await;
+
+    let open = dead_letters::list(&pool, Some("sap"), None).await.unwrap();
+    let fields: Vec<Option<&str>> = open.iter().map(|d| d.field.as_deref()).collect();
+    assert_eq!(fields, [Some("currency"), Some("amount")]);
+    assert!(
+        dead_letters::list(&pool, Some("other"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        dead_letters::list(&pool, None, Some("journal_entry_items@1010"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let listed = dead_letters::render_list(&open);
+    assert!(listed.contains("1010|2024|100000005|000001"), "{listed}");
+
+    // The whole dead letter: reason, field, pointer, mapping, the raw record.
+    let d = dead_letters::show(&pool, &store, open[0].id).await.unwrap();
+    assert_eq!(d.status, "open");
+    assert_eq!(d.letter.pointer.as_deref(), Some("/TransactionCurrency"));
+    assert!(d.letter.message.contains("\"XYZ\""), "{}", d.letter.message);
+    assert_eq!(
+        d.mapping.as_deref(),
+        Some("sap_s4hana.journal_entry_items 1")
+    );
+    assert_eq!(d.record.as_ref().unwrap()["TransactionCurrency"], "XYZ");
+    assert!(dead_letters::render_detail(&d).contains("\"AccountingDocument\": \"100000005\""));
+
+    // Discarded with who and why; never deleted; not again.
+    dead_letters::discard(
+        &pool,
+        d.letter.id,
+        "test currency, not a real posting",
+        "ops-anna",
+    )
+    .await
+    .unwrap();
+    let again = dead_letters::discard(&pool, d.letter.id, "twice", "ops-anna")
+        .await
+        .unwrap_err();
+    assert!(
+        again.to_string().contains("is discarded, not open"),
+        "{again}"
+    );
+    assert!(
+        dead_letters::discard(&pool, 999_999, "x", "y")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no dead letter")
+    );
+    assert!(
+        dead_letters::discard(&pool, open[1].id, " ", "y")
+            .await
+            .is_err(),
+        "a reason is required"
+    );
+    let d = dead_letters::show(&pool, &store, d.letter.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            d.status.as_str(),
+            d.discarded_by.as_deref(),
+            d.discard_reason.as_deref()
+        ),
+        (
+            "discarded",
+            Some("ops-anna"),
+            Some("test currency, not a real posting")
+        )
+    );
+    assert_eq!(
+        dead_letters::list(&pool, None, None).await.unwrap().len(),
+        1
+    );
+
+    // The next sync fetches the same records again: the discarded failure
+    // stays discarded, the other stays open (seen twice), and the counts add up.
+    let s = sap_sync(&pool, &store, &base).await;
+    assert_eq!(
+        s.dead_lettered, 2,
+        "the record is still refused, and counted"
+    );
+    let open = dead_letters::list(&pool, None, None).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].field.as_deref(), open[0].times_seen),
+        (Some("amount"), 2)
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from dead_letter where status = 'discarded'"
+        )
+        .await,
+        1
+    );
+    let st = status::status(&pool, &[]).await.unwrap();
+    let journal: i64 = st
+        .streams
+        .iter()
+        .filter(|s| s.stream.starts_with("journal_entry_items"))
+        .map(|s| s.dead_letters_open)
+        .sum();
+    assert_eq!(journal, 1);
+}
