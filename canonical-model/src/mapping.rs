@@ -299,7 +299,7 @@ impl<'a> RecordReader<'a> {
                 .map_err(|e| MapError::BadValue {
                     entity,
                     field: field.to_owned(),
-                    pointer: rule.pointers.join(" "),
+                    pointer: rule.pointers.join(", "),
                     message: e.message,
                 });
         }
