@@ -244,3 +244,76 @@ pub fn render_detail(d: &Detail) -> String {
     }
     out
 }
+
+/// What a retry did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retried {
+    /// The dead letters retried.
+    pub retried: Vec<i64>,
+    /// Those whose record loads now.
+    pub resolved: Vec<i64>,
+    /// Those still refused, with the new reason.
+    pub still_open: Vec<DeadLetter>,
+    /// The replay run that retried them (its pages, counts, balance check).
+    pub run: crate::pipeline::Summary,
+}
+
+/// Retries open dead letters of `ctx`'s connection (`ids`, or all of them):
+/// their raw pages are replayed through the current mappers, without any
+/// source call. A record that loads now resolves its dead letter; one that
+/// fails again keeps it open with the new reason. Other records of those
+/// pages are loaded as a replay loads them (unchanged ones write nothing).
+pub async fn retry(ctx: &crate::pipeline::Ctx, ids: &[i64]) -> anyhow::Result<Retried> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "select id, raw_page_id from dead_letter
+         where connection = $1 and status = 'open' and (cardinality($2::bigint[]) = 0 or id = any($2))
+         order by id",
+    )
+    .bind(&ctx.connection)
+    .bind(ids)
+    .fetch_all(&ctx.pool)
+    .await?;
+    if let Some(missing) = ids.iter().find(|i| !rows.iter().any(|r| r.0 == **i)) {
+        return Err(crate::UsageError(format!(
+            "dead letter {missing} is not an open dead letter of connection {:?} (see `dead-letters list`)",
+            ctx.connection
+        ))
+        .into());
+    }
+    let retried: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    if retried.is_empty() {
+        return Ok(Retried {
+            retried,
+            resolved: Vec::new(),
+            still_open: Vec::new(),
+            run: crate::pipeline::Summary::default(),
+        });
+    }
+    let pages: std::collections::HashSet<i64> = rows.iter().map(|r| r.1).collect();
+    let run = crate::pipeline::replay_pages(ctx, &pages).await?;
+    let open: std::collections::HashSet<i64> =
+        sqlx::query_scalar("select id from dead_letter where id = any($1) and status = 'open'")
+            .bind(&retried)
+            .fetch_all(&ctx.pool)
+            .await?
+            .into_iter()
+            .collect();
+    // A record that fails again updates its open dead letter in place (the
+    // new reason, the new mapping version).
+    let still_open: Vec<DeadLetter> = list(&ctx.pool, Some(&ctx.connection), None)
+        .await?
+        .into_iter()
+        .filter(|d| open.contains(&d.id))
+        .collect();
+    let resolved = retried
+        .iter()
+        .copied()
+        .filter(|i| !open.contains(i))
+        .collect();
+    Ok(Retried {
+        retried,
+        resolved,
+        still_open,
+        run,
+    })
+}

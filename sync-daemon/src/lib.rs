@@ -193,6 +193,18 @@ pub enum DeadLetterAction {
         #[arg(long)]
         json: bool,
     },
+    /// Retry open dead letters of a connection: replay their raw pages through the current mappers, without calling the source.
+    Retry {
+        /// The connection's `name` in the config.
+        #[arg(long)]
+        connection: String,
+        /// Only these dead letters (default: every open one of the connection).
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Discard an open dead letter (recorded with who, when and why; never deleted).
     Discard {
         /// The dead letter's id.
@@ -304,6 +316,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay {
             connection, stream, ..
         } => check_usage(&cfg, connection, stream.as_deref(), config::Need::Connector)?,
+        Command::DeadLetters {
+            action: DeadLetterAction::Retry { connection, .. },
+        } => check_usage(&cfg, connection, None, config::Need::Connector)?,
         _ => {}
     }
     let migrate = matches!(cli.command, Command::Migrate);
@@ -439,6 +454,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     outln!("{}", serde_json::to_string_pretty(&d)?);
                 } else {
                     out!("{}", dead_letters::render_detail(&d));
+                }
+            }
+            DeadLetterAction::Retry {
+                connection,
+                ids,
+                json,
+            } => {
+                let ctx = context(&cfg, &pool, &store, &connection, false)?;
+                let r = dead_letters::retry(&ctx, &ids).await;
+                finish_progress(&ctx);
+                let r = r?;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    outln!(
+                        "retried {} dead letter(s) of {connection} by replaying {} page(s) (run #{}): {} resolved, {} still open",
+                        r.retried.len(),
+                        r.run.pages_loaded,
+                        r.run.run_id,
+                        r.resolved.len(),
+                        r.still_open.len()
+                    );
+                    out!(
+                        "{}",
+                        if r.still_open.is_empty() {
+                            String::new()
+                        } else {
+                            dead_letters::render_list(&r.still_open)
+                        }
+                    );
                 }
             }
             DeadLetterAction::Discard { id, reason, by } => {

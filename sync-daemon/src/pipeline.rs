@@ -237,10 +237,14 @@ enum Ended {
 /// lock and the streams' leases, closes runs a dead process left open,
 /// records the run, and finishes it with its counts and a terminal status
 /// whatever `body` does (returns, fails, panics, or is stopped by a signal).
-async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyhow::Result<Summary> {
+async fn ledgered_run(
+    ctx: &Ctx,
+    only_stream: Option<&str>,
+    work: Work<'_>,
+) -> anyhow::Result<Summary> {
     let (mode, dry_run) = match work {
         Work::Sync => ("full", false),
-        Work::Replay { dry_run } => ("replay", dry_run),
+        Work::Replay { dry_run, .. } => ("replay", dry_run),
     };
     let started = Instant::now();
     let defs = streams(ctx, only_stream)?;
@@ -265,8 +269,8 @@ async fn ledgered_run(ctx: &Ctx, only_stream: Option<&str>, work: Work) -> anyho
             let body = async {
                 match work {
                     Work::Sync => sync_streams(ctx, &r, &defs, &mut summary).await,
-                    Work::Replay { dry_run } => {
-                        replay_streams(ctx, &r, &defs, dry_run, &mut summary).await
+                    Work::Replay { dry_run, pages } => {
+                        replay_streams(ctx, &r, &defs, dry_run, pages, &mut summary).await
                     }
                 }
             };
@@ -360,9 +364,14 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 
 /// What a ledgered run does.
 #[derive(Debug, Clone, Copy)]
-enum Work {
+enum Work<'a> {
     Sync,
-    Replay { dry_run: bool },
+    /// A replay of every stored page, or only of these raw pages (a retry
+    /// of dead letters).
+    Replay {
+        dry_run: bool,
+        pages: Option<&'a std::collections::HashSet<i64>>,
+    },
 }
 
 /// Fetches every page of the connection's streams into the raw store and loads them.
@@ -1446,7 +1455,34 @@ pub async fn replay(
     only_stream: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<Summary> {
-    ledgered_run(ctx, only_stream, Work::Replay { dry_run }).await
+    ledgered_run(
+        ctx,
+        only_stream,
+        Work::Replay {
+            dry_run,
+            pages: None,
+        },
+    )
+    .await
+}
+
+/// Replays only `pages` (the raw pages of dead letters an operator
+/// retries) through the current mappers, without calling the source: a
+/// record that loads now resolves its dead letter; one that fails again
+/// keeps it open with the new reason.
+pub async fn replay_pages(
+    ctx: &Ctx,
+    pages: &std::collections::HashSet<i64>,
+) -> anyhow::Result<Summary> {
+    ledgered_run(
+        ctx,
+        None,
+        Work::Replay {
+            dry_run: false,
+            pages: Some(pages),
+        },
+    )
+    .await
 }
 
 async fn replay_streams(
@@ -1454,6 +1490,7 @@ async fn replay_streams(
     run: &Run<'_>,
     defs: &[StreamDef],
     dry_run: bool,
+    only: Option<&std::collections::HashSet<i64>>,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     summary.diff = Some(DiffReport::default());
@@ -1471,7 +1508,10 @@ async fn replay_streams(
                 (!dry_run).then_some(run.lease),
             )
         };
-        let all = db::pages(&ctx.pool, &ctx.connection, lctx.stream, false).await?;
+        let mut all = db::pages(&ctx.pool, &ctx.connection, lctx.stream, false).await?;
+        if let Some(only) = only {
+            all.retain(|p| only.contains(&p.id));
+        }
         // A dry run loads every batch in one transaction and rolls it back, so
         // later batches see what earlier ones would have written.
         let mut dry = if dry_run {

@@ -154,3 +154,83 @@ async fn dead_letters_are_listed_shown_whole_and_discarded_for_good() {
         .sum();
     assert_eq!(journal, 1);
 }
+
+/// A mapping that refuses every worker (`fte` read from the name), then the
+/// shipped one: retrying some dead letters replays only their pages; the
+/// records load, their dead letters resolve; the rest stay open until
+/// retried too.
+#[tokio::test]
+async fn retry_replays_the_dead_letters_pages_through_the_current_mapping() {
+    use canonical_model::{EntityKind, FieldRule, MappingVersion, StreamModel, Transform};
+    use std::sync::Arc;
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let (base, _srv) = fixture_source().await;
+    let store = RawStore::in_memory();
+    let auth = refresh_auth(&base, REFRESH_TOKEN);
+    let shipped = MappingVersion::new(
+        workday::mapper::MAPPER,
+        workday::mapper::VERSION,
+        workday::mapper::rules(),
+    )
+    .unwrap();
+    let broken = shipped
+        .with_rule(
+            "1-broken",
+            FieldRule::new(
+                EntityKind::Worker,
+                "fte",
+                &["/descriptor"],
+                Transform::Decimal,
+            ),
+        )
+        .unwrap();
+    let with = |m: MappingVersion| pipeline::Ctx {
+        models: vec![StreamModel {
+            stream: "workers",
+            entity: EntityKind::Worker,
+            mapper: Arc::new(workday::WorkersMapper::with_mapping(m)),
+        }],
+        ..ctx(&pool, &store, Arc::new(workday(&base)), &auth)
+    };
+    let s = pipeline::sync(&with(broken), None).await.unwrap();
+    assert_eq!((s.changed, s.dead_lettered), (0, 260));
+    let open = dead_letters::list(&pool, None, None).await.unwrap();
+    assert_eq!(open.len(), 260);
+
+    // The mapping is fixed: retry two dead letters of one page.
+    let fixed = with(shipped);
+    let two = [open[0].id, open[1].id];
+    let r = dead_letters::retry(&fixed, &two).await.unwrap();
+    assert_eq!(r.retried, two);
+    assert_eq!(r.resolved, two);
+    assert!(r.still_open.is_empty());
+    assert_eq!(r.run.pages_loaded, 1, "only their page is replayed");
+    let page_size = r.run.changed;
+    assert_eq!(
+        dead_letters::list(&pool, None, None).await.unwrap().len() as i64,
+        260 - page_size,
+        "the page's other records loaded too"
+    );
+    // An id that is not open is named; then every open one is retried.
+    let e = dead_letters::retry(&fixed, &[two[0]]).await.unwrap_err();
+    assert!(e.to_string().contains("not an open dead letter"), "{e}");
+    let r = dead_letters::retry(&fixed, &[]).await.unwrap();
+    assert_eq!(r.resolved.len() as i64, 260 - page_size);
+    assert!(
+        dead_letters::list(&pool, None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(count(&pool, "select count(*) from worker").await, 260);
+    // Every run's counts still add up (the ledger's check), and none is open.
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from sync_run where status <> 'succeeded'"
+        )
+        .await,
+        0
+    );
+}
