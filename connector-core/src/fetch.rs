@@ -493,19 +493,9 @@ fn facts_of(
         None => None,
     };
     let max_key = match (def.mode, def.cursor) {
-        (crate::SyncMode::Incremental { keyset: true, .. }, Some(ptr)) => split
-            .records
-            .iter()
-            .filter_map(|r| {
-                let text = string_at(r, ptr).ok().flatten()?;
-                let t = def.cursor_time(&text)?;
-                Some((
-                    t,
-                    crate::records::key_at(r, def.primary_key).ok().flatten()?,
-                    text,
-                ))
-            })
-            .max_by(keyset_order),
+        (crate::SyncMode::Incremental { keyset: true, .. }, Some(_)) => {
+            largest_key(def, &split.records)
+        }
         _ => None,
     };
     // The server's own next state. A page without one (an empty answer may
@@ -536,28 +526,33 @@ fn facts_of(
     })
 }
 
+/// The largest `(cursor, key)` of `records` by [`keyset_order`]: records
+/// without a key, or with a cursor that does not read as a time, are left
+/// out. A stream without a cursor orders by the key alone (the time is the
+/// epoch and the text empty).
+fn largest_key(def: &StreamDef, records: &[&RawValue]) -> Option<KeysetKey> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let id = crate::records::key_at(r, def.primary_key).ok().flatten()?;
+            match def.cursor {
+                Some(ptr) => {
+                    let text = string_at(r, ptr).ok().flatten()?;
+                    Some((def.cursor_time(&text)?, id, text))
+                }
+                None => Some((DateTime::<Utc>::UNIX_EPOCH, id, String::new())),
+            }
+        })
+        .max_by(keyset_order)
+}
+
 /// Where the page after this one starts under [`Pagination::Keyset`]: the
 /// largest `(cursor, key)` of the page as `{"modified": text or null, "id":
 /// key}` (JSON text). `None` when no record has a key.
 fn keyset_after(def: &StreamDef, records: &[&RawValue]) -> Option<String> {
-    let key = |r: &RawValue| -> Option<(Option<DateTime<Utc>>, String, Option<String>)> {
-        let id = crate::records::key_at(r, def.primary_key).ok().flatten()?;
-        let text = def.cursor.and_then(|c| string_at(r, c).ok().flatten());
-        let t = match &text {
-            Some(t) => Some(def.cursor_time(t)?),
-            None if def.cursor.is_some() => return None,
-            None => None,
-        };
-        Some((t, id, text))
-    };
-    let (_, id, text) = records.iter().filter_map(|r| key(r)).max_by(|a, b| {
-        let epoch = DateTime::<Utc>::UNIX_EPOCH;
-        keyset_order(
-            &(a.0.unwrap_or(epoch), a.1.clone(), String::new()),
-            &(b.0.unwrap_or(epoch), b.1.clone(), String::new()),
-        )
-    })?;
-    Some(serde_json::json!({"modified": text, "id": id}).to_string())
+    let (_, id, text) = largest_key(def, records)?;
+    let modified = def.cursor.is_some().then_some(text);
+    Some(serde_json::json!({"modified": modified, "id": id}).to_string())
 }
 
 /// A keyset key: the record's modified time, its id, and the time as the

@@ -560,18 +560,7 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn oauth1_signs_a_post_as_sent_method_query_and_form_body() {
-    let srv = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/services/rest/query/v1/suiteql"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
-        .mount(&srv)
-        .await;
-    let auth: AuthConfig = serde_json::from_value(serde_json::json!({
-        "strategy": "oauth1_tba", "realm": "1234567_SB1", "consumer_key": "ck",
-        "consumer_secret": "cs&1", "token_id": "tid", "token_secret": "ts 2"
-    }))
-    .unwrap();
-    let http = common::client_with(&srv.uri(), auth, common::quick_settings(3));
+    let (srv, http) = suiteql_with_tba().await;
     let url = Url::parse(&format!(
         "{}/services/rest/query/v1/suiteql?limit=2&offset=0&q=a+b%2Bc",
         srv.uri()
@@ -731,18 +720,7 @@ fn assert_oauth1_signed(got: &wiremock::Request, sent: &Url) {
 /// signature covers the query parameters, not the JSON body.
 #[tokio::test]
 async fn oauth1_signs_a_suiteql_post_by_its_query_not_its_json_body() {
-    let srv = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/services/rest/query/v1/suiteql"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
-        .mount(&srv)
-        .await;
-    let auth: AuthConfig = serde_json::from_value(serde_json::json!({
-        "strategy": "oauth1_tba", "realm": "1234567_SB1", "consumer_key": "ck",
-        "consumer_secret": "cs&1", "token_id": "tid", "token_secret": "ts 2"
-    }))
-    .unwrap();
-    let http = common::client_with(&srv.uri(), auth, common::quick_settings(3));
+    let (srv, http) = suiteql_with_tba().await;
     let url = Url::parse(&format!(
         "{}/services/rest/query/v1/suiteql?limit=1000",
         srv.uri()
@@ -762,4 +740,22 @@ async fn oauth1_signs_a_suiteql_post_by_its_query_not_its_json_body() {
     assert_eq!(got.headers.get("content-type").unwrap(), "application/json");
     assert_eq!(got.headers.get("prefer").unwrap(), "transient");
     assert_oauth1_signed(got, &req.url);
+}
+
+/// A SuiteQL endpoint answering `{}`, and a client signing with TBA
+/// (secrets `cs&1`, `ts 2`, realm `1234567_SB1`).
+async fn suiteql_with_tba() -> (MockServer, connector_core::HttpClient) {
+    let srv = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/services/rest/query/v1/suiteql"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(&srv)
+        .await;
+    let auth: AuthConfig = serde_json::from_value(serde_json::json!({
+        "strategy": "oauth1_tba", "realm": "1234567_SB1", "consumer_key": "ck",
+        "consumer_secret": "cs&1", "token_id": "tid", "token_secret": "ts 2"
+    }))
+    .unwrap();
+    let http = common::client_with(&srv.uri(), auth, common::quick_settings(3));
+    (srv, http)
 }

@@ -64,15 +64,3 @@ pub async fn check_entries(pool: &PgPool, connection: &str) -> anyhow::Result<Ch
         unbalanced: rows.iter().filter(|r| r.0).count() as u64,
     })
 }
-
-/// Live entries of `connection` that do not balance.
-pub async fn unbalanced(pool: &PgPool, connection: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "select count(*) from journal_entry e
-         join source_link s on s.entity_type = 'journal_entry' and s.canonical_id = e.id
-         where s.connection = $1 and e.imbalance is not null and e.deleted_at is null",
-    )
-    .bind(connection)
-    .fetch_one(pool)
-    .await?)
-}
