@@ -1,5 +1,6 @@
 //! The daemon's TOML config, parsed once into validated types.
 
+use crate::schedule::{DaemonConfig, SCHEDULE_KEYS, Schedule};
 use connector_core::{AuthConfig, BreakerSettings, HttpSettings, RateLimitSettings, RetryPolicy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -33,6 +34,11 @@ pub const CORE_KEYS: &[&str] = &[
     "max_in_flight",
     "run_budget_secs",
     "max_sweep_share",
+    "schedule",
+    "every",
+    "jitter",
+    "schedule_time_zone",
+    "streams",
 ];
 
 /// A `${NAME}` whose variable is not set, and the key that refers to it.
@@ -66,6 +72,8 @@ struct RawConfig {
     tenant: String,
     database: DatabaseConfig,
     raw_store: RawStoreConfig,
+    /// `[daemon]`, read by [`DaemonConfig::from_toml`].
+    daemon: Option<toml::Value>,
     #[serde(default)]
     connection: Vec<toml::Table>,
 }
@@ -292,6 +300,13 @@ pub struct Limits {
     pub max_sweep_share: Option<f64>,
 }
 
+impl ConnectionConfig {
+    /// The schedule of stream `name` (its own, else the connection's).
+    pub fn schedule_of(&self, name: &str) -> Option<&Schedule> {
+        self.stream_schedules.get(name).or(self.schedule.as_ref())
+    }
+}
+
 /// The default of [`Limits::max_sweep_share`].
 pub const DEFAULT_MAX_SWEEP_SHARE: f64 = 0.5;
 
@@ -317,6 +332,11 @@ pub struct ConnectionConfig {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub limits: Limits,
+    /// When `run` syncs the connection's streams (`schedule`/`every` in the
+    /// `[[connection]]`), unless a stream has its own.
+    pub schedule: Option<Schedule>,
+    /// `[connection.streams.NAME]`: a stream's own schedule.
+    pub stream_schedules: BTreeMap<String, Schedule>,
     /// Connector-specific keys, checked by the connector (`deny_unknown_fields`).
     pub settings: serde_json::Value,
     /// `${NAME}` references of this connection whose variable is not set:
@@ -358,6 +378,7 @@ pub struct Config {
     pub tenant: String,
     pub database: DatabaseConfig,
     pub raw_store: RawStoreConfig,
+    pub daemon: DaemonConfig,
     pub connections: Vec<ConnectionConfig>,
 }
 
@@ -524,6 +545,48 @@ impl Config {
             {
                 return Err(invalid(format!("connection {name:?} is defined twice")));
             }
+            let schedule = Schedule::take_from(&mut table).map_err(|e| invalid(at(&e)))?;
+            let mut stream_schedules = BTreeMap::new();
+            match table.remove("streams") {
+                None => {}
+                Some(toml::Value::Table(streams)) => {
+                    for (stream, v) in streams {
+                        let toml::Value::Table(mut t) = v else {
+                            return Err(invalid(format!(
+                                "{}: a table of schedule keys ({})",
+                                at(&format!("streams.{stream}")),
+                                SCHEDULE_KEYS.join(", ")
+                            )));
+                        };
+                        let s = Schedule::take_from(&mut t)
+                            .map_err(|e| invalid(at(&format!("streams.{stream}.{e}"))))?;
+                        if let Some(k) = t.keys().next() {
+                            return Err(invalid(format!(
+                                "{}: unknown key {k:?} (a stream takes {})",
+                                at(&format!("streams.{stream}")),
+                                SCHEDULE_KEYS.join(", ")
+                            )));
+                        }
+                        match s {
+                            Some(s) => {
+                                stream_schedules.insert(stream, s);
+                            }
+                            None => {
+                                return Err(invalid(format!(
+                                    "{}: give schedule (cron) or every (an interval)",
+                                    at(&format!("streams.{stream}"))
+                                )));
+                            }
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "{}: a table of stream names, e.g. [connection.streams.workers]",
+                        at("streams")
+                    )));
+                }
+            }
             let settings = serde_json::to_value(&table)
                 .map_err(|e| invalid(format!("{}: {e}", at("settings"))))?;
             connections.push(ConnectionConfig {
@@ -532,6 +595,8 @@ impl Config {
                 auth,
                 http,
                 limits,
+                schedule,
+                stream_schedules,
                 settings,
                 missing_env,
             });
@@ -541,10 +606,12 @@ impl Config {
                 "tenant must be a non-empty name without '/'".into(),
             ));
         }
+        let daemon = DaemonConfig::from_toml(raw.daemon).map_err(invalid)?;
         Ok(Config {
             tenant: raw.tenant,
             database: raw.database,
             raw_store: raw.raw_store,
+            daemon,
             connections,
         })
     }

@@ -511,7 +511,16 @@ pub async fn record_page(
         return Err(lease.lost_on_write(p.stream).into());
     };
     if let Some(cursor) = cursor {
-        set_watermark(&mut tx, p.connection, p.stream, cursor, Some(p.run), "sync").await?;
+        set_watermark(
+            &mut tx,
+            p.connection,
+            p.stream,
+            cursor,
+            Some(p.run),
+            "sync",
+            None,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(id)
@@ -524,6 +533,7 @@ pub async fn set_watermark(
     cursor: &Cursor,
     run: Option<i64>,
     changed_by: &str,
+    reason: Option<&str>,
 ) -> anyhow::Result<()> {
     let new = serde_json::to_value(cursor)?;
     let old: Option<serde_json::Value> = sqlx::query_scalar(
@@ -544,7 +554,8 @@ pub async fn set_watermark(
     .execute(&mut **tx)
     .await?;
     sqlx::query(
-        "insert into watermark_history (connection, stream, old_cursor, new_cursor, run_id, changed_by) values ($1, $2, $3, $4, $5, $6)",
+        "insert into watermark_history (connection, stream, old_cursor, new_cursor, run_id, changed_by, reason)
+         values ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(connection)
     .bind(stream)
@@ -552,6 +563,7 @@ pub async fn set_watermark(
     .bind(new)
     .bind(run)
     .bind(changed_by)
+    .bind(reason)
     .execute(&mut **tx)
     .await?;
     Ok(())

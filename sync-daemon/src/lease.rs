@@ -52,15 +52,21 @@ struct Inner {
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// A name for this process in `sync_lease.holder`.
-fn holder_name() -> String {
+/// This process's part of every holder name it writes (`host:pid:`): its
+/// leases are the rows whose holder starts with it.
+pub fn process_prefix() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+    format!("{host}:{}:", std::process::id())
+}
+
+/// A name for one run of this process in `sync_lease.holder`.
+fn holder_name() -> String {
+    format!("{}{:08x}", process_prefix(), fastrand::u32(..))
 }
 
 const LOCK_SQL: &str = "select pg_try_advisory_lock(hashtextextended('sync:' || $1, 0))";
@@ -78,8 +84,18 @@ async fn try_lock(conn: &mut PgConnection, connection: &str) -> sqlx::Result<boo
         .await
 }
 
+/// The connection is being synced or replayed by another process (or by
+/// another run of this one).
+#[derive(Debug, thiserror::Error)]
+#[error("connection {connection:?} is being synced or replayed by another process{holder}")]
+pub struct Busy {
+    pub connection: String,
+    /// `: holder (run #N)`, when known.
+    pub holder: String,
+}
+
 /// Takes the connection's advisory lock on a session of its own; fails at
-/// once, naming the holder, when another process has it.
+/// once with [`Busy`], naming the holder, when another process has it.
 pub async fn lock(pool: &PgPool, connection: &str) -> anyhow::Result<PgConnection> {
     let mut conn = pool.acquire().await?.detach();
     if !try_lock(&mut conn, connection).await? {
@@ -92,10 +108,11 @@ pub async fn lock(pool: &PgPool, connection: &str) -> anyhow::Result<PgConnectio
         .await
         .ok()
         .flatten();
-        anyhow::bail!(
-            "connection {connection:?} is being synced or replayed by another process{}",
-            holder.map(|h| format!(": {h}")).unwrap_or_default()
-        );
+        return Err(Busy {
+            connection: connection.to_owned(),
+            holder: holder.map(|h| format!(": {h}")).unwrap_or_default(),
+        }
+        .into());
     }
     Ok(conn)
 }

@@ -24,15 +24,20 @@ pub mod balance;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod drift;
 pub mod explain;
 pub mod fixture_finance;
 pub mod fixture_server;
 pub mod lease;
 pub mod load;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
+pub mod schedule;
+pub mod scheduler;
 pub mod status;
 pub mod sweep;
+pub mod watermark;
 
 use clap::{Parser, Subcommand};
 use connector_core::{HttpClient, RawStore};
@@ -111,10 +116,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the scheduler: sync each connection's streams on their schedules until SIGTERM or Ctrl-C (several replicas may share one database).
+    Run,
     /// Records that could not be loaded: list the open ones, show one whole, discard one.
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+    /// Changes of the sources' shapes: fields that appeared, vanished or changed type, with the raw page that showed them.
+    Drift {
+        /// Only this connection's.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only this stream's.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show, set or rewind a stream's watermark (refused while the stream runs; every change is recorded with who and why).
+    Watermark {
+        #[command(subcommand)]
+        action: WatermarkAction,
     },
     /// Serve recorded Workday pages, a BambooHR company, an SAP S/4HANA system and a NetSuite account on loopback (the demo's and the benchmark's source); prints its base URL on stdout.
     ServeFixtures {
@@ -213,6 +237,47 @@ pub enum DeadLetterAction {
         #[arg(long)]
         reason: String,
         /// Who discards it (default: the OS user).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// `watermark …`.
+#[derive(Debug, Subcommand)]
+pub enum WatermarkAction {
+    /// Where each stream's next pull starts, and who changed it last.
+    Show {
+        /// Only this connection's streams.
+        connection: Option<String>,
+        /// Only this stream (a name selects all its partitions; `name@code` one).
+        stream: Option<String>,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the bound the next pull starts from: a timestamp (time and keyset
+    /// streams), the source's token, or a raw page id (detail streams).
+    Set {
+        connection: String,
+        stream: String,
+        value: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// Who (default: the OS user).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Move the bound back by a duration (`2h`, `7d`) or to an earlier timestamp: the next sync fetches that span again.
+    Rewind {
+        connection: String,
+        stream: String,
+        /// A duration to go back by, or a timestamp before the current bound.
+        to: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// Who (default: the OS user).
         #[arg(long)]
         by: Option<String>,
     },
@@ -319,6 +384,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters {
             action: DeadLetterAction::Retry { connection, .. },
         } => check_usage(&cfg, connection, None, config::Need::Connector)?,
+        Command::Watermark {
+            action:
+                WatermarkAction::Set {
+                    connection, stream, ..
+                }
+                | WatermarkAction::Rewind {
+                    connection, stream, ..
+                },
+        } => check_usage(&cfg, connection, Some(stream), config::Need::Connector)?,
+        Command::Watermark {
+            action:
+                WatermarkAction::Show {
+                    connection: Some(c),
+                    stream,
+                    ..
+                },
+        } => check_usage(&cfg, c, stream.as_deref(), config::Need::Connector)?,
         _ => {}
     }
     let migrate = matches!(cli.command, Command::Migrate);
@@ -343,14 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let ctx = context(&cfg, &pool, &store, &connection, true)?;
-            if let Some(http) = &ctx.http {
-                let host = http.breaker().host;
-                if let Some((left, consecutive, opened)) =
-                    db::open_breaker(&pool, &connection, &host).await?
-                {
-                    http.restore_breaker(left, consecutive, opened);
-                }
-            }
+            restore_breaker(&ctx).await;
             let s = pipeline::sync(&ctx, stream.as_deref()).await;
             finish_progress(&ctx);
             let s = s?;
@@ -492,6 +567,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 outln!("dead letter {id} discarded by {by}: {reason}");
             }
         },
+        Command::Run => scheduler::run(&cfg, &pool, &store).await?,
+        Command::Drift {
+            connection,
+            stream,
+            json,
+        } => {
+            let events = drift::list(&pool, connection.as_deref(), stream.as_deref()).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                out!("{}", drift::render(&events));
+            }
+        }
+        Command::Watermark { action } => match action {
+            WatermarkAction::Show {
+                connection,
+                stream,
+                json,
+            } => {
+                let mut rows = Vec::new();
+                for c in &cfg.connections {
+                    if connection.as_ref().is_some_and(|n| *n != c.name) {
+                        continue;
+                    }
+                    let ctx = context(&cfg, &pool, &store, &c.name, false)?;
+                    rows.extend(watermark::show(&ctx, stream.as_deref()).await?);
+                }
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    out!("{}", watermark::render(&rows));
+                }
+            }
+            WatermarkAction::Set {
+                connection,
+                stream,
+                value,
+                reason,
+                by,
+            } => {
+                let ctx = context(&cfg, &pool, &store, &connection, false)?;
+                let change = watermark::Change::Set(value);
+                move_watermark(&ctx, &stream, &change, &reason, by).await?;
+            }
+            WatermarkAction::Rewind {
+                connection,
+                stream,
+                to,
+                reason,
+                by,
+            } => {
+                let ctx = context(&cfg, &pool, &store, &connection, false)?;
+                let change = watermark::Change::Rewind(to);
+                move_watermark(&ctx, &stream, &change, &reason, by).await?;
+            }
+        },
         Command::Migrate | Command::ServeFixtures { .. } => unreachable!("handled above"),
     }
     Ok(())
@@ -523,7 +654,45 @@ fn check_usage(
     Ok(())
 }
 
-fn context(
+/// `watermark set | rewind`, printed.
+async fn move_watermark(
+    ctx: &pipeline::Ctx,
+    stream: &str,
+    change: &watermark::Change,
+    reason: &str,
+    by: Option<String>,
+) -> anyhow::Result<()> {
+    let by = by.unwrap_or_else(dead_letters::os_user);
+    for c in watermark::change(ctx, stream, change, &by, reason).await? {
+        outln!(
+            "{}/{}: {} -> {} (by {by}: {reason}); the next sync starts from it",
+            c.connection,
+            c.stream,
+            c.old.as_deref().unwrap_or("none"),
+            c.new
+        );
+    }
+    Ok(())
+}
+
+/// An open breaker saved by an earlier run of the connection stays open
+/// for what is left of its cool-down.
+pub(crate) async fn restore_breaker(ctx: &pipeline::Ctx) {
+    if let Some(http) = &ctx.http {
+        let host = http.breaker().host;
+        match db::open_breaker(&ctx.pool, &ctx.connection, &host).await {
+            Ok(Some((left, consecutive, opened))) => {
+                http.restore_breaker(left, consecutive, opened);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(event = "breaker_not_read", connection = %ctx.connection, "{e:#}");
+            }
+        }
+    }
+}
+
+pub(crate) fn context(
     cfg: &config::Config,
     pool: &sqlx::PgPool,
     store: &RawStore,
@@ -575,6 +744,7 @@ fn context(
         fetch_concurrency: conn.http.fetch_concurrency,
         progress,
         stop_on_signal: true,
+        shutdown: None,
         secrets: conn.auth.secret_values(),
     })
 }
@@ -668,6 +838,9 @@ fn print_summary(
             s.pages_missing,
             s.pages_refetched
         );
+    }
+    for w in &s.warnings {
+        outln!("  warning: schema drift: {w}");
     }
     if let Some(at) = s.resume_at {
         outln!(

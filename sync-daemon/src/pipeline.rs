@@ -78,6 +78,9 @@ pub struct Ctx {
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
     /// SIGINT / SIGTERM end the run as `interrupted` (the command line sets it).
     pub stop_on_signal: bool,
+    /// `run`'s shutdown: the run stops at its next page boundary, then,
+    /// after the grace period, where it is.
+    pub shutdown: Option<Shutdown>,
     /// The largest share of a full-refresh stream's rows one sweep may
     /// delete (`max_sweep_share`; see [`crate::sweep`]).
     pub max_sweep_share: f64,
@@ -120,6 +123,42 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+/// How far a shutdown of `run` has gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    Running,
+    /// Stop at the next checkpoint: no new page is asked for; what was
+    /// fetched is loaded and the watermark covers it.
+    AtCheckpoint,
+    /// The grace period is over: stop where the run is (its open
+    /// transaction rolls back; the ledger and the leases are still closed).
+    Now,
+}
+
+/// The receiving end of `run`'s shutdown, shared by its runs.
+#[derive(Clone, Debug)]
+pub struct Shutdown(pub tokio::sync::watch::Receiver<StopLevel>);
+
+impl Shutdown {
+    fn at_checkpoint(&self) -> bool {
+        *self.0.borrow() >= StopLevel::AtCheckpoint
+    }
+
+    /// Resolves once the run must stop where it is (never, when the
+    /// sender is gone without asking).
+    async fn now(&self) {
+        let mut r = self.0.clone();
+        if r.wait_for(|l| *l == StopLevel::Now).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A run stopped at a checkpoint for `run`'s shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped at a page boundary for a shutdown; the next run resumes from the watermark")]
+pub struct Stopped;
+
 /// What a run did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
@@ -150,6 +189,8 @@ pub struct Summary {
     pub outcome: &'static str,
     /// A deferred run: when to resume (the source's wait, from now).
     pub resume_at: Option<DateTime<Utc>>,
+    /// Schema drift on fields the mapping reads ([`crate::drift`]).
+    pub warnings: Vec<String>,
 }
 
 impl Summary {
@@ -204,7 +245,7 @@ fn streams(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
 }
 
 /// Waits for SIGINT or SIGTERM.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -242,6 +283,19 @@ async fn ledgered_run(
     only_stream: Option<&str>,
     work: Work<'_>,
 ) -> anyhow::Result<Summary> {
+    ledgered_run_claimed(ctx, only_stream, work, None)
+        .await
+        .map(|s| s.unwrap_or_default())
+}
+
+/// [`ledgered_run`] of a scheduled run: `None` when the claim finds the
+/// stream not due any more (another replica ran it).
+async fn ledgered_run_claimed(
+    ctx: &Ctx,
+    only_stream: Option<&str>,
+    work: Work<'_>,
+    claim: Option<&crate::scheduler::Claim>,
+) -> anyhow::Result<Option<Summary>> {
     let (mode, dry_run) = match work {
         Work::Sync => ("full", false),
         Work::Replay { dry_run, .. } => ("replay", dry_run),
@@ -250,6 +304,13 @@ async fn ledgered_run(
     let defs = streams(ctx, only_stream)?;
     db::ensure_connection(&ctx.pool, &ctx.connection, ctx.connector.name()).await?;
     let session = lease::lock(&ctx.pool, &ctx.connection).await?;
+    // Under the connection's lock: only one replica can claim a due time.
+    if let Some(claim) = claim
+        && !claim.take(&ctx.pool).await?
+    {
+        let _ = sqlx::Connection::close(session).await;
+        return Ok(None);
+    }
     db::close_abandoned_runs(&ctx.pool, &ctx.connection).await?;
     let run = db::start_run(&ctx.pool, &ctx.connection, only_stream, mode, dry_run).await?;
     let mut summary = Summary {
@@ -275,14 +336,16 @@ async fn ledgered_run(
                 }
             };
             let work = std::panic::AssertUnwindSafe(body).catch_unwind();
-            let ended = if ctx.stop_on_signal {
-                tokio::select! {
-                    r = work => r.map_or_else(|p| Ended::Panicked(panic_text(p)), Ended::Done),
-                    _ = stop_signal() => Ended::Interrupted,
+            let shutdown_now = async {
+                match &ctx.shutdown {
+                    Some(s) => s.now().await,
+                    None => std::future::pending().await,
                 }
-            } else {
-                work.await
-                    .map_or_else(|p| Ended::Panicked(panic_text(p)), Ended::Done)
+            };
+            let ended = tokio::select! {
+                r = work => r.map_or_else(|p| Ended::Panicked(panic_text(p)), Ended::Done),
+                _ = stop_signal(), if ctx.stop_on_signal => Ended::Interrupted,
+                _ = shutdown_now => Ended::Interrupted,
             };
             (ended, Some(lease))
         }
@@ -295,6 +358,8 @@ async fn ledgered_run(
             let text = format!("{e:#}");
             if is_needs_reauth(&e) {
                 ("needs_reauth", Some(text), Err(e))
+            } else if e.chain().any(|c| c.is::<Stopped>()) {
+                ("interrupted", Some(text), Err(e))
             } else if let Some(wait) = deferred_wait(&e) {
                 // Deferred is not a failure: the watermark holds the place to resume.
                 let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::days(7));
@@ -348,11 +413,24 @@ async fn ledgered_run(
         tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
         finished = db::finish_run(&ctx.pool, run, &end).await;
     }
+    crate::metrics::run_ended(
+        &ctx.connection,
+        only_stream.unwrap_or("*"),
+        mode,
+        status,
+        &summary.counts(),
+    );
+    // The next due time is set while the lock is still held.
+    if let Some(claim) = claim {
+        claim
+            .finish(&ctx.pool, run, status, summary.resume_at)
+            .await;
+    }
     if let Some(lease) = lease {
         lease.release().await;
     }
     finished?;
-    result.map(|()| summary)
+    result.map(|()| Some(summary))
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
@@ -377,6 +455,17 @@ enum Work<'a> {
 /// Fetches every page of the connection's streams into the raw store and loads them.
 pub async fn sync(ctx: &Ctx, only_stream: Option<&str>) -> anyhow::Result<Summary> {
     ledgered_run(ctx, only_stream, Work::Sync).await
+}
+
+/// A scheduled sync of `stream`: claims its due time under the connection's
+/// lock and sets the next one before the lock goes; `None` when it is not
+/// due any more (another replica ran it).
+pub async fn sync_due(
+    ctx: &Ctx,
+    stream: &str,
+    claim: &crate::scheduler::Claim,
+) -> anyhow::Result<Option<Summary>> {
+    ledgered_run_claimed(ctx, Some(stream), Work::Sync, Some(claim)).await
 }
 
 async fn sync_streams(
@@ -548,12 +637,31 @@ async fn sync_stream(
     let mut fetched = Fetching::default();
     let fetch = fetch_stream(ctx, &http, run, def, tx, &mut fetched);
     let mut seen = crate::sweep::Seen::default();
-    let load = load_stream(ctx, &lctx, rx, summary, &mut seen);
+    let mut fields = crate::drift::Seen::default();
+    let load = load_stream(ctx, &lctx, rx, summary, &mut seen, &mut fields);
     // The loader drains whatever the fetcher stored even when the fetcher fails.
     let (fetch_result, loaded) = tokio::join!(fetch, load);
     summary.pages_fetched += fetched.pages;
     summary.pages_unreadable += fetched.unreadable;
     loaded?;
+    // What the loaded records showed of the stream's shape, even when the
+    // pull stopped short (a vanished field only after a complete one).
+    match crate::drift::record(
+        ctx,
+        &key,
+        run.id,
+        model.mapper.mapping(),
+        fields,
+        fetched.complete && fetch_result.is_ok(),
+    )
+    .await
+    {
+        Ok(w) => summary.warnings.extend(w),
+        Err(e) => tracing::warn!(
+            event = "drift_not_recorded", connection = %ctx.connection, stream = %key,
+            "the field catalogue could not be updated: {e:#}"
+        ),
+    }
     fetch_result?;
     if fetched.complete {
         // Every page of this pull was read and loaded: dead letters of
@@ -728,6 +836,7 @@ async fn give_up_page(
         &cursor,
         Some(run.id),
         "recovery",
+        None,
     )
     .await?;
     tx.commit().await?;
@@ -1012,8 +1121,12 @@ async fn fetch_stream(
     Ok(())
 }
 
-/// Fails when the run lost its lease: a fetcher stops before its next write.
+/// Fails when the run lost its lease: a fetcher stops before its next write;
+/// and when `run` is shutting down: it asks for no new page.
 fn still_leased(ctx: &Ctx, run: &Run<'_>, key: &str) -> anyhow::Result<()> {
+    if ctx.shutdown.as_ref().is_some_and(Shutdown::at_checkpoint) {
+        return Err(Stopped.into());
+    }
     match run.lease.lost() {
         Some(why) => Err(connector_core::Error::LeaseLost {
             scope: format!("{}/{key}", ctx.connection),
@@ -1160,6 +1273,7 @@ async fn fetch_details(
             &cursor,
             Some(run.id),
             "sync",
+            None,
         )
         .await?;
         wtx.commit().await?;
@@ -1175,6 +1289,7 @@ async fn load_stream(
     mut rx: mpsc::Receiver<Fetched>,
     summary: &mut Summary,
     seen: &mut crate::sweep::Seen,
+    fields: &mut crate::drift::Seen,
 ) -> anyhow::Result<u64> {
     let mut pages = 0u64;
     // A page that would have made the last batch too large starts the next.
@@ -1202,7 +1317,24 @@ async fn load_stream(
                 Err(_) => break,
             }
         }
+        // The batch's fields are read beside its load (schema drift).
+        let scan: Vec<crate::drift::PageToScan> = batch
+            .iter()
+            .filter(|p| p.page.parse_error.is_none())
+            .map(|p| {
+                (
+                    p.page.id,
+                    p.body.clone(),
+                    p.page.record_path.clone(),
+                    p.page.content_type.clone(),
+                )
+            })
+            .collect();
+        let scan = tokio::task::spawn_blocking(move || crate::drift::Seen::scan(&scan));
         pages += load_and_count(ctx, lctx, &batch, summary, false, None, Some(&mut *seen)).await?;
+        if let Ok(s) = scan.await {
+            fields.merge(s);
+        }
     }
     Ok(pages)
 }

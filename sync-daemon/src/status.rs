@@ -43,6 +43,16 @@ pub struct StreamStatus {
     pub pages_unreadable: i64,
     /// Totals over every run of the stream, for the record.
     pub lifetime: Lifetime,
+    /// When the last successful sync of the stream ended.
+    pub last_success_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who runs the stream now (an unexpired lease), and until when.
+    pub lease_holder: Option<String>,
+    pub lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Schema drift events recorded for the stream (`drift` lists them).
+    pub drift_events: i64,
+    /// `run`'s schedule: when the stream is next due, and its failures in a row.
+    pub next_run_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub schedule_failures: Option<i32>,
 }
 
 /// Totals over the whole life of a stream.
@@ -210,8 +220,18 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                    and x.stream = s.stream and x.record_ordinal is null and x.status = 'open'),
                 (select count(*) from sync_run r2 where r2.connection = s.connection
                    and (r2.stream is null or r2.stream = s.stream) and not r2.dry_run),
-                p.pages, p.bytes, now()
+                p.pages, p.bytes, now(),
+                (select max(r3.finished_at) from sync_run r3 where r3.connection = s.connection
+                   and (r3.stream is null or r3.stream = s.stream or r3.stream = split_part(s.stream, '@', 1))
+                   and r3.mode <> 'replay' and r3.status = 'succeeded' and not r3.dry_run),
+                ls.holder, ls.expires_at,
+                (select count(*) from drift_event d where d.connection = s.connection and d.stream = s.stream),
+                sc.next_at, sc.failures
          from streams s
+         left join sync_lease ls on ls.connection = s.connection and ls.stream = s.stream
+                and ls.expires_at > now()
+         left join sync_schedule sc on sc.connection = s.connection
+                and sc.stream = split_part(s.stream, '@', 1)
          left join unnest($1::text[], $2::text[], $4::text[]) as e(connection, stream, entity)
                 on e.connection = s.connection and e.stream = s.stream
          left join watermark w on w.connection = s.connection and w.stream = s.stream
@@ -221,10 +241,12 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                                    count(*) filter (where object_state = 'corrupt') as corrupt
                             from raw_page p where p.connection = s.connection and p.stream = s.stream) p on true
          left join lateral (select * from sync_run r where r.connection = s.connection
-                            and (r.stream is null or r.stream = s.stream) and not r.dry_run
+                            and (r.stream is null or r.stream = s.stream
+                                 or r.stream = split_part(s.stream, '@', 1)) and not r.dry_run
                             order by r.id desc limit 1) r on true
          left join lateral (select * from sync_run r where r.connection = s.connection
-                            and (r.stream is null or r.stream = s.stream) and r.dry_run
+                            and (r.stream is null or r.stream = s.stream
+                                 or r.stream = split_part(s.stream, '@', 1)) and r.dry_run
                             order by r.id desc limit 1) dry on true
          left join lateral (select coalesce(sum(q.records_changed), 0)::bigint as c,
                                    coalesce(sum(q.records_unchanged), 0)::bigint as u,
@@ -278,6 +300,12 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                     pages_stored: r.get(25),
                     bytes_stored: r.get(26),
                 },
+                last_success_at: r.get(28),
+                lease_holder: r.get(29),
+                lease_expires_at: r.get(30),
+                drift_events: r.get(31),
+                next_run_at: r.get(32),
+                schedule_failures: r.get(33),
             }
         })
         .collect())
@@ -385,10 +413,13 @@ pub fn render(status: &Status) -> String {
             "STREAM",
             "LAST RUN",
             "OUTCOME",
+            "LAST SUCCESS",
             "RECORDS",
             "CHANGED/SAME/DEAD",
             "DEAD LETTERS",
             "WATERMARK",
+            "LEASE",
+            "DRIFT",
             "BREAKER",
         ]
         .map(String::from)
@@ -418,13 +449,27 @@ pub fn render(status: &Status) -> String {
             s.stream.clone(),
             last,
             s.last_run_status.clone().unwrap_or_else(|| "-".into()),
+            s.last_success_at
+                .map_or_else(|| "never".to_owned(), |t| age(t, now)),
             s.records_in_model
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             counts,
             s.dead_letters_open.to_string(),
             s.watermark_text.clone(),
+            s.lease_holder.clone().unwrap_or_else(|| "-".into()),
+            s.drift_events.to_string(),
             breaker(&s.connection),
         ]);
+        if let Some(next) = s.next_run_at {
+            notes.push(format!(
+                "{name}: scheduled, next due {}{}",
+                age(next, now),
+                match s.schedule_failures {
+                    Some(f) if f > 0 => format!(" (backing off after {f} failed run(s) in a row)"),
+                    _ => String::new(),
+                }
+            ));
+        }
         if let (Some(id), Some(e)) = (s.last_run_id, &s.last_run_error) {
             notes.push(format!(
                 "{name}: run #{id} {}: {e}",

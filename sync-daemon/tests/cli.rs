@@ -415,10 +415,13 @@ async fn status_reads_at_a_glance_after_resyncs_a_dry_run_and_a_recovered_outage
         "STREAM",
         "LAST RUN",
         "OUTCOME",
+        "LAST SUCCESS",
         "RECORDS",
         "CHANGED/SAME/DEAD",
         "DEAD LETTERS",
         "WATERMARK",
+        "LEASE",
+        "DRIFT",
         "BREAKER",
     ] {
         assert!(header.contains(col), "{header}");
@@ -436,7 +439,14 @@ async fn status_reads_at_a_glance_after_resyncs_a_dry_run_and_a_recovered_outage
         row[2].starts_with('#') && row[2].contains("sync") && row[2].ends_with("ago"),
         "{text}"
     );
-    assert_eq!(row[3..7], ["succeeded", "260", "0/260/0", "0"], "{text}");
+    assert_eq!(row[3], "succeeded", "{text}");
+    assert!(row[4].ends_with("ago"), "the last success: {text}");
+    assert_eq!(row[5..8], ["260", "0/260/0", "0"], "{text}");
+    assert_eq!(
+        row[row.len() - 3..row.len() - 1],
+        ["-", "0"],
+        "no lease now, no drift: {text}"
+    );
     assert_eq!(*row.last().unwrap(), "half-open", "{text}");
     assert!(!text.contains("null"), "{text}");
     assert!(text.contains("cool-down is over"), "{text}");

@@ -172,6 +172,7 @@ pub fn ctx(
         fetch_concurrency: 3,
         progress: None,
         stop_on_signal: false,
+        shutdown: None,
         secrets: auth.secret_values(),
     }
 }

@@ -1,0 +1,563 @@
+//! Schema drift: each stream's records are compared with the fields seen
+//! before (DESIGN.md §10; ADR 0012).
+//!
+//! While a sync loads a stream, the pages it fetched are scanned beside
+//! the load (on a blocking thread, overlapping the database round trip):
+//! every record's fields as JSON pointers (array positions as `*`) with
+//! their JSON type. At the end of the stream's pull, one transaction
+//! compares them with the stream's catalogue (`field_catalogue`) and
+//! records drift events (`drift_event`) with the raw page that showed them:
+//! - `added`: a pointer never seen before (or seen again after it was
+//!   reported removed);
+//! - `type_changed`: a pointer seen before carries a type it never had
+//!   (null is not a type change: an optional field is often null);
+//! - `removed`: a pointer that nearly every record had (a share of 90 %
+//!   or more) is in none of this pull's records, when the pull read at
+//!   least 5 records (1, when every record had it) and reached its last page.
+//!
+//! The first pull of a stream sets the baseline and records no event.
+//! Nothing is dropped because of drift: the records load as they are. An
+//! event on a pointer the stream's mapping reads is a warning in the run's
+//! summary.
+
+use crate::pipeline::Ctx;
+use bytes::Bytes;
+use canonical_model::MappingVersion;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The most distinct (pointer, type) pairs kept per stream and pull: a
+/// source with ids as object keys cannot grow the catalogue without bound.
+const MAX_FIELDS: usize = 2_000;
+/// How deep records are walked.
+const MAX_DEPTH: usize = 12;
+
+/// What one pull's records showed.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// (pointer, type) → (records carrying it, first page, last page).
+    fields: HashMap<(String, &'static str), (u64, i64, i64)>,
+    records: u64,
+    last_page: Option<i64>,
+    /// Pairs beyond [`MAX_FIELDS`] were not kept.
+    pub truncated: bool,
+}
+
+/// A page to scan: its id, body, record path and content type.
+pub type PageToScan = (i64, Bytes, String, Option<String>);
+
+impl Seen {
+    /// Scans pages (call it on a blocking thread).
+    pub fn scan(pages: &[PageToScan]) -> Self {
+        let mut s = Seen::default();
+        for (id, body, path, ctype) in pages {
+            let text = connector_core::records::readable(body, ctype.as_deref());
+            let Ok(split) = connector_core::records::split_records(&text, path, None) else {
+                continue;
+            };
+            s.last_page = Some(s.last_page.map_or(*id, |l| l.max(*id)));
+            let mut one = BTreeSet::new();
+            for raw in split.records {
+                let Ok(v) = serde_json::from_str::<Value>(raw.get()) else {
+                    continue;
+                };
+                one.clear();
+                let mut ptr = String::new();
+                walk(&v, &mut ptr, &mut one, 0);
+                s.records += 1;
+                for (p, t) in &one {
+                    let full = s.fields.len() >= MAX_FIELDS;
+                    match s.fields.get_mut(&(p.clone(), *t)) {
+                        Some(e) => {
+                            e.0 += 1;
+                            e.2 = e.2.max(*id);
+                        }
+                        None if !full => {
+                            s.fields.insert((p.clone(), t), (1, *id, *id));
+                        }
+                        None => s.truncated = true,
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Adds what another batch of the same pull showed.
+    pub fn merge(&mut self, other: Seen) {
+        self.records += other.records;
+        self.truncated |= other.truncated;
+        self.last_page = match (self.last_page, other.last_page) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for (k, (n, first, last)) in other.fields {
+            let full = self.fields.len() >= MAX_FIELDS;
+            match self.fields.get_mut(&k) {
+                Some(e) => {
+                    e.0 += n;
+                    e.1 = e.1.min(first);
+                    e.2 = e.2.max(last);
+                }
+                None if !full => {
+                    self.fields.insert(k, (n, first, last));
+                }
+                None => self.truncated = true,
+            }
+        }
+    }
+}
+
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every (pointer, type) under `v` (not `v` itself).
+fn walk(v: &Value, ptr: &mut String, out: &mut BTreeSet<(String, &'static str)>, depth: usize) {
+    if depth >= MAX_DEPTH || out.len() >= MAX_FIELDS {
+        return;
+    }
+    let len = ptr.len();
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                ptr.push('/');
+                ptr.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                out.insert((ptr.clone(), type_of(child)));
+                walk(child, ptr, out, depth + 1);
+                ptr.truncate(len);
+            }
+        }
+        Value::Array(a) => {
+            ptr.push_str("/*");
+            for child in a {
+                out.insert((ptr.clone(), type_of(child)));
+                walk(child, ptr, out, depth + 1);
+            }
+            ptr.truncate(len);
+        }
+        _ => {}
+    }
+}
+
+/// A pointer in the catalogue's form: array positions as `*`.
+fn normalized(p: &str) -> String {
+    p.split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "*"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The pointers a mapping reads (and each of their parents), normalized.
+fn mapped(mapping: &MappingVersion) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for r in mapping.rules() {
+        for p in r.pointers.iter().flat_map(|p| p.split('|')) {
+            let n = normalized(p);
+            let what = format!("{}.{}", r.entity.as_str(), r.field);
+            let mut at = n.as_str();
+            loop {
+                out.entry(at.to_owned()).or_insert_with(|| what.clone());
+                match at.rfind('/') {
+                    Some(0) | None => break,
+                    Some(i) => at = &at[..i],
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Compares a pull's fields with the stream's catalogue, records the drift
+/// events and updates the catalogue; returns the warnings for the run's
+/// summary (events on pointers the mapping reads).
+pub async fn record(
+    ctx: &Ctx,
+    stream: &str,
+    run: i64,
+    mapping: &MappingVersion,
+    seen: Seen,
+    complete: bool,
+) -> anyhow::Result<Vec<String>> {
+    if seen.records == 0 {
+        return Ok(Vec::new());
+    }
+    let pool = &ctx.pool;
+    let mut tx = pool.begin().await?;
+    // One writer per stream holds the lease; this lock orders the rare
+    // other writer (a dead-letter retry does not scan) all the same.
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('drift:' || $1 || '/' || $2, 0))")
+        .bind(&ctx.connection)
+        .bind(stream)
+        .execute(&mut *tx)
+        .await?;
+    let known_total: Option<i64> = sqlx::query_scalar(
+        "select records_seen from field_catalogue_stream where connection = $1 and stream = $2",
+    )
+    .bind(&ctx.connection)
+    .bind(stream)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // pointer → type → records seen, before this pull.
+    let mut known: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for row in sqlx::query(
+        "select pointer, json_type, records_seen from field_catalogue where connection = $1 and stream = $2",
+    )
+    .bind(&ctx.connection)
+    .bind(stream)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        known
+            .entry(row.get(0))
+            .or_default()
+            .insert(row.get(1), row.get(2));
+    }
+    // The last event per pointer: a pointer reported removed that comes
+    // back is added again; one reported removed is not reported twice.
+    let mut last_kind: HashMap<String, String> = HashMap::new();
+    for row in sqlx::query(
+        "select distinct on (pointer) pointer, kind from drift_event
+         where connection = $1 and stream = $2 order by pointer, id desc",
+    )
+    .bind(&ctx.connection)
+    .bind(stream)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        last_kind.insert(row.get(0), row.get(1));
+    }
+    let reads = mapped(mapping);
+    let mut events: Vec<Event> = Vec::new();
+    if known_total.is_some() && !known.is_empty() {
+        // pointer → (types this pull, first page that showed a new one).
+        let mut now: BTreeMap<&str, Vec<(&'static str, i64)>> = BTreeMap::new();
+        for ((p, t), (_, first, _)) in &seen.fields {
+            now.entry(p.as_str()).or_default().push((t, *first));
+        }
+        for (p, types) in &now {
+            let before = known.get(*p);
+            let removed_before = last_kind.get(*p).is_some_and(|k| k == "removed");
+            match before {
+                None => events.push(Event {
+                    kind: "added",
+                    pointer: (*p).to_owned(),
+                    old: vec![],
+                    new: sorted(types.iter().map(|t| t.0)),
+                    page: types.iter().map(|t| t.1).min(),
+                }),
+                Some(_) if removed_before => events.push(Event {
+                    kind: "added",
+                    pointer: (*p).to_owned(),
+                    old: vec![],
+                    new: sorted(types.iter().map(|t| t.0)),
+                    page: types.iter().map(|t| t.1).min(),
+                }),
+                Some(b) => {
+                    let fresh: Vec<&(&str, i64)> = types
+                        .iter()
+                        .filter(|(t, _)| *t != "null" && !b.contains_key(*t))
+                        .collect();
+                    let had: Vec<&str> = b
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|t| *t != "null")
+                        .collect();
+                    if !fresh.is_empty() && !had.is_empty() {
+                        events.push(Event {
+                            kind: "type_changed",
+                            pointer: (*p).to_owned(),
+                            old: sorted(had.into_iter()),
+                            new: sorted(fresh.iter().map(|t| t.0)),
+                            page: fresh.iter().map(|t| t.1).min(),
+                        });
+                    }
+                }
+            }
+        }
+        let total = known_total.unwrap_or(0).max(1) as f64;
+        // Only a pull that read to its end can say a field is gone.
+        for (p, types) in known.iter().filter(|_| complete) {
+            if now.contains_key(p.as_str()) || last_kind.get(p).is_some_and(|k| k == "removed") {
+                continue;
+            }
+            // Records that carried it, null or not: the key itself is gone.
+            let had: i64 = types.values().sum();
+            let share = had as f64 / total;
+            if (share >= 0.999 && seen.records >= 1) || (share >= 0.9 && seen.records >= 5) {
+                events.push(Event {
+                    kind: "removed",
+                    pointer: p.clone(),
+                    old: sorted(types.keys().map(String::as_str)),
+                    new: vec![],
+                    page: seen.last_page,
+                });
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for e in &events {
+        let reads = reads.get(&e.pointer);
+        sqlx::query(
+            "insert into drift_event (connection, stream, kind, pointer, old_types, new_types, raw_page_id, run_id, mapped)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&ctx.connection)
+        .bind(stream)
+        .bind(e.kind)
+        .bind(&e.pointer)
+        .bind(&e.old)
+        .bind(&e.new)
+        .bind(e.page)
+        .bind(run)
+        .bind(reads.is_some())
+        .execute(&mut *tx)
+        .await?;
+        tracing::warn!(
+            event = "schema_drift", connection = %ctx.connection, stream, kind = e.kind,
+            pointer = %e.pointer, "{}", e.describe()
+        );
+        if let Some(field) = reads
+            && e.kind != "added"
+        {
+            warnings.push(format!(
+                "{stream}: {} (the mapping reads it for {field}; raw page {})",
+                e.describe(),
+                e.page.map_or("?".into(), |p| p.to_string())
+            ));
+        }
+    }
+    let mut pointers = Vec::new();
+    let mut types = Vec::new();
+    let mut counts = Vec::new();
+    let mut firsts = Vec::new();
+    let mut lasts = Vec::new();
+    for ((p, t), (n, first, last)) in &seen.fields {
+        pointers.push(p.as_str());
+        types.push(*t);
+        counts.push(i64::try_from(*n).unwrap_or(i64::MAX));
+        firsts.push(*first);
+        lasts.push(*last);
+    }
+    sqlx::query(
+        "insert into field_catalogue (connection, stream, pointer, json_type, records_seen, first_page_id, last_page_id)
+         select $1, $2, u.p, u.t, u.n, u.f, u.l
+         from unnest($3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[]) as u(p, t, n, f, l)
+         on conflict (connection, stream, pointer, json_type) do update set
+             records_seen = field_catalogue.records_seen + excluded.records_seen,
+             last_seen_at = now(), last_page_id = excluded.last_page_id",
+    )
+    .bind(&ctx.connection)
+    .bind(stream)
+    .bind(&pointers)
+    .bind(&types)
+    .bind(&counts)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "insert into field_catalogue_stream (connection, stream, records_seen, runs) values ($1, $2, $3, 1)
+         on conflict (connection, stream) do update set
+             records_seen = field_catalogue_stream.records_seen + excluded.records_seen,
+             runs = field_catalogue_stream.runs + 1",
+    )
+    .bind(&ctx.connection)
+    .bind(stream)
+    .bind(i64::try_from(seen.records).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if seen.truncated {
+        tracing::warn!(
+            event = "field_catalogue_truncated", connection = %ctx.connection, stream,
+            "the records carry more than {MAX_FIELDS} distinct fields; the catalogue keeps the first"
+        );
+    }
+    Ok(warnings)
+}
+
+fn sorted<'a>(it: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let s: BTreeSet<&str> = it.collect();
+    s.into_iter().map(str::to_owned).collect()
+}
+
+struct Event {
+    kind: &'static str,
+    pointer: String,
+    old: Vec<String>,
+    new: Vec<String>,
+    page: Option<i64>,
+}
+
+impl Event {
+    fn describe(&self) -> String {
+        match self.kind {
+            "added" => format!("new field {} ({})", self.pointer, self.new.join(", ")),
+            "removed" => format!("field {} vanished", self.pointer),
+            _ => format!(
+                "field {} changed type: {} -> {}",
+                self.pointer,
+                self.old.join(", "),
+                self.new.join(", ")
+            ),
+        }
+    }
+}
+
+/// One drift event, as `drift` lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DriftEvent {
+    pub id: i64,
+    pub connection: String,
+    pub stream: String,
+    pub kind: String,
+    pub pointer: String,
+    pub old_types: Vec<String>,
+    pub new_types: Vec<String>,
+    pub raw_page_id: Option<i64>,
+    pub run_id: Option<i64>,
+    /// The stream's mapping reads the pointer.
+    pub mapped: bool,
+    pub detected_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The drift events, newest first.
+pub async fn list(
+    pool: &PgPool,
+    connection: Option<&str>,
+    stream: Option<&str>,
+) -> anyhow::Result<Vec<DriftEvent>> {
+    Ok(sqlx::query_as(
+        "select id, connection, stream, kind, pointer, old_types, new_types, raw_page_id, run_id,
+                mapped, detected_at
+         from drift_event
+         where ($1::text is null or connection = $1)
+           and ($2::text is null or stream = $2 or split_part(stream, '@', 1) = $2)
+         order by id desc limit 1000",
+    )
+    .bind(connection)
+    .bind(stream)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// `list` as text.
+pub fn render(events: &[DriftEvent]) -> String {
+    use std::fmt::Write as _;
+    if events.is_empty() {
+        return "no schema drift recorded\n".into();
+    }
+    let mut s = String::new();
+    for e in events {
+        let what = match e.kind.as_str() {
+            "added" => format!("new field {} ({})", e.pointer, e.new_types.join(", ")),
+            "removed" => format!(
+                "field {} vanished (was {})",
+                e.pointer,
+                e.old_types.join(", ")
+            ),
+            _ => format!(
+                "field {} changed type: {} -> {}",
+                e.pointer,
+                e.old_types.join(", "),
+                e.new_types.join(", ")
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "#{} {} {}/{}: {what}{}; raw page {}, run #{}",
+            e.id,
+            e.detected_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            e.connection,
+            e.stream,
+            if e.mapped {
+                " [read by the mapping]"
+            } else {
+                ""
+            },
+            e.raw_page_id.map_or("?".into(), |p| p.to_string()),
+            e.run_id.map_or("?".into(), |r| r.to_string()),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(id: i64, body: &str) -> PageToScan {
+        (id, Bytes::from(body.to_owned()), "/data".into(), None)
+    }
+
+    #[test]
+    fn fields_are_pointers_with_types_and_shares() {
+        let s = Seen::scan(&[page(
+            7,
+            r#"{"data":[{"id":1,"name":"a","tags":["x"],"addr":{"city":"B"}},
+                        {"id":"2","name":null,"tags":[],"a/b":true}]}"#,
+        )]);
+        assert_eq!(s.records, 2);
+        let get = |p: &str, t: &'static str| s.fields.get(&(p.to_owned(), t)).map(|e| e.0);
+        assert_eq!(get("/id", "number"), Some(1));
+        assert_eq!(get("/id", "string"), Some(1));
+        assert_eq!(get("/name", "null"), Some(1));
+        assert_eq!(get("/tags", "array"), Some(2));
+        assert_eq!(get("/tags/*", "string"), Some(1));
+        assert_eq!(get("/addr/city", "string"), Some(1));
+        assert_eq!(get("/a~1b", "boolean"), Some(1));
+        assert_eq!(s.last_page, Some(7));
+    }
+
+    #[test]
+    fn a_record_with_ids_as_keys_cannot_grow_the_catalogue_without_bound() {
+        let mut body = String::from(r#"{"data":[{"#);
+        for i in 0..5000 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(r#""k{i}":{i}"#));
+        }
+        body.push_str("}]}");
+        let s = Seen::scan(&[page(1, &body)]);
+        assert!(s.fields.len() <= MAX_FIELDS);
+        assert!(s.truncated || s.fields.len() == MAX_FIELDS);
+    }
+
+    #[test]
+    fn mapped_pointers_cover_parents_and_array_positions() {
+        assert_eq!(normalized("/emails/0/address"), "/emails/*/address");
+        let mapping = MappingVersion::new(
+            "t",
+            "1",
+            vec![canonical_model::FieldRule::new(
+                canonical_model::EntityKind::Worker,
+                "work_email",
+                &["/emails/0/address"],
+                canonical_model::Transform::Text,
+            )],
+        )
+        .unwrap();
+        let m = mapped(&mapping);
+        for p in ["/emails/*/address", "/emails/*", "/emails"] {
+            assert!(m.contains_key(p), "{p}");
+        }
+        assert!(!m.contains_key("/name"));
+    }
+}
