@@ -202,7 +202,7 @@ impl RawStore {
                 }
                 Ok(StoredObject { key, sha256, bytes })
             }
-            Err(e) => Err(Error::Storage(format!("put {key}: {e}"))),
+            Err(e) => Err(Error::Storage(format!("put {key}: {e}{}", hint(&e)))),
         }
     }
 
@@ -277,6 +277,19 @@ pub fn store_options(
     }
     out.extend(options.iter().cloned());
     out
+}
+
+/// What to check when the store refuses: its credentials or its bucket.
+fn hint(e: &object_store::Error) -> &'static str {
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            " (the raw store refused the credentials: check AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, or aws_access_key_id and aws_secret_access_key in \
+             [raw_store.options])"
+        }
+        _ => "",
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,11 @@ fn python_has_moto() -> bool {
 }
 
 fn moto() -> Moto {
+    moto_with(&[])
+}
+
+/// A moto server with these environment variables (e.g. credentials checked).
+fn moto_with(env: &[(&str, &str)]) -> Moto {
     if !python_has_moto() {
         // Like examples/postgres.sh for PostgreSQL: install what the test needs.
         let ok = Command::new("python3")
@@ -61,6 +66,7 @@ fn moto() -> Moto {
             "-p",
             &port.to_string(),
         ])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -183,4 +189,39 @@ async fn raw_pages_live_in_s3_and_replay_from_there() {
         count(&test_db2.pool, "select count(*) from raw_page").await,
         0
     );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_a_clear_error_and_store_nothing() {
+    // Credentials checked from the first request: the test's keys are unknown.
+    let s3 = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let store = RawStore::from_url(
+        &url::Url::parse("s3://raw-pages/sync").unwrap(),
+        &options(&s3.endpoint),
+    )
+    .unwrap();
+    let srv = fixture_server_with(sync_daemon::fixture_server::FixtureOptions {
+        sap: Some(
+            sync_daemon::fixture_finance::load_sap(
+                &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../fixtures/sap-s4hana"),
+                "COMM_USER",
+                "pw",
+            )
+            .unwrap(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let c = sap_ctx(&pool, &store, &format!("http://{}", srv.addr));
+    let e = format!("{:#}", pipeline::sync(&c, None).await.unwrap_err());
+    assert!(
+        e.contains("refused the credentials") && e.contains("403"),
+        "the store's refusal is named: {e}"
+    );
+    assert!(!e.contains("testing\""), "no key in the error: {e}");
+    assert_eq!(count(&pool, "select count(*) from raw_page").await, 0);
+    assert_eq!(count(&pool, "select count(*) from watermark").await, 0);
 }
