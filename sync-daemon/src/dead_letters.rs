@@ -156,11 +156,30 @@ pub async fn discard(pool: &PgPool, id: i64, reason: &str, by: &str) -> anyhow::
     Ok(())
 }
 
-/// The OS user, for `--by`'s default.
+/// The OS user, for `--by`'s default: `USER` or `LOGNAME`, else the name
+/// of the process's user id in `/etc/passwd` (services and containers
+/// often set neither variable), else `uid N`.
 pub fn os_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    if let Some(u) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+    {
+        return u;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) {
+            let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+                p.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+                })
+            });
+            return name.unwrap_or_else(|| format!("uid {uid}"));
+        }
+    }
+    "unknown".into()
 }
 
 /// `list` as a table.

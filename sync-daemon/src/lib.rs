@@ -384,6 +384,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters {
             action: DeadLetterAction::Retry { connection, .. },
         } => check_usage(&cfg, connection, None, config::Need::Connector)?,
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::List {
+                    connection: Some(c),
+                    stream,
+                    ..
+                },
+        }
+        | Command::Drift {
+            connection: Some(c),
+            stream,
+            ..
+        } => check_usage(&cfg, c, stream.as_deref(), config::Need::Connector)?,
         Command::Watermark {
             action:
                 WatermarkAction::Set {

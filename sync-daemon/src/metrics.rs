@@ -5,7 +5,8 @@
 //! pages, bytes, breaker, rate-limit waits, token refreshes); this process's
 //! run counters (runs by outcome, records by outcome, per stream); and
 //! gauges read from Postgres at each scrape, so every replica reports the
-//! same shared state: last success per stream, watermark lag, open dead
+//! same shared state: last success per stream, watermark lag (age of the
+//! last complete pull), open dead
 //! letters, raw bytes stored, drift events, the schedule, and the leases
 //! this replica holds. Label values are connection and stream names from
 //! the config and outcomes from closed lists: never error text or ids.
@@ -230,10 +231,10 @@ async fn shared_gauges(
     );
     let lag = reg(
         "watermark_lag_seconds",
-        "Now minus the stream's watermark (its high-water time, else the start of its last complete pull)",
+        "Now minus the start of the stream's last complete pull (server time): how old the newest complete view of the source is",
     );
     let dead = reg("dead_letters_open", "Open dead letters per stream");
-    let bytes = reg("raw_bytes_stored", "Bytes of raw pages stored per stream");
+    let bytes = reg("raw_stored_bytes", "Bytes of raw pages stored per stream");
     let drift = reg(
         "drift_events",
         "Schema drift events recorded per stream (added, removed, type changed fields)",
@@ -252,6 +253,12 @@ async fn shared_gauges(
         "Stream leases this process holds now",
         leases.clone(),
     );
+    // Zero rather than absent for every configured stream: a series that
+    // drops to 0 stays.
+    for (c, n) in streams {
+        dead.get_or_create(&labels(c, n)).set(0.0);
+        drift.get_or_create(&labels(c, n)).set(0.0);
+    }
     let conns: Vec<&str> = streams.iter().map(|s| s.0.as_str()).collect();
     let names: Vec<&str> = streams.iter().map(|s| s.1.as_str()).collect();
     let configured = |c: &str, s: &str| {
@@ -285,7 +292,9 @@ async fn shared_gauges(
             continue;
         }
         let cursor: Option<crate::db::Cursor> = serde_json::from_value(row.get(2)).ok();
-        if let Some(at) = cursor.and_then(|c| c.high_water.or(c.completed_at)) {
+        // Not the high-water mark: a quiet source's newest record may be
+        // old while the stream is up to date.
+        if let Some(at) = cursor.and_then(|c| c.completed_at.or(c.high_water)) {
             let secs = (now - at).num_milliseconds() as f64 / 1000.0;
             lag.get_or_create(&labels(&c, &s)).set(secs.max(0.0));
         }

@@ -128,6 +128,20 @@ impl Claim {
     }
 }
 
+/// A stream running in this process, taken out of the set when dropped.
+struct Running {
+    set: Arc<Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.set.lock() {
+            r.remove(&self.key);
+        }
+    }
+}
+
 /// One scheduled (connection, stream).
 #[derive(Debug, Clone)]
 struct Unit {
@@ -217,7 +231,10 @@ pub async fn run_until(
         );
     }
     for c in &cfg.connections {
-        if !units.iter().any(|u| u.connection == c.name) {
+        if units.iter().any(|u| u.connection == c.name) {
+            // A scheduled connection's credentials must be there from the start.
+            c.require_env(crate::config::Need::Source)?;
+        } else {
             tracing::warn!(event = "not_scheduled", connection = %c.name, "connection {:?} has no schedule: run leaves it alone", c.name);
         }
     }
@@ -321,11 +338,16 @@ pub async fn run_until(
                 r.insert(key.clone());
             }
             let claim = Claim::new(&u.connection, &u.stream, u.schedule.clone(), daemon.clone());
-            let running = running.clone();
             let busy_until = busy_until.clone();
             let poll = daemon.poll;
+            // The stream leaves `running` however its task ends (a panic too).
+            let guard = Running {
+                set: running.clone(),
+                key: key.clone(),
+            };
             tasks.spawn(async move {
                 let _permit = permit;
+                let _guard = guard;
                 match pipeline::sync_due(&ctx, &claim.stream, &claim).await {
                     Ok(Some(s)) => tracing::info!(
                         event = "scheduled_run_ended", connection = %claim.connection,
@@ -343,13 +365,14 @@ pub async fn run_until(
                             b.insert(key.clone(), tokio::time::Instant::now() + poll * 5);
                         }
                     }
+                    Err(e) if e.chain().any(|c| c.is::<pipeline::Stopped>()) => tracing::info!(
+                        event = "scheduled_run_interrupted", connection = %claim.connection,
+                        stream = %claim.stream, "stopped at a page boundary for the shutdown"
+                    ),
                     Err(e) => tracing::warn!(
                         event = "scheduled_run_failed", connection = %claim.connection,
                         stream = %claim.stream, "{}", ctx.scrubber().scrub(&format!("{e:#}"))
                     ),
-                }
-                if let Ok(mut r) = running.lock() {
-                    r.remove(&key);
                 }
             });
         }

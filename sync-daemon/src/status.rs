@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamStatus {
     pub connection: String,
     pub stream: String,
@@ -53,6 +53,10 @@ pub struct StreamStatus {
     /// `run`'s schedule: when the stream is next due, and its failures in a row.
     pub next_run_at: Option<chrono::DateTime<chrono::Utc>>,
     pub schedule_failures: Option<i32>,
+    /// The last run's outcome for this stream: a run of every stream of the
+    /// connection that failed on another stream is `succeeded` for one whose
+    /// pull ran before (streams run in turn), `not_run` for the rest.
+    pub stream_outcome: Option<String>,
 }
 
 /// Totals over the whole life of a stream.
@@ -226,7 +230,8 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                    and r3.mode <> 'replay' and r3.status = 'succeeded' and not r3.dry_run),
                 ls.holder, ls.expires_at,
                 (select count(*) from drift_event d where d.connection = s.connection and d.stream = s.stream),
-                sc.next_at, sc.failures
+                sc.next_at, sc.failures,
+                r.stream, (select count(*) from raw_page q where q.run_id = r.id and q.stream = s.stream)
          from streams s
          left join sync_lease ls on ls.connection = s.connection and ls.stream = s.stream
                 and ls.expires_at > now()
@@ -306,9 +311,39 @@ async fn streams(pool: &PgPool, configured: &[Configured]) -> anyhow::Result<Vec
                 drift_events: r.get(31),
                 next_run_at: r.get(32),
                 schedule_failures: r.get(33),
+                stream_outcome: None,
             }
+            .with_outcome(r.get(34), r.get(35))
         })
         .collect())
+}
+
+impl StreamStatus {
+    /// Sets [`StreamStatus::stream_outcome`] from the last run's stream
+    /// (`None`: every stream) and this stream's pages in it.
+    fn with_outcome(mut self, run_stream: Option<String>, pages_in_run: i64) -> Self {
+        self.stream_outcome = self.last_run_status.clone();
+        if run_stream.is_none()
+            && self.last_run_status.as_deref() == Some("failed")
+            && let Some(other) = self.failed_on()
+            && other != self.stream
+            && other != self.stream.split('@').next().unwrap_or_default()
+        {
+            self.stream_outcome = Some(if pages_in_run > 0 {
+                "succeeded".into()
+            } else {
+                "not_run".into()
+            });
+        }
+        self
+    }
+
+    /// The stream a failed run's error names (`connection "C", stream S: …`).
+    fn failed_on(&self) -> Option<String> {
+        let e = self.last_run_error.as_deref()?;
+        let rest = e.strip_prefix(&format!("connection {:?}, stream ", self.connection))?;
+        Some(rest.split(':').next()?.trim().to_owned())
+    }
 }
 
 /// A watermark in words: where the next pull of the stream starts.
@@ -448,7 +483,7 @@ pub fn render(status: &Status) -> String {
             s.connection.clone(),
             s.stream.clone(),
             last,
-            s.last_run_status.clone().unwrap_or_else(|| "-".into()),
+            s.stream_outcome.clone().unwrap_or_else(|| "-".into()),
             s.last_success_at
                 .map_or_else(|| "never".to_owned(), |t| age(t, now)),
             s.records_in_model
@@ -471,10 +506,23 @@ pub fn render(status: &Status) -> String {
             ));
         }
         if let (Some(id), Some(e)) = (s.last_run_id, &s.last_run_error) {
-            notes.push(format!(
-                "{name}: run #{id} {}: {e}",
-                s.last_run_status.as_deref().unwrap_or("ended")
-            ));
+            if s.stream_outcome != s.last_run_status {
+                // The run failed on another stream: said on that stream's line.
+                notes.push(format!(
+                    "{name}: run #{id} failed on stream {}; this stream {}",
+                    s.failed_on().unwrap_or_default(),
+                    if s.stream_outcome.as_deref() == Some("not_run") {
+                        "was not run (the next sync runs it)"
+                    } else {
+                        "was synced before it"
+                    }
+                ));
+            } else {
+                notes.push(format!(
+                    "{name}: run #{id} {}: {e}",
+                    s.last_run_status.as_deref().unwrap_or("ended")
+                ));
+            }
         }
         if let Some(at) = s
             .resume_at
@@ -602,6 +650,32 @@ pub fn render(status: &Status) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_run_that_failed_on_another_stream_is_not_this_streams_failure() {
+        let at = |stream: &str, pages: i64, run_stream: Option<&str>| {
+            StreamStatus {
+                connection: "bamboo".into(),
+                stream: stream.into(),
+                last_run_status: Some("failed".into()),
+                last_run_error: Some(
+                    "connection \"bamboo\", stream employee_changes: fetching: HTTP 400".into(),
+                ),
+                ..Default::default()
+            }
+            .with_outcome(run_stream.map(str::to_owned), pages)
+            .stream_outcome
+        };
+        assert_eq!(at("employees", 1, None).as_deref(), Some("succeeded"));
+        assert_eq!(at("employees", 0, None).as_deref(), Some("not_run"));
+        assert_eq!(at("employee_changes", 1, None).as_deref(), Some("failed"));
+        assert_eq!(
+            at("employees", 1, Some("employees")).as_deref(),
+            Some("failed"),
+            "a run of this stream alone failed with it"
+        );
+    }
+
     use super::*;
 
     /// A keyset state says where the next pull starts in full: the

@@ -20,7 +20,7 @@
 
 use crate::db::{self, Cursor};
 use crate::pipeline::Ctx;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use connector_core::{StreamDef, SyncMode};
 use serde::Serialize;
 
@@ -250,6 +250,14 @@ async fn apply(
                 if v.trim().is_empty() {
                     return Err(at("the token is empty".into()));
                 }
+                // The source's tokens are times (BambooHR's `latest`): a new
+                // one must be a time too, or the next request is refused.
+                let was_time = old_value
+                    .as_deref()
+                    .is_some_and(|o| DateTime::parse_from_rfc3339(o).is_ok());
+                if was_time && let Err(m) = parse_time(v) {
+                    return Err(at(format!("the source's token is a time: {m}")));
+                }
                 // A token that reads as a time is stored in the source's
                 // own form (RFC 3339, UTC).
                 let v = parse_time(v)
@@ -399,10 +407,20 @@ fn parse_time(v: &str) -> Result<DateTime<Utc>, String> {
 
 /// `cur` moved back by a duration (`2h`, `7d`), or to a timestamp before it.
 fn rewound(cur: DateTime<Utc>, v: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(d) = connector_core::parse_duration(v) {
+    let t = v.trim();
+    // Digits and a unit letter: a duration, whatever else it is wrong about.
+    if t.len() > 1
+        && t[..t.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && t.as_bytes()[t.len() - 1].is_ascii_alphabetic()
+    {
+        let d = connector_core::parse_duration(t)?;
+        if d.is_zero() {
+            return Err(format!("{t:?} moves nothing: give a positive duration"));
+        }
         let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
         return cur
             .checked_sub_signed(d)
+            .filter(|t| t.year() >= 1)
             .ok_or_else(|| format!("{v} before {cur} is out of range"));
     }
     let t = parse_time(v)
@@ -478,6 +496,10 @@ mod tests {
         assert!(e.contains("not a rewind"), "{e}");
         let e = rewound(cur, "yesterday").unwrap_err();
         assert!(e.contains("RFC 3339") && e.contains("duration"), "{e}");
+        let e = rewound(cur, "99999d").unwrap_err();
+        assert!(e.contains("hundred years"), "{e}");
+        let e = rewound(cur, "0d").unwrap_err();
+        assert!(e.contains("moves nothing"), "{e}");
     }
 
     #[test]

@@ -72,7 +72,7 @@ async fn metrics_are_openmetrics_with_bounded_labels_and_healthz_says_why_it_is_
     };
     let wd = [("connection", "wd"), ("stream", "workers")];
     assert!(get("sync_last_success_timestamp_seconds", &wd).unwrap() > 1.7e9);
-    assert!(get("sync_raw_bytes_stored", &wd).unwrap() > 0.0);
+    assert!(get("sync_raw_stored_bytes", &wd).unwrap() > 0.0);
     assert_eq!(
         get(
             "sync_runs_total",

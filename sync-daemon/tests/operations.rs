@@ -532,6 +532,24 @@ async fn a_watermark_is_shown_checked_against_its_shape_rewound_audited_and_refu
     let (ok, _, err) = cli(&cfg, &["sync", "bamboo"]);
     assert!(ok, "{err}");
 
+    // A mistyped name is a usage error, not an empty list.
+    for args in [
+        &["dead-letters", "list", "--connection", "nosuch"][..],
+        &["drift", "--connection", "nosuch"][..],
+        &["watermark", "show", "nosuch"][..],
+    ] {
+        let (ok, _, err) = cli(&cfg, args);
+        assert!(
+            !ok && err.contains("no connection named"),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, _, err) = cli(
+        &cfg,
+        &["drift", "--connection", "bamboo", "--stream", "nope"],
+    );
+    assert!(!ok && err.contains("no stream"), "{err}");
+
     let (ok, out, err) = cli(&cfg, &["watermark", "show", "bamboo", "--json"]);
     assert!(ok, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -561,6 +579,11 @@ async fn a_watermark_is_shown_checked_against_its_shape_rewound_audited_and_refu
             "future",
         ),
         (vec!["set", "wd", "workers", "2026-01-01"], "full-refresh"),
+        (
+            vec!["set", "bamboo", "employee_changes", "garbage token"],
+            "token is a time",
+        ),
+        (vec!["rewind", "bamboo", "employees", "0d"], "moves nothing"),
         (vec!["set", "bamboo", "nope", "2026-01-01"], "no stream"),
     ] {
         let mut a = vec!["watermark"];
