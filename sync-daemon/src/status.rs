@@ -495,10 +495,14 @@ pub fn render(status: &Status) -> String {
             s.drift_events.to_string(),
             breaker(&s.connection),
         ]);
-        if let Some(next) = s.next_run_at {
+        if let Some(next) = s.next_run_at.filter(|_| s.lease_holder.is_none()) {
             notes.push(format!(
-                "{name}: scheduled, next due {}{}",
-                age(next, now),
+                "{name}: scheduled, {}{}",
+                if next <= now {
+                    "due now (a replica runs it when it gets the connection)".to_owned()
+                } else {
+                    format!("next due {}", age(next, now))
+                },
                 match s.schedule_failures {
                     Some(f) if f > 0 => format!(" (backing off after {f} failed run(s) in a row)"),
                     _ => String::new(),
