@@ -457,6 +457,67 @@ pub async fn list(
     .await?)
 }
 
+/// One field of a stream's catalogue.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Field {
+    pub connection: String,
+    pub stream: String,
+    pub pointer: String,
+    pub json_type: String,
+    /// The share of the stream's scanned records that carried it with this type.
+    pub share: f64,
+    pub records_seen: i64,
+    pub first_seen_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+    pub first_page_id: Option<i64>,
+    pub last_page_id: Option<i64>,
+}
+
+/// The field catalogue, by stream and pointer.
+pub async fn fields(
+    pool: &PgPool,
+    connection: Option<&str>,
+    stream: Option<&str>,
+) -> anyhow::Result<Vec<Field>> {
+    Ok(sqlx::query_as(
+        "select f.connection, f.stream, f.pointer, f.json_type,
+                (f.records_seen::float8 / greatest(s.records_seen, 1)) as share, f.records_seen,
+                f.first_seen_at, f.last_seen_at, f.first_page_id, f.last_page_id
+         from field_catalogue f
+         join field_catalogue_stream s on s.connection = f.connection and s.stream = f.stream
+         where ($1::text is null or f.connection = $1)
+           and ($2::text is null or f.stream = $2 or split_part(f.stream, '@', 1) = $2)
+         order by 1, 2, 3, 4",
+    )
+    .bind(connection)
+    .bind(stream)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// `fields` as text.
+pub fn render_fields(fields: &[Field]) -> String {
+    use std::fmt::Write as _;
+    if fields.is_empty() {
+        return "no fields catalogued yet (a sync catalogues its records' fields)\n".into();
+    }
+    let mut s = String::new();
+    for f in fields {
+        let _ = writeln!(
+            s,
+            "{}/{} {} {} {:.1}% (last seen {}, raw page {})",
+            f.connection,
+            f.stream,
+            f.pointer,
+            f.json_type,
+            f.share * 100.0,
+            f.last_seen_at.format("%Y-%m-%d %H:%M UTC"),
+            f.last_page_id.map_or("?".into(), |p| p.to_string())
+        );
+    }
+    s
+}
+
 /// `list` as text.
 pub fn render(events: &[DriftEvent]) -> String {
     use std::fmt::Write as _;

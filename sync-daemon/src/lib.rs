@@ -131,6 +131,9 @@ pub enum Command {
         /// Only this stream's.
         #[arg(long)]
         stream: Option<String>,
+        /// The field catalogue instead: each field's JSON pointer, type, share of records, first and last seen.
+        #[arg(long)]
+        fields: bool,
         /// Print them as JSON.
         #[arg(long)]
         json: bool,
@@ -584,6 +587,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drift {
             connection,
             stream,
+            fields: true,
+            json,
+        } => {
+            let f = drift::fields(&pool, connection.as_deref(), stream.as_deref()).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                out!("{}", drift::render_fields(&f));
+            }
+        }
+        Command::Drift {
+            connection,
+            stream,
+            fields: false,
             json,
         } => {
             let events = drift::list(&pool, connection.as_deref(), stream.as_deref()).await?;

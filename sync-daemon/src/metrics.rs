@@ -198,6 +198,32 @@ pub async fn render(pool: &PgPool, streams: &Streams) -> String {
     out
 }
 
+/// OpenMetrics text in the classic Prometheus text format (0.0.4): a
+/// counter family is named with its `_total` suffix, and the `# EOF` and
+/// `# UNIT` lines go.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 fn encode(r: &Registry) -> String {
     let mut s = String::new();
     // Writing to a String cannot fail.
@@ -360,11 +386,23 @@ pub fn serve(
                     let state = state.clone();
                     async move {
                         let (pool, streams, health) = &*state;
+                        let openmetrics = req
+                            .headers()
+                            .get(hyper::header::ACCEPT)
+                            .and_then(|a| a.to_str().ok())
+                            .is_some_and(|a| a.contains("application/openmetrics-text"));
                         let (status, ctype, body) = match req.uri().path() {
-                            "/metrics" => (
+                            // Prometheus asks for OpenMetrics; anything else
+                            // gets the classic text format.
+                            "/metrics" if openmetrics => (
                                 StatusCode::OK,
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                                 render(pool, streams).await,
+                            ),
+                            "/metrics" => (
+                                StatusCode::OK,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                                classic(&render(pool, streams).await),
                             ),
                             "/healthz" => match health.check(pool).await {
                                 Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

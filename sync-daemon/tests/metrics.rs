@@ -46,7 +46,13 @@ async fn metrics_are_openmetrics_with_bounded_labels_and_healthz_says_why_it_is_
     let health = sync_daemon::metrics::Health::new(Duration::from_secs(1));
     let _server = sync_daemon::metrics::serve(listener, pool.clone(), streams, health.clone());
 
-    let r = reqwest::get(format!("http://{addr}/metrics"))
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -107,6 +113,23 @@ async fn metrics_are_openmetrics_with_bounded_labels_and_healthz_says_why_it_is_
             }
         }
     }
+
+    // Without OpenMetrics in Accept: the classic text format, counters
+    // typed under their `_total` names.
+    let r = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let plain = r.text().await.unwrap();
+    assert!(!plain.contains("# EOF"));
+    assert!(plain.contains("# TYPE sync_runs_total counter"), "{plain}");
+    assert!(plain.contains("# TYPE sync_leases_held gauge"), "{plain}");
+    assert_eq!(samples(&plain).len(), s.len(), "the same samples");
 
     let r = reqwest::get(format!("http://{addr}/healthz"))
         .await

@@ -820,6 +820,22 @@ async fn a_source_that_adds_drops_and_retypes_fields_is_reported_and_nothing_is_
         before
     );
 
+    // The catalogue keeps each field's share of the records.
+    let fields = sync_daemon::drift::fields(&pool, Some("wd"), Some("workers"))
+        .await
+        .unwrap();
+    let share = |p: &str, t: &str| {
+        fields
+            .iter()
+            .find(|f| f.pointer == p && f.json_type == t)
+            .map(|f| f.share)
+    };
+    assert_eq!(
+        share("/preferredName", "string"),
+        Some(2.0 / 3.0),
+        "two pulls of three"
+    );
+    assert_eq!(share("/id", "string"), Some(1.0));
     // `drift --json` lists them; `status` counts them.
     let events = sync_daemon::drift::list(&pool, Some("wd"), None)
         .await
