@@ -117,7 +117,11 @@ pub enum Command {
         json: bool,
     },
     /// Run the scheduler: sync each connection's streams on their schedules until SIGTERM or Ctrl-C (several replicas may share one database).
-    Run,
+    Run {
+        /// Serve /metrics and /healthz here instead of `[daemon] listen` (replicas on one host need one port each; port 0 takes a free one; `none` serves nothing).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Records that could not be loaded: list the open ones, show one whole, discard one.
     DeadLetters {
         #[command(subcommand)]
@@ -583,7 +587,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 outln!("dead letter {id} discarded by {by}: {reason}");
             }
         },
-        Command::Run => scheduler::run(&cfg, &pool, &store).await?,
+        Command::Run { listen } => {
+            let mut cfg = cfg;
+            match listen.as_deref() {
+                None => {}
+                Some("none") => cfg.daemon.listen = None,
+                Some(l) => {
+                    cfg.daemon.listen = Some(l.parse().map_err(|_| {
+                        UsageError(format!(
+                            "--listen {l:?} is not an address and port, e.g. 127.0.0.1:9465 (or none)"
+                        ))
+                    })?);
+                }
+            }
+            scheduler::run(&cfg, &pool, &store).await?
+        }
         Command::Drift {
             connection,
             stream,

@@ -249,7 +249,11 @@ pub async fn run_until(
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("daemon.listen: cannot listen on {addr}: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "daemon.listen: cannot listen on {addr}: {e} (another replica on this host? give each its own with `run --listen 127.0.0.1:PORT`)"
+                    )
+                })?;
             eprintln!(
                 "serving /metrics and /healthz at http://{}",
                 l.local_addr()?

@@ -266,7 +266,14 @@ async fn a_due_time_is_claimed_once_and_one_a_dead_replica_claimed_is_run_again(
 
 fn run_replica(cfg: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
+        // Each replica its own metrics port.
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -544,6 +551,10 @@ async fn a_watermark_is_shown_checked_against_its_shape_rewound_audited_and_refu
             "{args:?}: {err}"
         );
     }
+    let (ok, _, err) = cli(&cfg, &["run", "--listen", "nowhere"]);
+    assert!(!ok && err.contains("--listen"), "{err}");
+    let (ok, _, err) = cli(&cfg, &["run"]);
+    assert!(!ok && err.contains("no connection has a schedule"), "{err}");
     let (ok, _, err) = cli(
         &cfg,
         &["drift", "--connection", "bamboo", "--stream", "nope"],
