@@ -37,12 +37,37 @@ const MAX_DEPTH: usize = 12;
 /// What one pull's records showed.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// (pointer, type) → (records carrying it, first page, last page).
-    fields: HashMap<(String, &'static str), (u64, i64, i64)>,
+    /// Per pointer, per JSON type ([`TYPES`]): records carrying it, first
+    /// and last page.
+    fields: HashMap<String, [Option<Stat>; 6]>,
+    /// (pointer, type) pairs kept, at most [`MAX_FIELDS`].
+    pairs: usize,
     records: u64,
     last_page: Option<i64>,
     /// Pairs beyond [`MAX_FIELDS`] were not kept.
     pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    records: u64,
+    first_page: i64,
+    last_page: i64,
+    /// The last record counted (a pointer under an array is counted once a record).
+    record: u64,
+}
+
+const TYPES: [&str; 6] = ["null", "boolean", "number", "string", "array", "object"];
+
+fn type_of(v: &Value) -> usize {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    }
 }
 
 /// A page to scan: its id, body, record path and content type.
@@ -52,37 +77,106 @@ impl Seen {
     /// Scans pages (call it on a blocking thread).
     pub fn scan(pages: &[PageToScan]) -> Self {
         let mut s = Seen::default();
+        let mut ptr = String::new();
         for (id, body, path, ctype) in pages {
             let text = connector_core::records::readable(body, ctype.as_deref());
             let Ok(split) = connector_core::records::split_records(&text, path, None) else {
                 continue;
             };
             s.last_page = Some(s.last_page.map_or(*id, |l| l.max(*id)));
-            let mut one = BTreeSet::new();
             for raw in split.records {
                 let Ok(v) = serde_json::from_str::<Value>(raw.get()) else {
                     continue;
                 };
-                one.clear();
-                let mut ptr = String::new();
-                walk(&v, &mut ptr, &mut one, 0);
                 s.records += 1;
-                for (p, t) in &one {
-                    let full = s.fields.len() >= MAX_FIELDS;
-                    match s.fields.get_mut(&(p.clone(), *t)) {
-                        Some(e) => {
-                            e.0 += 1;
-                            e.2 = e.2.max(*id);
-                        }
-                        None if !full => {
-                            s.fields.insert((p.clone(), t), (1, *id, *id));
-                        }
-                        None => s.truncated = true,
-                    }
-                }
+                ptr.clear();
+                s.walk(&v, &mut ptr, *id, 0);
             }
         }
         s
+    }
+
+    /// Counts `ptr` with type `t` in the current record (once a record).
+    fn count(&mut self, ptr: &str, t: usize, page: i64) {
+        let record = self.records;
+        let fresh = Stat {
+            records: 1,
+            first_page: page,
+            last_page: page,
+            record,
+        };
+        let room = self.pairs < MAX_FIELDS;
+        match self.fields.get_mut(ptr) {
+            Some(slots) => match &mut slots[t] {
+                Some(st) if st.record == record => {}
+                Some(st) => {
+                    st.records += 1;
+                    st.record = record;
+                    st.last_page = st.last_page.max(page);
+                }
+                slot @ None if room => {
+                    *slot = Some(fresh);
+                    self.pairs += 1;
+                }
+                None => self.truncated = true,
+            },
+            None if room => {
+                let mut slots = [None; 6];
+                slots[t] = Some(fresh);
+                self.fields.insert(ptr.to_owned(), slots);
+                self.pairs += 1;
+            }
+            None => self.truncated = true,
+        }
+    }
+
+    /// Counts every (pointer, type) under `v` (not `v` itself).
+    fn walk(&mut self, v: &Value, ptr: &mut String, page: i64, depth: usize) {
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        let len = ptr.len();
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    ptr.push('/');
+                    if k.contains(['~', '/']) {
+                        ptr.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    } else {
+                        ptr.push_str(k);
+                    }
+                    self.count(ptr, type_of(child), page);
+                    self.walk(child, ptr, page, depth + 1);
+                    ptr.truncate(len);
+                }
+            }
+            Value::Array(a) => {
+                ptr.push_str("/*");
+                for child in a {
+                    self.count(ptr, type_of(child), page);
+                    self.walk(child, ptr, page, depth + 1);
+                }
+                ptr.truncate(len);
+            }
+            _ => {}
+        }
+    }
+
+    /// Every (pointer, type, records, first page, last page) seen.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &'static str, u64, i64, i64)> + '_ {
+        self.fields.iter().flat_map(|(p, slots)| {
+            slots.iter().enumerate().filter_map(move |(t, st)| {
+                st.map(|st| {
+                    (
+                        p.as_str(),
+                        TYPES[t],
+                        st.records,
+                        st.first_page,
+                        st.last_page,
+                    )
+                })
+            })
+        })
     }
 
     /// Adds what another batch of the same pull showed.
@@ -93,59 +187,31 @@ impl Seen {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        for (k, (n, first, last)) in other.fields {
-            let full = self.fields.len() >= MAX_FIELDS;
-            match self.fields.get_mut(&k) {
-                Some(e) => {
-                    e.0 += n;
-                    e.1 = e.1.min(first);
-                    e.2 = e.2.max(last);
+        for (p, slots) in other.fields {
+            for (t, o) in slots.iter().enumerate() {
+                let Some(o) = o else { continue };
+                let room = self.pairs < MAX_FIELDS;
+                let mine = self.fields.get_mut(&p).map(|s| &mut s[t]);
+                match mine {
+                    Some(Some(st)) => {
+                        st.records += o.records;
+                        st.first_page = st.first_page.min(o.first_page);
+                        st.last_page = st.last_page.max(o.last_page);
+                    }
+                    Some(slot @ None) if room => {
+                        *slot = Some(*o);
+                        self.pairs += 1;
+                    }
+                    None if room => {
+                        let mut s = [None; 6];
+                        s[t] = Some(*o);
+                        self.fields.insert(p.clone(), s);
+                        self.pairs += 1;
+                    }
+                    _ => self.truncated = true,
                 }
-                None if !full => {
-                    self.fields.insert(k, (n, first, last));
-                }
-                None => self.truncated = true,
             }
         }
-    }
-}
-
-fn type_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Every (pointer, type) under `v` (not `v` itself).
-fn walk(v: &Value, ptr: &mut String, out: &mut BTreeSet<(String, &'static str)>, depth: usize) {
-    if depth >= MAX_DEPTH || out.len() >= MAX_FIELDS {
-        return;
-    }
-    let len = ptr.len();
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
-                ptr.push('/');
-                ptr.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                out.insert((ptr.clone(), type_of(child)));
-                walk(child, ptr, out, depth + 1);
-                ptr.truncate(len);
-            }
-        }
-        Value::Array(a) => {
-            ptr.push_str("/*");
-            for child in a {
-                out.insert((ptr.clone(), type_of(child)));
-                walk(child, ptr, out, depth + 1);
-            }
-            ptr.truncate(len);
-        }
-        _ => {}
     }
 }
 
@@ -247,8 +313,8 @@ pub async fn record(
     if known_total.is_some() && !known.is_empty() {
         // pointer → (types this pull, first page that showed a new one).
         let mut now: BTreeMap<&str, Vec<(&'static str, i64)>> = BTreeMap::new();
-        for ((p, t), (_, first, _)) in &seen.fields {
-            now.entry(p.as_str()).or_default().push((t, *first));
+        for (p, t, _, first, _) in seen.pairs() {
+            now.entry(p).or_default().push((t, first));
         }
         for (p, types) in &now {
             let before = known.get(*p);
@@ -347,12 +413,12 @@ pub async fn record(
     let mut counts = Vec::new();
     let mut firsts = Vec::new();
     let mut lasts = Vec::new();
-    for ((p, t), (n, first, last)) in &seen.fields {
-        pointers.push(p.as_str());
-        types.push(*t);
-        counts.push(i64::try_from(*n).unwrap_or(i64::MAX));
-        firsts.push(*first);
-        lasts.push(*last);
+    for (p, t, n, first, last) in seen.pairs() {
+        pointers.push(p);
+        types.push(t);
+        counts.push(i64::try_from(n).unwrap_or(i64::MAX));
+        firsts.push(first);
+        lasts.push(last);
     }
     sqlx::query(
         "insert into field_catalogue (connection, stream, pointer, json_type, records_seen, first_page_id, last_page_id)
@@ -575,7 +641,11 @@ mod tests {
                         {"id":"2","name":null,"tags":[],"a/b":true}]}"#,
         )]);
         assert_eq!(s.records, 2);
-        let get = |p: &str, t: &'static str| s.fields.get(&(p.to_owned(), t)).map(|e| e.0);
+        let get = |p: &str, t: &'static str| {
+            s.pairs()
+                .find(|(pp, tt, ..)| *pp == p && *tt == t)
+                .map(|e| e.2)
+        };
         assert_eq!(get("/id", "number"), Some(1));
         assert_eq!(get("/id", "string"), Some(1));
         assert_eq!(get("/name", "null"), Some(1));
@@ -597,8 +667,8 @@ mod tests {
         }
         body.push_str("}]}");
         let s = Seen::scan(&[page(1, &body)]);
-        assert!(s.fields.len() <= MAX_FIELDS);
-        assert!(s.truncated || s.fields.len() == MAX_FIELDS);
+        assert_eq!(s.pairs().count(), MAX_FIELDS);
+        assert!(s.truncated);
     }
 
     #[test]
