@@ -562,6 +562,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let r = r?;
                 if json {
                     outln!("{}", serde_json::to_string_pretty(&r)?);
+                } else if r.retried.is_empty() {
+                    outln!("{connection} has no open dead letters: nothing to retry");
                 } else {
                     outln!(
                         "retried {} dead letter(s) of {connection} by replaying {} page(s) (run #{}): {} resolved, {} still open",

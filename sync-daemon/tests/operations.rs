@@ -551,6 +551,16 @@ async fn a_watermark_is_shown_checked_against_its_shape_rewound_audited_and_refu
             "{args:?}: {err}"
         );
     }
+    let open = count(
+        &pool,
+        "select count(*) from dead_letter where connection = 'bamboo' and status = 'open'",
+    )
+    .await;
+    let (ok, out, err) = cli(&cfg, &["dead-letters", "retry", "--connection", "bamboo"]);
+    assert!(ok, "{err}");
+    if open == 0 {
+        assert!(out.contains("nothing to retry"), "{out}");
+    }
     let (ok, _, err) = cli(&cfg, &["run", "--listen", "nowhere"]);
     assert!(!ok && err.contains("--listen"), "{err}");
     let (ok, _, err) = cli(&cfg, &["run"]);
