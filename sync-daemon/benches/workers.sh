@@ -72,14 +72,52 @@ step() { # name, then the daemon's arguments
   rps=$(echo "$records / $s" | bc -l)
   printf '| %-38s | %7s | %8.2f s | %9.0f | %5.2f | %6.0f MB |\n' "$name" "$records" "$s" "$rps" "$(echo "$rps / $copy_rps" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
 }
+# Readers: `explain` of a random worker (the binary, as a user runs it) and
+# a count of workers per org unit, timed each; run in a loop beside the
+# full sync, then on the idle database. Prints p50 and p99 in ms.
+readers() { # output file; loops until killed, or for $2 rounds
+  local out=$1 rounds=${2:-0} i=0 id t0 t1 t2
+  : > "$out"
+  while [ "$rounds" -eq 0 ] || [ "$i" -lt "$rounds" ]; do
+    i=$((i + 1))
+    id=$(psql "$DATABASE_URL" -tAc "select id from worker tablesample system (1) limit 1" 2>/dev/null)
+    if [ -z "$id" ]; then sleep 0.05; continue; fi
+    t0=$(date +%s%N)
+    "$bin" --config "$cfg" explain worker "$id" > /dev/null 2>&1 || true
+    t1=$(date +%s%N)
+    psql "$DATABASE_URL" -qtAc "select org_unit_id, count(*) from worker group by 1" > /dev/null
+    t2=$(date +%s%N)
+    echo "explain $(( (t1 - t0) / 1000 ))" >> "$out"
+    echo "count $(( (t2 - t1) / 1000 ))" >> "$out"
+  done
+}
+pct() { # file, kind, percentile → ms
+  grep "^$2 " "$1" | awk '{print $2}' | sort -n | awk -v p="$3" '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} i = int(NR * p / 100 + 0.999); if (i < 1) i = 1; printf "%.1f", a[i] / 1000}'
+}
+
 echo
 echo "N = $N workers, $(nproc) cores, $(psql "$DATABASE_URL" -tAc 'show server_version')"
 printf '| %-38s | %7s | %10s | %9s | %5s | %9s |\n' "step" "records" "wall" "rows/s" "×COPY" "peak RSS"
 printf '| %-38s | %7s | %8.2f s | %9.0f | %5.2f | %9s |\n' "psql \\copy (baseline, same run)" "$N" "$copy_s" "$copy_rps" 1 "-"
+readers /tmp/bench-readers-sync &
+reader_pid=$!
 step "sync (fetch, raw store, map, upsert)" sync bench
+kill $reader_pid 2>/dev/null || true
+wait $reader_pid 2>/dev/null || true
 step "re-sync, unchanged data" sync bench
 step "replay, same mapping (all unchanged)" replay bench
 psql "$DATABASE_URL" -qc "truncate worker, org_unit, location, dead_letter, source_link, derivation" -c "update raw_page set loaded_at = null"
 step "replay of all pages into empty model" replay bench
 step "replay --dry-run (nothing to change)" replay bench --dry-run
 psql "$DATABASE_URL" -tAc "select 'workers loaded: ' || count(*) from worker"
+# The same readers on the idle database (what autovacuum would have done
+# after the load, this machine's Postgres does not: analyze it first).
+psql "$DATABASE_URL" -qc "analyze"
+readers /tmp/bench-readers-idle 40
+echo
+printf '| %-38s | %9s | %9s | %9s | %9s |\n' "readers (ms)" "explain p50" "p99" "count p50" "p99"
+for w in idle sync; do
+  f=/tmp/bench-readers-$w
+  printf '| %-38s | %9s | %9s | %9s | %9s |\n' "$w ($(grep -c '^explain ' "$f") rounds)" \
+    "$(pct "$f" explain 50)" "$(pct "$f" explain 99)" "$(pct "$f" count 50)" "$(pct "$f" count 99)"
+done
