@@ -4,28 +4,13 @@
 mod common;
 
 use common::*;
-use connector_core::{Connector, RawStore};
-use serde_json::json;
-use sync_daemon::fixture_server::FixtureOptions;
-use sync_daemon::{dead_letters, fixture_finance, pipeline, registry::Built, status};
+use connector_core::RawStore;
+use sync_daemon::{dead_letters, pipeline, status};
 
 async fn sap_sync(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Summary {
-    let sap = sap_s4hana::SapS4Hana::new(
-        serde_json::from_value(json!({
-            "base_url": base, "sap_client": "100", "company_codes": ["1010"], "page_size": 3,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let auth = serde_json::from_value(
-        json!({"strategy": "basic", "username": "COMM_USER", "password": "pw"}),
-    )
-    .unwrap();
-    let c = pipeline::Ctx {
-        connection: "sap".into(),
-        ..ctx_built(pool, store, Built::new(sap).unwrap(), &auth)
-    };
-    pipeline::sync(&c, None).await.unwrap()
+    pipeline::sync(&sap_ctx(pool, store, base), None)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -33,14 +18,7 @@ async fn dead_letters_are_listed_shown_whole_and_discarded_for_good() {
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
     let store = RawStore::in_memory();
-    let data =
-        fixture_finance::load_sap(&fixture_dir().join("../../sap-s4hana"), "COMM_USER", "pw")
-            .unwrap();
-    let srv = fixture_server_with(FixtureOptions {
-        sap: Some(data),
-        ..Default::default()
-    })
-    .await;
+    let (srv, _) = sap_server().await;
     let base = format!("http://{}", srv.addr);
     sap_sync(&pool, &store, &base).await;
 

@@ -8,49 +8,22 @@ use common::*;
 use connector_core::{AuthConfig, Connector, RawStore};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
-use sync_daemon::fixture_finance::{self, NetSuiteData, SapData};
+use sync_daemon::fixture_finance::NetSuiteData;
 use sync_daemon::fixture_server::{self, FixtureOptions};
 use sync_daemon::{explain, pipeline, registry::Built, status};
-
-/// The fixture server's SAP system over `fixtures/sap-s4hana` (user
-/// `COMM_USER`, client 100): `$skip` pages for the master data, the
-/// journal paged by the server's own `__next` links past four rows.
-async fn sap_server() -> (fixture_server::FixtureServer, SapData) {
-    let data =
-        fixture_finance::load_sap(&fixture_dir().join("../../sap-s4hana"), "COMM_USER", "pw")
-            .unwrap();
-    let srv = fixture_server_with(FixtureOptions {
-        sap: Some(data.clone()),
-        ..Default::default()
-    })
-    .await;
-    (srv, data)
-}
 
 fn base(srv: &fixture_server::FixtureServer) -> String {
     format!("http://{}", srv.addr)
 }
 
+/// Company codes 1010 and 1710, three records a page, two days' lookback.
 fn sap_ctx(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Ctx {
-    let sap = sap_s4hana::SapS4Hana::new(
-        serde_json::from_value(json!({
-            "base_url": base,
-            "sap_client": "100",
-            "company_codes": ["1010", "1710"],
-            "page_size": 3,
-            "journal_lookback": "2d",
-        }))
-        .unwrap(),
+    sap_ctx_with(
+        pool,
+        store,
+        base,
+        json!({"company_codes": ["1010", "1710"], "page_size": 3, "journal_lookback": "2d"}),
     )
-    .unwrap();
-    let auth: AuthConfig = serde_json::from_value(
-        json!({"strategy": "basic", "username": "COMM_USER", "password": "pw"}),
-    )
-    .unwrap();
-    pipeline::Ctx {
-        connection: "sap".into(),
-        ..ctx_built(pool, store, Built::new(sap).unwrap(), &auth)
-    }
 }
 
 async fn text(pool: &sqlx::PgPool, sql: &str) -> Option<String> {

@@ -6,13 +6,11 @@
 mod common;
 
 use common::*;
-use connector_core::{Connector, RawStore};
-use serde_json::json;
+use connector_core::RawStore;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use sync_daemon::fixture_server::FixtureOptions;
-use sync_daemon::{fixture_finance, pipeline, registry::Built};
+use sync_daemon::pipeline;
 
 /// A moto S3 server on a free loopback port, stopped when dropped.
 struct Moto {
@@ -97,24 +95,6 @@ fn options(endpoint: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-fn sap_ctx(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> pipeline::Ctx {
-    let sap = sap_s4hana::SapS4Hana::new(
-        serde_json::from_value(json!({
-            "base_url": base, "sap_client": "100", "company_codes": ["1010"], "page_size": 3,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let auth = serde_json::from_value(
-        json!({"strategy": "basic", "username": "COMM_USER", "password": "pw"}),
-    )
-    .unwrap();
-    pipeline::Ctx {
-        connection: "sap".into(),
-        ..ctx_built(pool, store, Built::new(sap).unwrap(), &auth)
-    }
-}
-
 #[tokio::test]
 async fn raw_pages_live_in_s3_and_replay_from_there() {
     let s3 = moto();
@@ -144,14 +124,7 @@ async fn raw_pages_live_in_s3_and_replay_from_there() {
     // A sync stores every page in S3; a replay into an empty model reads them back.
     let test_db = TestDb::migrated().await;
     let pool = test_db.pool.clone();
-    let data =
-        fixture_finance::load_sap(&fixture_dir().join("../../sap-s4hana"), "COMM_USER", "pw")
-            .unwrap();
-    let srv = fixture_server_with(FixtureOptions {
-        sap: Some(data),
-        ..Default::default()
-    })
-    .await;
+    let (srv, _) = sap_server().await;
     let c = sap_ctx(&pool, &store, &format!("http://{}", srv.addr));
     let s = pipeline::sync(&c, None).await.unwrap();
     assert_eq!((s.changed, s.dead_lettered), (21, 2));
@@ -202,19 +175,7 @@ async fn wrong_credentials_are_a_clear_error_and_store_nothing() {
         &options(&s3.endpoint),
     )
     .unwrap();
-    let srv = fixture_server_with(sync_daemon::fixture_server::FixtureOptions {
-        sap: Some(
-            sync_daemon::fixture_finance::load_sap(
-                &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../fixtures/sap-s4hana"),
-                "COMM_USER",
-                "pw",
-            )
-            .unwrap(),
-        ),
-        ..Default::default()
-    })
-    .await;
+    let (srv, _) = sap_server().await;
     let c = sap_ctx(&pool, &store, &format!("http://{}", srv.addr));
     let e = format!("{:#}", pipeline::sync(&c, None).await.unwrap_err());
     assert!(

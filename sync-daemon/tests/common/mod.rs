@@ -286,3 +286,61 @@ pub async fn unload_page(pool: &sqlx::PgPool, page: i64) {
     .await
     .unwrap();
 }
+
+/// The fixture server's SAP system over `fixtures/sap-s4hana` (user
+/// `COMM_USER`, password `pw`, client 100): `$skip` pages for the master
+/// data, the journal paged by the server's own `__next` links.
+pub async fn sap_server() -> (
+    fixture_server::FixtureServer,
+    sync_daemon::fixture_finance::SapData,
+) {
+    let data = sync_daemon::fixture_finance::load_sap(
+        &fixture_dir().join("../../sap-s4hana"),
+        "COMM_USER",
+        "pw",
+    )
+    .unwrap();
+    let srv = fixture_server_with(FixtureOptions {
+        sap: Some(data.clone()),
+        ..Default::default()
+    })
+    .await;
+    (srv, data)
+}
+
+/// A context for an SAP connection `sap` at `base` with these connector
+/// settings (`base_url` and `sap_client` added), as `COMM_USER`.
+pub fn sap_ctx_with(
+    pool: &sqlx::PgPool,
+    store: &RawStore,
+    base: &str,
+    mut settings: serde_json::Value,
+) -> Ctx {
+    use connector_core::Connector;
+    settings["base_url"] = base.into();
+    settings["sap_client"] = "100".into();
+    let sap = sap_s4hana::SapS4Hana::new(serde_json::from_value(settings).unwrap()).unwrap();
+    let auth: AuthConfig = serde_json::from_value(
+        serde_json::json!({"strategy": "basic", "username": "COMM_USER", "password": "pw"}),
+    )
+    .unwrap();
+    Ctx {
+        connection: "sap".into(),
+        ..ctx_built(
+            pool,
+            store,
+            sync_daemon::registry::Built::new(sap).unwrap(),
+            &auth,
+        )
+    }
+}
+
+/// [`sap_ctx_with`] company code 1010, three records a page.
+pub fn sap_ctx(pool: &sqlx::PgPool, store: &RawStore, base: &str) -> Ctx {
+    sap_ctx_with(
+        pool,
+        store,
+        base,
+        serde_json::json!({"company_codes": ["1010"], "page_size": 3}),
+    )
+}
