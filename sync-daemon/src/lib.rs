@@ -690,16 +690,12 @@ fn check_usage(
         .connection(connection)
         .map_err(|e| UsageError(e.to_string()))?;
     conn.require_env(need)?;
-    if let Some(stream) = stream {
-        let defs = registry::build(conn)?.connector.streams();
-        let names: Vec<String> = defs.iter().map(|d| d.key()).collect();
-        if !defs.iter().any(|d| d.name == stream || d.key() == stream) {
-            return Err(UsageError(format!(
-                "connection {connection:?} has no stream {stream:?} (its streams: {})",
-                names.join(", ")
-            ))
-            .into());
-        }
+    if stream.is_some() {
+        registry::select_streams(
+            connection,
+            registry::build(conn)?.connector.streams(),
+            stream,
+        )?;
     }
     Ok(())
 }

@@ -222,26 +222,11 @@ pub struct Run<'a> {
 }
 
 fn streams(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
-    let all = ctx.connector.streams();
-    match only {
-        None => Ok(all),
-        Some(s) => {
-            // A stream's name selects all its partitions; `name@partition` one.
-            let names: Vec<String> = all.iter().map(StreamDef::key).collect();
-            let found: Vec<_> = all
-                .into_iter()
-                .filter(|d| d.name == s || d.key() == s)
-                .collect();
-            if found.is_empty() {
-                anyhow::bail!(
-                    "connection {:?} has no stream {s:?} (streams: {})",
-                    ctx.connection,
-                    names.join(", ")
-                );
-            }
-            Ok(found)
-        }
-    }
+    Ok(crate::registry::select_streams(
+        &ctx.connection,
+        ctx.connector.streams(),
+        only,
+    )?)
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -174,6 +174,29 @@ fn check_keys(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The streams of `connection` that `only` selects: every one, a stream's
+/// name (all its partitions), or one partition (`name@code`). None
+/// matching is a usage error listing the streams.
+pub fn select_streams(
+    connection: &str,
+    all: Vec<connector_core::StreamDef>,
+    only: Option<&str>,
+) -> Result<Vec<connector_core::StreamDef>, crate::UsageError> {
+    let Some(s) = only else { return Ok(all) };
+    let names: Vec<String> = all.iter().map(connector_core::StreamDef::key).collect();
+    let found: Vec<_> = all
+        .into_iter()
+        .filter(|d| d.name == s || d.key() == s)
+        .collect();
+    if found.is_empty() {
+        return Err(crate::UsageError(format!(
+            "connection {connection:?} has no stream {s:?} (its streams: {})",
+            names.join(", ")
+        )));
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,22 +136,11 @@ pub async fn show(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<Shown>> {
 }
 
 fn selected(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<StreamDef>> {
-    let all = ctx.connector.streams();
-    let Some(s) = only else { return Ok(all) };
-    let names: Vec<String> = all.iter().map(StreamDef::key).collect();
-    let found: Vec<StreamDef> = all
-        .into_iter()
-        .filter(|d| d.name == s || d.key() == s)
-        .collect();
-    if found.is_empty() {
-        return Err(crate::UsageError(format!(
-            "connection {:?} has no stream {s:?} (its streams: {})",
-            ctx.connection,
-            names.join(", ")
-        ))
-        .into());
-    }
-    Ok(found)
+    Ok(crate::registry::select_streams(
+        &ctx.connection,
+        ctx.connector.streams(),
+        only,
+    )?)
 }
 
 /// What an operator asks.

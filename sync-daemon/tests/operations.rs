@@ -624,18 +624,21 @@ async fn a_watermark_is_shown_checked_against_its_shape_rewound_audited_and_refu
     .execute(&pool)
     .await
     .unwrap();
-    let (ok, _, err) = cli(
-        &cfg,
-        &[
-            "watermark",
-            "rewind",
-            "bamboo",
-            "employee_changes",
-            "2d",
-            "--reason",
-            "x",
-        ],
-    );
+    let rewind = || {
+        cli(
+            &cfg,
+            &[
+                "watermark",
+                "rewind",
+                "bamboo",
+                "employee_changes",
+                "2d",
+                "--reason",
+                "x",
+            ],
+        )
+    };
+    let (ok, _, err) = rewind();
     assert!(!ok && err.contains("leased by other-host:4242:x"), "{err}");
     sqlx::query("update sync_lease set expires_at = now()")
         .execute(&pool)
@@ -643,18 +646,7 @@ async fn a_watermark_is_shown_checked_against_its_shape_rewound_audited_and_refu
         .unwrap();
     // And while another process holds the connection.
     let lock = sync_daemon::lease::lock(&pool, "bamboo").await.unwrap();
-    let (ok, _, err) = cli(
-        &cfg,
-        &[
-            "watermark",
-            "rewind",
-            "bamboo",
-            "employee_changes",
-            "2d",
-            "--reason",
-            "x",
-        ],
-    );
+    let (ok, _, err) = rewind();
     assert!(!ok && err.contains("being synced"), "{err}");
     drop(lock);
 
