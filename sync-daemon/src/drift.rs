@@ -473,16 +473,20 @@ struct Event {
 
 impl Event {
     fn describe(&self) -> String {
-        match self.kind {
-            "added" => format!("new field {} ({})", self.pointer, self.new.join(", ")),
-            "removed" => format!("field {} vanished", self.pointer),
-            _ => format!(
-                "field {} changed type: {} -> {}",
-                self.pointer,
-                self.old.join(", "),
-                self.new.join(", ")
-            ),
-        }
+        describe(self.kind, &self.pointer, &self.old, &self.new)
+    }
+}
+
+/// An event in words, e.g. `field /x changed type: string -> number`.
+fn describe(kind: &str, pointer: &str, old: &[String], new: &[String]) -> String {
+    match kind {
+        "added" => format!("new field {pointer} ({})", new.join(", ")),
+        "removed" => format!("field {pointer} vanished (was {})", old.join(", ")),
+        _ => format!(
+            "field {pointer} changed type: {} -> {}",
+            old.join(", "),
+            new.join(", ")
+        ),
     }
 }
 
@@ -592,20 +596,7 @@ pub fn render(events: &[DriftEvent]) -> String {
     }
     let mut s = String::new();
     for e in events {
-        let what = match e.kind.as_str() {
-            "added" => format!("new field {} ({})", e.pointer, e.new_types.join(", ")),
-            "removed" => format!(
-                "field {} vanished (was {})",
-                e.pointer,
-                e.old_types.join(", ")
-            ),
-            _ => format!(
-                "field {} changed type: {} -> {}",
-                e.pointer,
-                e.old_types.join(", "),
-                e.new_types.join(", ")
-            ),
-        };
+        let what = describe(&e.kind, &e.pointer, &e.old_types, &e.new_types);
         let _ = writeln!(
             s,
             "#{} {} {}/{}: {what}{}; raw page {}, run #{}",

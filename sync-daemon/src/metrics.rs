@@ -177,23 +177,18 @@ pub async fn render(pool: &PgPool, streams: &Streams) -> String {
         out.push_str(part.trim_end().trim_end_matches("# EOF"));
     }
     let mut scrape = Registry::with_prefix("sync");
-    if let Err(e) = shared_gauges(pool, streams, &mut scrape).await {
-        tracing::warn!(event = "metrics_query_failed", "{}", e);
-        let up = Gauge::<i64, AtomicI64>::default();
-        scrape.register(
-            "database_up",
-            "1 when the gauges could be read from Postgres",
-            up,
-        );
-    } else {
-        let up = Gauge::<i64, AtomicI64>::default();
-        up.set(1);
-        scrape.register(
-            "database_up",
-            "1 when the gauges could be read from Postgres",
-            up,
-        );
+    let up = Gauge::<i64, AtomicI64>::default();
+    match shared_gauges(pool, streams, &mut scrape).await {
+        Ok(()) => {
+            up.set(1);
+        }
+        Err(e) => tracing::warn!(event = "metrics_query_failed", "{e}"),
     }
+    scrape.register(
+        "database_up",
+        "1 when the gauges could be read from Postgres",
+        up,
+    );
     out.push_str(&encode(&scrape));
     out
 }
