@@ -469,13 +469,7 @@ async fn sync_streams(
     }
     let mut sweeps: Vec<(&str, Sweepable)> = Vec::new();
     for def in defs {
-        let at = |e: anyhow::Error| {
-            e.context(format!(
-                "connection {:?}, stream {}",
-                ctx.connection,
-                def.key()
-            ))
-        };
+        let at = |e: anyhow::Error| e.context(stream_context(&ctx.connection, &def.key()));
         let seen = sync_stream(ctx, run, def, summary).await.map_err(at)?;
         if def.mode != SyncMode::FullRefresh || def.details.is_some() {
             continue;
@@ -512,9 +506,7 @@ async fn sync_streams(
         if g.complete == partitions && g.keys.len() == partitions {
             let n = crate::sweep::sweep(ctx, run, &g.keys, g.entity, g.seen)
                 .await
-                .map_err(|e| {
-                    e.context(format!("connection {:?}, stream {name}", ctx.connection))
-                })?;
+                .map_err(|e| e.context(stream_context(&ctx.connection, name)))?;
             summary.swept += n;
         } else if partitions > 1 && g.keys.len() < partitions {
             tracing::info!(
@@ -531,6 +523,18 @@ async fn sync_streams(
         summary.balance = crate::balance::check_entries(&ctx.pool, &ctx.connection).await?;
     }
     Ok(())
+}
+
+/// What a stream's failure says first: `connection "C", stream S` (status
+/// reads the stream back from it: [`failed_stream`]).
+pub fn stream_context(connection: &str, stream: &str) -> String {
+    format!("connection {connection:?}, stream {stream}")
+}
+
+/// The stream a run's error names first, by [`stream_context`].
+pub fn failed_stream<'e>(connection: &str, error: &'e str) -> Option<&'e str> {
+    let rest = error.strip_prefix(&stream_context(connection, ""))?;
+    rest.split(':').next().map(str::trim)
 }
 
 /// The wait of a deferred call in an error chain.

@@ -341,8 +341,7 @@ impl StreamStatus {
     /// The stream a failed run's error names (`connection "C", stream S: …`).
     fn failed_on(&self) -> Option<String> {
         let e = self.last_run_error.as_deref()?;
-        let rest = e.strip_prefix(&format!("connection {:?}, stream ", self.connection))?;
-        Some(rest.split(':').next()?.trim().to_owned())
+        crate::pipeline::failed_stream(&self.connection, e).map(str::to_owned)
     }
 }
 
@@ -662,9 +661,10 @@ mod tests {
                 connection: "bamboo".into(),
                 stream: stream.into(),
                 last_run_status: Some("failed".into()),
-                last_run_error: Some(
-                    "connection \"bamboo\", stream employee_changes: fetching: HTTP 400".into(),
-                ),
+                last_run_error: Some(format!(
+                    "{}: fetching: HTTP 400",
+                    crate::pipeline::stream_context("bamboo", "employee_changes")
+                )),
                 ..Default::default()
             }
             .with_outcome(run_stream.map(str::to_owned), pages)
