@@ -279,7 +279,7 @@ pub fn store_options(
     out
 }
 
-/// What to check when the store refuses: its credentials or its bucket.
+/// What to check when the store refuses a put: its credentials or its bucket.
 fn hint(e: &object_store::Error) -> &'static str {
     match e {
         object_store::Error::PermissionDenied { .. }
@@ -287,6 +287,10 @@ fn hint(e: &object_store::Error) -> &'static str {
             " (the raw store refused the credentials: check AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY, or aws_access_key_id and aws_secret_access_key in \
              [raw_store.options])"
+        }
+        // A put cannot miss its object: what is missing is the bucket.
+        object_store::Error::NotFound { .. } => {
+            " (the raw store answered \"not found\" to a put: does the bucket in [raw_store] url exist?)"
         }
         _ => "",
     }

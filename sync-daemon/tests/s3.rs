@@ -155,7 +155,8 @@ async fn raw_pages_live_in_s3_and_replay_from_there() {
     let c2 = sap_ctx(&test_db2.pool, &missing, &format!("http://{}", srv.addr));
     let e = format!("{:#}", pipeline::sync(&c2, None).await.unwrap_err());
     assert!(
-        e.contains("no-such-bucket") || e.contains("NoSuchBucket"),
+        e.contains("does the bucket")
+            && (e.contains("no-such-bucket") || e.contains("NoSuchBucket")),
         "{e}"
     );
     assert_eq!(
