@@ -24,7 +24,6 @@ use crate::pipeline::Ctx;
 use bytes::Bytes;
 use canonical_model::MappingVersion;
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -43,6 +42,8 @@ pub struct Seen {
     /// (pointer, type) pairs kept, at most [`MAX_FIELDS`].
     pairs: usize,
     records: u64,
+    /// Records walked, read or not: the identity of the record being counted.
+    walked: u64,
     last_page: Option<i64>,
     /// Pairs beyond [`MAX_FIELDS`] were not kept.
     pub truncated: bool,
@@ -59,14 +60,146 @@ struct Stat {
 
 const TYPES: [&str; 6] = ["null", "boolean", "number", "string", "array", "object"];
 
-fn type_of(v: &Value) -> usize {
-    match v {
-        Value::Null => 0,
-        Value::Bool(_) => 1,
-        Value::Number(_) => 2,
-        Value::String(_) => 3,
-        Value::Array(_) => 4,
-        Value::Object(_) => 5,
+/// One value of a record being read: counts its own (pointer, type), unless
+/// it is the record itself (depth 0), then walks its members down to
+/// [`MAX_DEPTH`] (array positions as `*`).
+struct Walk<'s> {
+    seen: &'s mut Seen,
+    ptr: &'s mut String,
+    page: i64,
+    depth: usize,
+}
+
+impl Walk<'_> {
+    fn leaf(self, t: usize) {
+        if self.depth > 0 {
+            self.seen.count(self.ptr, t, self.page);
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A member's name, appended to the pointer (escaped as RFC 6901 says).
+struct Key<'s>(&'s mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for Key<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<(), E> {
+        self.0.push('/');
+        if k.contains(['~', '/']) {
+            self.0.push_str(&k.replace('~', "~0").replace('/', "~1"));
+        } else {
+            self.0.push_str(k);
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.leaf(0);
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.leaf(0);
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.leaf(1);
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.leaf(2);
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.leaf(2);
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.leaf(2);
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.leaf(3);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Walk {
+            seen,
+            ptr,
+            page,
+            depth,
+        } = self;
+        if depth > 0 {
+            seen.count(ptr, 4, page);
+        }
+        if depth >= MAX_DEPTH {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        let len = ptr.len();
+        ptr.push_str("/*");
+        while seq
+            .next_element_seed(Walk {
+                seen: &mut *seen,
+                ptr: &mut *ptr,
+                page,
+                depth: depth + 1,
+            })?
+            .is_some()
+        {}
+        ptr.truncate(len);
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Walk {
+            seen,
+            ptr,
+            page,
+            depth,
+        } = self;
+        if depth > 0 {
+            seen.count(ptr, 5, page);
+        }
+        if depth >= MAX_DEPTH {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            return Ok(());
+        }
+        let len = ptr.len();
+        while map.next_key_seed(Key(&mut *ptr))?.is_some() {
+            map.next_value_seed(Walk {
+                seen: &mut *seen,
+                ptr: &mut *ptr,
+                page,
+                depth: depth + 1,
+            })?;
+            ptr.truncate(len);
+        }
+        Ok(())
     }
 }
 
@@ -85,12 +218,19 @@ impl Seen {
             };
             s.last_page = Some(s.last_page.map_or(*id, |l| l.max(*id)));
             for raw in split.records {
-                let Ok(v) = serde_json::from_str::<Value>(raw.get()) else {
-                    continue;
-                };
-                s.records += 1;
+                // Walked as it is read: no tree of values is built.
+                s.walked += 1;
                 ptr.clear();
-                s.walk(&v, &mut ptr, *id, 0);
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                let walk = Walk {
+                    seen: &mut s,
+                    ptr: &mut ptr,
+                    page: *id,
+                    depth: 0,
+                };
+                if serde::de::DeserializeSeed::deserialize(walk, &mut de).is_ok() {
+                    s.records += 1;
+                }
             }
         }
         s
@@ -98,7 +238,7 @@ impl Seen {
 
     /// Counts `ptr` with type `t` in the current record (once a record).
     fn count(&mut self, ptr: &str, t: usize, page: i64) {
-        let record = self.records;
+        let record = self.walked;
         let fresh = Stat {
             records: 1,
             first_page: page,
@@ -127,38 +267,6 @@ impl Seen {
                 self.pairs += 1;
             }
             None => self.truncated = true,
-        }
-    }
-
-    /// Counts every (pointer, type) under `v` (not `v` itself).
-    fn walk(&mut self, v: &Value, ptr: &mut String, page: i64, depth: usize) {
-        if depth >= MAX_DEPTH {
-            return;
-        }
-        let len = ptr.len();
-        match v {
-            Value::Object(m) => {
-                for (k, child) in m {
-                    ptr.push('/');
-                    if k.contains(['~', '/']) {
-                        ptr.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                    } else {
-                        ptr.push_str(k);
-                    }
-                    self.count(ptr, type_of(child), page);
-                    self.walk(child, ptr, page, depth + 1);
-                    ptr.truncate(len);
-                }
-            }
-            Value::Array(a) => {
-                ptr.push_str("/*");
-                for child in a {
-                    self.count(ptr, type_of(child), page);
-                    self.walk(child, ptr, page, depth + 1);
-                }
-                ptr.truncate(len);
-            }
-            _ => {}
         }
     }
 

@@ -1,7 +1,10 @@
 //! Mock sources on loopback, serving recorded data:
 //! - Workday-shaped: the token endpoint (refresh-token grant, client
 //!   authenticated with HTTP Basic), a bearer check, and
-//!   `workers?limit&offset` sliced from the recorded records;
+//!   `workers?limit&offset` sliced from the recorded records, and with
+//!   `updatedFrom=<RFC 3339>` only the workers whose `lastModified` is at or
+//!   after it (a "changed since" endpoint, for the connector's
+//!   `changed_since_param`);
 //! - BambooHR-shaped (when given its fixtures): HTTP Basic with the API key,
 //!   `POST /api/gateway.php/{company}/v1/reports/custom` (filtered by
 //!   `filters.lastChanged`) and `GET …/employees/changed/?since=` (an object
@@ -142,6 +145,11 @@ struct State {
     /// `http://host:port`, for the links the server writes.
     origin: String,
     records: Vec<Box<RawValue>>,
+    /// Each record's `lastModified`, read at the first "changed since" request.
+    modified: std::sync::OnceLock<Vec<Option<chrono::DateTime<chrono::FixedOffset>>>>,
+    /// The positions of the records changed since a bound, by bound (a pull
+    /// pages through one bound's list).
+    changed: Mutex<HashMap<String, Arc<Vec<usize>>>>,
     opts: FixtureOptions,
     /// Issued tokens: expiry and page requests left.
     tokens: Mutex<HashMap<String, (Instant, Option<u32>)>>,
@@ -188,6 +196,8 @@ pub async fn start(
     let state = Arc::new(State {
         origin: format!("http://{local}"),
         records,
+        modified: std::sync::OnceLock::new(),
+        changed: Mutex::new(HashMap::new()),
         opts,
         tokens: Mutex::new(HashMap::new()),
         stats: Arc::new(FixtureStats::default()),
@@ -478,14 +488,70 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             ),
         );
     }
-    let slice = state.records.iter().skip(offset).take(limit);
-    let mut body = format!("{{\"total\":{},\"data\":[", state.records.len());
-    for (i, r) in slice.enumerate() {
+    let selected = match params.get("updatedFrom") {
+        None => None,
+        Some(v) => match chrono::DateTime::parse_from_rfc3339(v) {
+            Ok(since) => Some(changed_since(state, v, since)),
+            Err(_) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"invalid updatedFrom: an RFC 3339 time is expected"}"#,
+                );
+            }
+        },
+    };
+    let total = selected.as_ref().map_or(state.records.len(), |s| s.len());
+    let mut body = format!("{{\"total\":{total},\"data\":[");
+    let positions: Box<dyn Iterator<Item = usize>> = match &selected {
+        Some(s) => Box::new(s.iter().copied().skip(offset).take(limit)),
+        None => Box::new((offset..state.records.len()).take(limit)),
+    };
+    for (i, at) in positions.enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(r.get());
+        body.push_str(state.records[at].get());
     }
     body.push_str("]}");
     reply(StatusCode::OK, body)
+}
+
+/// The positions of the records whose `lastModified` is at or after `since`
+/// (`key` is the bound as sent), computed once per bound.
+fn changed_since(
+    state: &State,
+    key: &str,
+    since: chrono::DateTime<chrono::FixedOffset>,
+) -> Arc<Vec<usize>> {
+    #[derive(serde::Deserialize)]
+    struct Stamp<'a> {
+        #[serde(rename = "lastModified", borrow)]
+        last_modified: Option<&'a str>,
+    }
+    let modified = state.modified.get_or_init(|| {
+        state
+            .records
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Stamp<'_>>(r.get())
+                    .ok()
+                    .and_then(|s| s.last_modified)
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            })
+            .collect()
+    });
+    let mut cache = state.changed.lock().expect("changed-since cache");
+    if cache.len() >= 16 && !cache.contains_key(key) {
+        cache.clear();
+    }
+    cache
+        .entry(key.to_owned())
+        .or_insert_with(|| {
+            Arc::new(
+                (0..modified.len())
+                    .filter(|&i| modified[i].is_some_and(|m| m >= since))
+                    .collect(),
+            )
+        })
+        .clone()
 }

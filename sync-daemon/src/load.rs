@@ -141,12 +141,13 @@ fn newer(a: Version, b: Version) -> bool {
 }
 
 #[derive(Debug)]
-struct Rec<'a> {
+struct Rec {
     page_id: i64,
     ordinal: i32,
     hash: [u8; 32],
-    /// The record's verbatim JSON; parsed only when the record must be mapped.
-    raw: &'a str,
+    /// The record's verbatim JSON (a view of its page's text); parsed only
+    /// when the record must be mapped.
+    raw: Bytes,
     source_id: String,
     status: Status,
     modified: Option<DateTime<Utc>>,
@@ -230,7 +231,7 @@ struct Plan<'c> {
 fn decide<'c>(
     cands: &'c HashMap<(EntityKind, String), Cand>,
     links: &HashMap<(EntityKind, String), Link>,
-    recs: &[Rec<'_>],
+    recs: &[Rec],
     mapping_id: i32,
 ) -> Plan<'c> {
     let mut plan = Plan {
@@ -312,8 +313,8 @@ fn primary_key(raw: &RawValue, ptr: &str) -> Result<String, String> {
 
 /// The records of a batch, split and classified without the database.
 #[derive(Debug, Default)]
-struct Split<'a> {
-    recs: Vec<Rec<'a>>,
+struct Split {
+    recs: Vec<Rec>,
     dead: Vec<Dead>,
     /// Per page: id, first record, end record, and the records a page-level
     /// dead letter stands for (an unreadable page).
@@ -324,12 +325,7 @@ struct Split<'a> {
 /// dead letter; records without a usable primary key are dead-lettered;
 /// within a page, an earlier record with the same source id as a later one
 /// is superseded (the last occurrence wins, in source order).
-fn split<'a>(
-    ctx: &LoadCtx<'_>,
-    pages: &[PageBody],
-    texts: &'a [Cow<'_, [u8]>],
-    opts: &LoadOpts<'_>,
-) -> Split<'a> {
+fn split(ctx: &LoadCtx<'_>, pages: &[PageBody], texts: &[Bytes], opts: &LoadOpts<'_>) -> Split {
     let mut out = Split::default();
     for (p, text) in pages.iter().zip(texts) {
         let first = out.recs.len();
@@ -372,7 +368,7 @@ fn split<'a>(
                 page_id: p.page.id,
                 ordinal,
                 hash,
-                raw: raw.get(),
+                raw: view(text, raw.get().as_bytes()),
                 source_id: String::new(),
                 status: Status::Pending,
                 modified: None,
@@ -451,7 +447,7 @@ fn split<'a>(
 
 fn dead_record(
     rec: usize,
-    r: &Rec<'_>,
+    r: &Rec,
     ctx: &LoadCtx<'_>,
     class: &'static str,
     field_pointer: Option<(String, Option<String>)>,
@@ -503,13 +499,22 @@ struct Mapped {
 /// canonical domain: a record that fails to parse (a number out of range,
 /// nesting past the parser's limit), to map, or to fit its columns is
 /// dead-lettered with the field and pointer, and nothing of it is written.
-fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) -> Vec<Mapped> {
+fn map_records(
+    ctx: &LoadCtx<'_>,
+    recs: &mut [Rec],
+    base: usize,
+    dead: &mut Vec<Dead>,
+) -> Vec<Mapped> {
     let mut out = Vec::new();
     for (i, r) in recs.iter_mut().enumerate() {
+        let i = base + i;
         if r.status != Status::Pending {
             continue;
         }
-        let value: serde_json::Value = match serde_json::from_str(r.raw) {
+        let parsed = std::str::from_utf8(&r.raw)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(t).map_err(|e| e.to_string()));
+        let value: serde_json::Value = match parsed {
             Ok(v) => v,
             Err(e) => {
                 r.status = Status::Dead;
@@ -597,18 +602,74 @@ fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec<'_>], dead: &mut Vec<Dead>) ->
     out
 }
 
-/// Loads a batch of pages inside `tx`; the caller commits (or, for a dry run
-/// or a probe, rolls back) so that the batch and its pages' "loaded" marks
-/// land together.
-pub async fn load_batch(
-    tx: &mut Transaction<'_, Postgres>,
+/// A batch split, hashed and mapped, before its transaction: the work a
+/// batch needs without writing (see [`prepare`]).
+pub struct Prepared {
+    recs: Vec<Rec>,
+    dead: Vec<Dead>,
+    page_of: Vec<(i64, usize, usize, i64)>,
+    known: HashMap<String, Known>,
+    mapped: Vec<Mapped>,
+    /// Ids whose stored state was read while an earlier batch that also
+    /// holds them was still loading: read again inside the transaction.
+    recheck: Vec<String>,
+}
+
+/// What the crosswalk holds of a record's id: its record hash (none when
+/// deleted), mapping version, and the raw page and position last written.
+type Known = (Option<Vec<u8>>, Option<i32>, Option<i64>, Option<i32>);
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("records", &self.recs.len())
+            .field("mapped", &self.mapped.len())
+            .field("dead", &self.dead.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Records found unchanged (skipped by hash), and records mapped.
+    pub fn decided(&self) -> (usize, usize) {
+        let unchanged = self
+            .recs
+            .iter()
+            .filter(|r| r.status == Status::Unchanged)
+            .count();
+        (unchanged, self.mapped.len())
+    }
+
+    /// The source ids of the batch's records.
+    pub fn ids(&self) -> HashSet<String> {
+        self.recs
+            .iter()
+            .filter(|r| !r.source_id.is_empty())
+            .map(|r| r.source_id.clone())
+            .collect()
+    }
+}
+
+/// Records mapped between two yields to the runtime: a batch prepared
+/// beside another one's transaction ([`prepare`]) lets that transaction's
+/// round trips through often.
+const MAP_CHUNK: usize = 256;
+
+/// Splits, hashes and maps a batch, reading the crosswalk through `db`
+/// without locking or writing anything: unchanged records (same record hash
+/// and mapping version as stored) are marked and not mapped.
+///
+/// Run beside the previous batch's transaction (a sync or replay overlaps
+/// the two), `in_flight` holds that batch's ids: what the crosswalk says of
+/// them may change when it commits, so they are never skipped by hash here,
+/// and [`apply`] reads their stored state again inside its transaction.
+pub async fn prepare<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     ctx: &LoadCtx<'_>,
     pages: &[PageBody],
     opts: LoadOpts<'_>,
-) -> anyhow::Result<BatchOutcome> {
-    if let Some(lease) = ctx.lease {
-        lease.check(tx).await?;
-    }
+    in_flight: &HashSet<String>,
+) -> anyhow::Result<Prepared> {
     // 1. Split pages into records; hash each record's verbatim bytes.
     let texts = readable_bodies(pages);
     let Split {
@@ -616,6 +677,8 @@ pub async fn load_batch(
         mut dead,
         pages: page_of,
     } = split(ctx, pages, &texts, &opts);
+    drop(texts);
+    tokio::task::yield_now().await;
 
     // 2. Records identical to what was last loaded under this mapping: skip.
     let ids: Vec<String> = recs
@@ -623,27 +686,7 @@ pub async fn load_batch(
         .filter(|r| r.status == Status::Pending)
         .map(|r| r.source_id.clone())
         .collect();
-    type Known = (Option<Vec<u8>>, Option<i32>, Option<i64>, Option<i32>);
-    let known: HashMap<String, Known> = sqlx::query(
-        // One primary-key probe per id (the lateral `offset 0` keeps the planner
-        // from flattening it): with `= any($3)` and stale or missing statistics
-        // (autovacuum may be off) Postgres scans the whole (type, connection)
-        // prefix and compares each row with the array, quadratic in practice.
-        // A deleted entity's record is never "unchanged": it revives it.
-        "select s.source_id, case when s.deleted_at is null then s.record_hash end,
-                s.mapping_version_id, s.raw_page_id, s.record_ordinal
-         from unnest($3::text[]) as u(sid),
-         lateral (select * from source_link s
-                  where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid offset 0) s",
-    )
-    .bind(ctx.entity.as_str())
-    .bind(ctx.connection)
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
-    .collect();
+    let known = known_state(db, ctx, &ids).await?;
     // An id on more than one page of the batch is never skipped by hash: the
     // version rule must choose among all its copies, or a copy that differs
     // from the stored one would win over the stored one's twin (a flip on
@@ -654,8 +697,13 @@ pub async fn load_batch(
     }
     let repeated: HashSet<String> = seen
         .into_iter()
-        .filter(|(_, n)| *n > 1)
+        .filter(|(id, n)| *n > 1 || in_flight.contains(*id))
         .map(|(id, _)| id.to_owned())
+        .collect();
+    let recheck: Vec<String> = repeated
+        .iter()
+        .filter(|id| in_flight.contains(*id))
+        .cloned()
         .collect();
     for r in recs.iter_mut().filter(|r| r.status == Status::Pending) {
         if repeated.contains(&r.source_id) {
@@ -669,8 +717,96 @@ pub async fn load_batch(
         }
     }
 
-    // 3. Map the rest; keep, per entity, the newest version in the batch.
-    let mapped = map_records(ctx, &mut recs, &mut dead);
+    // 3. Map the rest (yielding now and then).
+    let mut mapped = Vec::new();
+    let mut base = 0;
+    while base < recs.len() {
+        let end = (base + MAP_CHUNK).min(recs.len());
+        mapped.extend(map_records(ctx, &mut recs[base..end], base, &mut dead));
+        base = end;
+        tokio::task::yield_now().await;
+    }
+    Ok(Prepared {
+        recs,
+        dead,
+        page_of,
+        known,
+        mapped,
+        recheck,
+    })
+}
+
+/// The crosswalk's state of `ids` (of the stream's own entity).
+async fn known_state<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    ctx: &LoadCtx<'_>,
+    ids: &[String],
+) -> anyhow::Result<HashMap<String, Known>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(sqlx::query(
+        // One primary-key probe per id (the lateral `offset 0` keeps the planner
+        // from flattening it): with `= any($3)` and stale or missing statistics
+        // (autovacuum may be off) Postgres scans the whole (type, connection)
+        // prefix and compares each row with the array, quadratic in practice.
+        // A deleted entity's record is never "unchanged": it revives it.
+        "select s.source_id, case when s.deleted_at is null then s.record_hash end,
+                s.mapping_version_id, s.raw_page_id, s.record_ordinal
+         from unnest($3::text[]) as u(sid),
+         lateral (select * from source_link s
+                  where s.entity_type = $1 and s.connection = $2 and s.source_id = u.sid offset 0) s",
+    )
+    .bind(ctx.entity.as_str())
+    .bind(ctx.connection)
+    .bind(ids)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+    .collect())
+}
+
+/// Loads a batch of pages inside `tx`; the caller commits (or, for a dry run
+/// or a probe, rolls back) so that the batch and its pages' "loaded" marks
+/// land together.
+pub async fn load_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &LoadCtx<'_>,
+    pages: &[PageBody],
+    opts: LoadOpts<'_>,
+) -> anyhow::Result<BatchOutcome> {
+    if let Some(lease) = ctx.lease {
+        lease.check(tx).await?;
+    }
+    let prep = prepare(&mut **tx, ctx, pages, opts, &HashSet::new()).await?;
+    apply(tx, ctx, prep, opts).await
+}
+
+/// Writes a prepared batch inside `tx` (the second half of [`load_batch`]),
+/// after checking the run's lease.
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &LoadCtx<'_>,
+    prep: Prepared,
+    opts: LoadOpts<'_>,
+) -> anyhow::Result<BatchOutcome> {
+    if let Some(lease) = ctx.lease {
+        lease.check(tx).await?;
+    }
+    let Prepared {
+        mut recs,
+        mut dead,
+        page_of,
+        mut known,
+        mapped,
+        recheck,
+    } = prep;
+    if !recheck.is_empty() {
+        known.extend(known_state(&mut **tx, ctx, &recheck).await?);
+    }
+
+    // 3. Keep, per entity, the newest version in the batch.
     let mut cands: HashMap<(EntityKind, String), Cand> = HashMap::new();
     let mut own: Vec<(usize, (EntityKind, String))> = Vec::new();
     for m in mapped {
@@ -1249,12 +1385,28 @@ async fn record_dead_letters(
     Ok(())
 }
 
-/// The bodies as JSON text ([`connector_core::records::readable`]).
-fn readable_bodies(pages: &[PageBody]) -> Vec<Cow<'_, [u8]>> {
+/// The bodies as JSON text ([`connector_core::records::readable`]): the
+/// body itself, or its decoded copy.
+fn readable_bodies(pages: &[PageBody]) -> Vec<Bytes> {
     pages
         .iter()
-        .map(|p| connector_core::records::readable(&p.body, p.page.content_type.as_deref()))
+        .map(
+            |p| match connector_core::records::readable(&p.body, p.page.content_type.as_deref()) {
+                Cow::Borrowed(b) => view(&p.body, b),
+                Cow::Owned(v) => Bytes::from(v),
+            },
+        )
         .collect()
+}
+
+/// `part` as a view of `whole` when it lies inside it (no copy), else a copy.
+fn view(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    if start <= whole.len() && part.len() <= whole.len() - start {
+        whole.slice(start..start + part.len())
+    } else {
+        Bytes::copy_from_slice(part)
+    }
 }
 
 /// The keys of every record in `pages` (for isolating the ones Postgres refuses).

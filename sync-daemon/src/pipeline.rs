@@ -31,7 +31,10 @@ use tokio::sync::mpsc;
 
 use crate::db::{self, Counts, NewPage, PageRef, RunEnd};
 use crate::lease::{self, Lease};
-use crate::load::{DiffReport, LoadCtx, LoadOpts, PageBody, RecordKey, load_batch, record_keys};
+use crate::load::{
+    DiffReport, LoadCtx, LoadOpts, PageBody, Prepared, RecordKey, apply, load_batch, prepare,
+    record_keys,
+};
 
 /// Pages queued between fetch and load.
 pub const QUEUE_PAGES: usize = 16;
@@ -725,7 +728,7 @@ async fn recover_leftovers(
             }
         }
         if !bodies.is_empty() {
-            load_and_count(ctx, lctx, &bodies, summary, false, None, None).await?;
+            load_and_count(ctx, lctx, &bodies, summary, Load::default(), None).await?;
         }
     }
     Ok(())
@@ -1283,29 +1286,22 @@ async fn load_stream(
     let mut pages = 0u64;
     // A page that would have made the last batch too large starts the next.
     let mut pending: Option<Fetched> = None;
+    let opts = LoadOpts::default();
+    // Two batches in flight: while one is written in its transaction, the
+    // next is received, split, hashed and mapped (`prepare`), so the
+    // daemon's work overlaps Postgres's and transactions stay short.
+    let mut ahead: Option<(Vec<PageBody>, Prepared)> = None;
     loop {
-        let first = match pending.take() {
-            Some(f) => f,
-            None => match rx.recv().await {
-                Some(f) => f,
+        let (batch, prep) = match ahead.take() {
+            Some(b) => b,
+            None => match next_batch(&mut rx, &mut pending).await {
+                Some(batch) => {
+                    let prep = prepare(&ctx.pool, lctx, &batch, opts, &HashSet::new()).await?;
+                    (batch, prep)
+                }
                 None => break,
             },
         };
-        let mut records = i64::from(first.page.page.record_count);
-        let mut batch = vec![first.page];
-        while batch.len() < BATCH_PAGES && records < BATCH_RECORDS {
-            match rx.try_recv() {
-                Ok(f) if records + i64::from(f.page.page.record_count) > BATCH_RECORDS => {
-                    pending = Some(f);
-                    break;
-                }
-                Ok(f) => {
-                    records += i64::from(f.page.page.record_count);
-                    batch.push(f.page);
-                }
-                Err(_) => break,
-            }
-        }
         // The batch's fields are read beside its load (schema drift).
         let scan: Vec<crate::drift::PageToScan> = batch
             .iter()
@@ -1320,12 +1316,62 @@ async fn load_stream(
             })
             .collect();
         let scan = tokio::task::spawn_blocking(move || crate::drift::Seen::scan(&scan));
-        pages += load_and_count(ctx, lctx, &batch, summary, false, None, Some(&mut *seen)).await?;
+        let in_flight = prep.ids();
+        let (loaded, next) = tokio::join!(
+            load_and_count(
+                ctx,
+                lctx,
+                &batch,
+                summary,
+                Load::first(prep),
+                Some(&mut *seen)
+            ),
+            async {
+                match next_batch(&mut rx, &mut pending).await {
+                    Some(next) => {
+                        let prep = prepare(&ctx.pool, lctx, &next, opts, &in_flight).await?;
+                        anyhow::Ok(Some((next, prep)))
+                    }
+                    None => Ok(None),
+                }
+            }
+        );
+        pages += loaded?;
+        ahead = next?;
         if let Ok(s) = scan.await {
             fields.merge(s);
         }
     }
     Ok(pages)
+}
+
+/// The next batch from the fetcher: the pages it has queued, up to
+/// [`BATCH_PAGES`] pages and [`BATCH_RECORDS`] records; `None` once the
+/// fetcher is done and everything is taken.
+async fn next_batch(
+    rx: &mut mpsc::Receiver<Fetched>,
+    pending: &mut Option<Fetched>,
+) -> Option<Vec<PageBody>> {
+    let first = match pending.take() {
+        Some(f) => f,
+        None => rx.recv().await?,
+    };
+    let mut records = i64::from(first.page.page.record_count);
+    let mut batch = vec![first.page];
+    while batch.len() < BATCH_PAGES && records < BATCH_RECORDS {
+        match rx.try_recv() {
+            Ok(f) if records + i64::from(f.page.page.record_count) > BATCH_RECORDS => {
+                *pending = Some(f);
+                break;
+            }
+            Ok(f) => {
+                records += i64::from(f.page.page.record_count);
+                batch.push(f.page);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Attempts of one batch's transaction when Postgres fails transiently.
@@ -1349,8 +1395,30 @@ fn reborrow<'a>(
     outer.as_mut().map(|t| &mut **t)
 }
 
+/// How [`load_and_count`] loads a batch.
+#[derive(Default)]
+struct Load<'t> {
+    /// A replay: the field-level diff is reported.
+    replay: bool,
+    /// A dry run's transaction: the batch loads in a savepoint of it.
+    outer: Option<&'t mut Transaction<'static, Postgres>>,
+    /// The batch already prepared with the same options, for the first
+    /// attempt (a retry prepares it again).
+    prep: Option<Prepared>,
+}
+
+impl Load<'_> {
+    fn first(prep: Prepared) -> Self {
+        Self {
+            prep: Some(prep),
+            ..Self::default()
+        }
+    }
+}
+
 /// One load of `batch`: in its own transaction, or, for a dry run, in a
 /// savepoint of `outer`. With `probe`, the transaction is always rolled back.
+/// `prep`: the batch as [`prepare`]d with `opts`.
 async fn load_once(
     ctx: &Ctx,
     lctx: &LoadCtx<'_>,
@@ -1358,12 +1426,16 @@ async fn load_once(
     opts: LoadOpts<'_>,
     outer: Option<&mut Transaction<'static, Postgres>>,
     probe: bool,
+    prep: Option<Prepared>,
 ) -> anyhow::Result<crate::load::BatchOutcome> {
     let mut tx = match outer {
         Some(t) => t.begin().await?,
         None => ctx.pool.begin().await?,
     };
-    let mut out = load_batch(&mut tx, lctx, batch, opts).await;
+    let mut out = match prep {
+        Some(prep) => apply(&mut tx, lctx, prep, opts).await,
+        None => load_batch(&mut tx, lctx, batch, opts).await,
+    };
     if probe && out.is_ok() {
         // What commit would check (deferred constraints) is checked now.
         if let Err(e) = sqlx::query("set constraints all immediate")
@@ -1392,10 +1464,14 @@ async fn load_and_count(
     lctx: &LoadCtx<'_>,
     batch: &[PageBody],
     summary: &mut Summary,
-    replay: bool,
-    mut outer: Option<&mut Transaction<'static, Postgres>>,
+    load: Load<'_>,
     seen: Option<&mut crate::sweep::Seen>,
 ) -> anyhow::Result<u64> {
+    let Load {
+        replay,
+        mut outer,
+        mut prep,
+    } = load;
     let scrubber = ctx.scrubber();
     let lctx = &LoadCtx {
         scrubber: Some(&scrubber),
@@ -1410,7 +1486,16 @@ async fn load_and_count(
             quarantine: quarantine.as_ref(),
             only: None,
         };
-        let result = load_once(ctx, lctx, batch, opts, reborrow(&mut outer), false).await;
+        let result = load_once(
+            ctx,
+            lctx,
+            batch,
+            opts,
+            reborrow(&mut outer),
+            false,
+            prep.take(),
+        )
+        .await;
         match result {
             Ok(out) => {
                 // Counted once committed: a retried or rolled-back attempt
@@ -1471,7 +1556,7 @@ async fn isolate(
         only: Some(&none),
         ..LoadOpts::default()
     };
-    if let Err(e) = load_once(ctx, lctx, batch, probe, reborrow(&mut outer), true).await {
+    if let Err(e) = load_once(ctx, lctx, batch, probe, reborrow(&mut outer), true, None).await {
         return match data_error(&e) {
             Some(_) => Ok(bad),
             None => Err(e),
@@ -1487,7 +1572,7 @@ async fn isolate(
             only: Some(&only),
             ..LoadOpts::default()
         };
-        match load_once(ctx, lctx, batch, opts, reborrow(&mut outer), true).await {
+        match load_once(ctx, lctx, batch, opts, reborrow(&mut outer), true, None).await {
             Ok(_) => {}
             Err(e) => match data_error(&e) {
                 Some(why) if set.len() == 1 => {
@@ -1633,23 +1718,77 @@ async fn replay_streams(
         if let Some(only) = only {
             all.retain(|p| only.contains(&p.id));
         }
-        // A dry run loads every batch in one transaction and rolls it back, so
-        // later batches see what earlier ones would have written.
-        let mut dry = if dry_run {
-            Some(ctx.pool.begin().await?)
-        } else {
-            None
-        };
-        for chunk in batches(&all) {
-            let (bodies, bad) = read_bodies(ctx, chunk).await?;
-            summary.pages_missing += bad.len() as u64;
-            if bodies.is_empty() {
-                continue;
+        let chunks = batches(&all);
+        if dry_run {
+            // A dry run loads every batch in one transaction and rolls it
+            // back, so later batches see what earlier ones would have written.
+            let mut dry = ctx.pool.begin().await?;
+            for chunk in chunks {
+                let (bodies, bad) = read_bodies(ctx, chunk).await?;
+                summary.pages_missing += bad.len() as u64;
+                if bodies.is_empty() {
+                    continue;
+                }
+                let load = Load {
+                    replay: true,
+                    outer: Some(&mut dry),
+                    prep: None,
+                };
+                load_and_count(ctx, &lctx, &bodies, summary, load, None).await?;
             }
-            load_and_count(ctx, &lctx, &bodies, summary, true, dry.as_mut(), None).await?;
+            dry.rollback().await?;
+            continue;
         }
-        if let Some(tx) = dry {
-            tx.rollback().await?;
+        // As a sync: the next batch is read and prepared while one loads.
+        let opts = LoadOpts {
+            diff: true,
+            replay: true,
+            ..LoadOpts::default()
+        };
+        let read_and_prepare = |chunk: &[PageRef], in_flight: HashSet<String>| {
+            let chunk = chunk.to_vec();
+            let lctx = &lctx;
+            async move {
+                let (bodies, bad) = read_bodies(ctx, &chunk).await?;
+                let prep = if bodies.is_empty() {
+                    None
+                } else {
+                    Some(prepare(&ctx.pool, lctx, &bodies, opts, &in_flight).await?)
+                };
+                anyhow::Ok((bodies, bad.len() as u64, prep))
+            }
+        };
+        let mut chunks = chunks.into_iter();
+        let mut ahead = match chunks.next() {
+            Some(c) => Some(read_and_prepare(c, HashSet::new()).await?),
+            None => None,
+        };
+        while let Some((bodies, missing, prep)) = ahead.take() {
+            summary.pages_missing += missing;
+            let Some(prep) = prep else {
+                if let Some(c) = chunks.next() {
+                    ahead = Some(read_and_prepare(c, HashSet::new()).await?);
+                }
+                continue;
+            };
+            let in_flight = prep.ids();
+            let load = Load {
+                replay: true,
+                outer: None,
+                prep: Some(prep),
+            };
+            let next = chunks.next();
+            let (loaded, next) = tokio::join!(
+                load_and_count(ctx, &lctx, &bodies, summary, load, None),
+                async {
+                    match next {
+                        Some(c) => read_and_prepare(c, in_flight).await.map(Some),
+                        None => Ok(None),
+                    }
+                }
+            );
+            loaded?;
+            ahead = next?;
         }
     }
     if !dry_run {

@@ -273,3 +273,162 @@ async fn tokens_that_expire_mid_run_are_refreshed() {
     assert_eq!(srv.stats.tokens_issued.load(Relaxed), 2, "refreshed once");
     assert_eq!(srv.stats.pages_served.load(Relaxed), 3);
 }
+
+/// A batch prepared while the previous one is still loading must not trust
+/// what the crosswalk says of the ids that batch holds: they are mapped and
+/// decided again under lock in its own transaction (ADR 0014).
+#[tokio::test]
+async fn a_batch_prepared_beside_a_loading_one_does_not_skip_its_ids_by_hash() {
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let (ctx, _store, _base, _srv) = fixture_ctx(&pool).await;
+    pipeline::sync(&ctx, None).await.unwrap();
+    let records = sync_daemon::fixture_server::load_records(&fixture_dir()).unwrap();
+    let id = records[0].get();
+    let source_id = serde_json::from_str::<serde_json::Value>(id).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = sync_daemon::load::PageBody {
+        page: sync_daemon::db::PageRef {
+            id: 1,
+            object_key: String::new(),
+            body_sha256: String::new(),
+            record_path: "/data".into(),
+            record_count: 1,
+            parse_error: None,
+            page_token: serde_json::Value::Null,
+            since: None,
+            content_type: None,
+        },
+        body: format!("{{\"data\":[{id}]}}").into(),
+    };
+    let def = &ctx.connector.streams()[0];
+    let model = &ctx.models[0];
+    let mapping_id = sync_daemon::db::register_mapping(&pool, model.mapper.mapping())
+        .await
+        .unwrap();
+    let lctx = sync_daemon::load::LoadCtx::new("wd", def, model, mapping_id, None);
+    let opts = sync_daemon::load::LoadOpts::default();
+    let alone = sync_daemon::load::prepare(
+        &pool,
+        &lctx,
+        std::slice::from_ref(&page),
+        opts,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        alone.decided(),
+        (1, 0),
+        "the stored record is skipped by hash"
+    );
+    let in_flight = std::collections::HashSet::from([source_id]);
+    let beside = sync_daemon::load::prepare(&pool, &lctx, &[page], opts, &in_flight)
+        .await
+        .unwrap();
+    assert_eq!(
+        beside.decided(),
+        (0, 1),
+        "an id of the batch still loading is mapped, not skipped"
+    );
+}
+
+/// With `changed_since_param`, the Workday stream is incremental: the first
+/// pull asks for everything, the next only for workers whose `lastModified`
+/// is at or after the high-water mark (the fixture server filters by it).
+#[tokio::test]
+async fn workday_changed_since_asks_only_for_what_changed() {
+    use connector_core::Connector;
+    use sync_daemon::fixture_server::{self, FixtureOptions};
+    let test_db = TestDb::migrated().await;
+    let pool = test_db.pool.clone();
+    let store = RawStore::in_memory();
+    // The recorded workers carry no change stamp: each gets one, a minute
+    // apart, two of them in the same second.
+    let mut all = workers();
+    let start = chrono::DateTime::parse_from_rfc3339("2025-03-01T08:00:00.250-05:00").unwrap();
+    for (i, w) in all.iter_mut().enumerate() {
+        let at = start + chrono::Duration::minutes(i.min(258) as i64);
+        w["lastModified"] = at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+            .into();
+    }
+    let serve = |records: &[serde_json::Value]| {
+        let records: Vec<Box<serde_json::value::RawValue>> = records
+            .iter()
+            .map(|r| serde_json::value::to_raw_value(r).unwrap())
+            .collect();
+        async move {
+            fixture_server::start(
+                "127.0.0.1:0",
+                records,
+                FixtureOptions {
+                    client_secret: CLIENT_SECRET.into(),
+                    refresh_token: REFRESH_TOKEN.into(),
+                    ..FixtureOptions::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let ctx_at = |srv: &fixture_server::FixtureServer| {
+        let base = format!("http://{}", srv.addr);
+        let wd = workday::Workday::new(
+            serde_json::from_value(serde_json::json!({
+                "base_url": base, "tenant": "acme", "changed_since_param": "updatedFrom"
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        ctx(
+            &pool,
+            &store,
+            Arc::new(wd),
+            &refresh_auth(&base, REFRESH_TOKEN),
+        )
+    };
+    let first = serve(&all).await;
+    let s = pipeline::sync(&ctx_at(&first), None).await.unwrap();
+    assert_eq!((s.pages_fetched, s.changed), (3, 260));
+    let high: String = sqlx::query_scalar("select cursor->>'high_water' from watermark")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // The bound goes out in whole seconds.
+    let bound =
+        chrono::SubsecRound::trunc_subsecs(chrono::DateTime::parse_from_rfc3339(&high).unwrap(), 0);
+    let at_high = all
+        .iter()
+        .filter(|w| {
+            w["lastModified"]
+                .as_str()
+                .is_some_and(|m| chrono::DateTime::parse_from_rfc3339(m).unwrap() >= bound)
+        })
+        .count();
+    assert_eq!(at_high, 2, "workers at or after {high}");
+
+    // Three workers change after the first pull.
+    for w in all.iter_mut().skip(40).step_by(50).take(3) {
+        w["businessTitle"] = "Chief Incremental Officer".into();
+        w["lastModified"] = "2026-01-05T10:00:00.000Z".into();
+    }
+    let second = serve(&all).await;
+    let s = pipeline::sync(&ctx_at(&second), None).await.unwrap();
+    assert_eq!(s.pages_fetched, 1, "one page of changes");
+    assert_eq!(s.changed, 3);
+    assert_eq!(
+        s.unchanged as usize, at_high,
+        "the inclusive bound's overlap"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from worker where business_title = 'Chief Incremental Officer'"
+        )
+        .await,
+        3
+    );
+}

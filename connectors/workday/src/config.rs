@@ -20,6 +20,22 @@ pub struct WorkdayConfig {
     /// Records per page (`limit`), 1 to 100; 100 by default.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// The query parameter in which the workers endpoint answers "changed
+    /// since" (an inclusive RFC 3339 time compared with each worker's
+    /// `lastModified`), where the tenant's gateway or report offers one:
+    /// `updatedFrom` for a RaaS report whose prompt is named so. When set,
+    /// the `workers` stream is incremental by `/lastModified`; unset (the
+    /// default), it is a full pull diffed by content hash and swept.
+    #[serde(default)]
+    pub changed_since_param: Option<String>,
+    /// How far behind the server's clock the "changed since" bound is held,
+    /// for changes committed late; 300 s by default.
+    #[serde(default = "default_changed_since_lag_secs")]
+    pub changed_since_lag_secs: u64,
+}
+
+fn default_changed_since_lag_secs() -> u64 {
+    300
 }
 
 fn default_api_path() -> String {
@@ -48,6 +64,22 @@ impl WorkdayConfig {
             return Err(format!(
                 "page_size {} must be between 1 and {MAX_PAGE_SIZE}",
                 self.page_size
+            ));
+        }
+        if let Some(p) = &self.changed_since_param
+            && (p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+        {
+            return Err(format!(
+                "changed_since_param {p:?} must be a query parameter name (letters, digits, '_', '-', '.')"
+            ));
+        }
+        if self.changed_since_lag_secs > 7 * 86_400 {
+            return Err(format!(
+                "changed_since_lag_secs {} must be at most a week (604800)",
+                self.changed_since_lag_secs
             ));
         }
         Ok(())

@@ -1,8 +1,14 @@
 //! Workday connector: the `workers` stream of Workday's REST API.
 //!
 //! `GET {base_url}/{api_path}/{tenant}/workers?limit=L&offset=O` answers
-//! `{"total": N, "data": [...]}`. Workers carry no change stamp, so the stream is
-//! a full pull diffed by content hash (unchanged workers write nothing). Each
+//! `{"total": N, "data": [...]}`. The REST resource has no "changed since"
+//! filter, so by default the stream is a full pull diffed by content hash
+//! (unchanged workers write nothing) and swept after a complete pull. Where
+//! the tenant serves the workers through an endpoint that filters by
+//! `lastModified` (a RaaS report with an `Updated_From`-style prompt, a
+//! gateway), `changed_since_param` names its parameter and the stream becomes
+//! incremental: the bound is `min(latest lastModified seen, server Date − lag)`,
+//! sent inclusive, the overlap absorbed by content-hash dedupe. Each
 //! worker maps to a canonical `worker`, plus the `org_unit` of its primary
 //! supervisory organisation and its `location` when present.
 //!
@@ -19,7 +25,7 @@ mod config;
 pub mod mapper;
 
 use canonical_model::{EntityKind, Mapper, Modeled, StreamModel};
-use connector_core::{Connector, Error, Pagination, Records, StreamDef};
+use connector_core::{Connector, Error, Pagination, Records, RequestHook, StreamDef, SyncMode};
 use std::sync::Arc;
 use url::Url;
 
@@ -66,12 +72,33 @@ impl Connector for Workday {
     }
 
     fn streams(&self) -> Vec<StreamDef> {
-        // No change stamp: a full pull, diffed by hash and swept after a
-        // complete run (workers it no longer lists are soft-deleted).
-        vec![StreamDef {
+        let full = StreamDef {
             records: Records::Array("/data"),
             pagination: Pagination::offset_limit(self.config.page_size),
             ..StreamDef::get("workers", self.config.workers_path())
+        };
+        let Some(param) = self.config.changed_since_param.clone() else {
+            // No change filter: a full pull, diffed by hash and swept after a
+            // complete run (workers it no longer lists are soft-deleted).
+            return vec![full];
+        };
+        // The parameter's name is configured, so the hook sends it (the
+        // first pull, without a bound, asks for every worker).
+        vec![StreamDef {
+            cursor: Some("/lastModified"),
+            mode: SyncMode::Incremental {
+                since_param: None,
+                token_at: None,
+                keyset: false,
+                lag: std::time::Duration::from_secs(self.config.changed_since_lag_secs),
+            },
+            request: Some(RequestHook::new(move |req, page| {
+                if let Some(since) = page.since_text() {
+                    req.url.query_pairs_mut().append_pair(&param, &since);
+                }
+                Ok(())
+            })),
+            ..full
         }]
     }
 }
@@ -83,5 +110,47 @@ impl Modeled for Workday {
             entity: EntityKind::Worker,
             mapper: self.workers_mapper.clone(),
         }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workday(extra: serde_json::Value) -> Result<Workday, Error> {
+        let mut cfg = serde_json::json!({"base_url": "https://wd5.example.com", "tenant": "acme"});
+        cfg.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        Workday::new(serde_json::from_value(cfg).unwrap())
+    }
+
+    #[test]
+    fn workers_are_a_full_pull_unless_a_changed_since_parameter_is_named() {
+        let full = workday(serde_json::json!({})).unwrap();
+        assert_eq!(full.streams()[0].mode, SyncMode::FullRefresh);
+        assert_eq!(full.streams()[0].cursor, None);
+
+        let incr = workday(serde_json::json!({"changed_since_param": "updatedFrom"})).unwrap();
+        let def = &incr.streams()[0];
+        assert!(matches!(
+            def.mode,
+            SyncMode::Incremental { since_param: None, lag, .. } if lag.as_secs() == 300
+        ));
+        assert_eq!(def.cursor, Some("/lastModified"));
+        assert!(def.request.is_some(), "the hook sends the bound");
+    }
+
+    #[test]
+    fn a_changed_since_parameter_must_be_a_plain_name() {
+        for bad in ["", "updated from", "a&b=c", "x#"] {
+            let e = workday(serde_json::json!({"changed_since_param": bad})).unwrap_err();
+            assert!(e.to_string().contains("changed_since_param"), "{e}");
+        }
+        let e = workday(
+            serde_json::json!({"changed_since_param": "u", "changed_since_lag_secs": 10_000_000}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("changed_since_lag_secs"), "{e}");
     }
 }
