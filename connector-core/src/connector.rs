@@ -188,9 +188,19 @@ pub struct PageCtx<'a> {
     /// largest key of the page before, `{"modified": …, "id": …}`; `None`
     /// on a pull's first page.
     pub after: Option<&'a serde_json::Value>,
+    /// Under [`StreamDef::snapshot`], the moment every page of this pull is
+    /// answered as of (the same for each page, and for a pull resumed after
+    /// a crash); `None` otherwise.
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 impl PageCtx<'_> {
+    /// [`as_of`](Self::as_of) as RFC 3339, whole seconds, UTC.
+    pub fn as_of_text(&self) -> Option<String> {
+        self.as_of
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+
     /// The state as text (a time bound or a string token).
     pub fn since_text(&self) -> Option<String> {
         self.since.map(|v| match v {
@@ -300,6 +310,13 @@ pub struct StreamDef {
     /// Requests made from another stream's records (ids from a change feed
     /// → detail requests, batched) instead of from a state of its own.
     pub details: Option<Details>,
+    /// The source answers a request as of a moment it names (Workday's
+    /// `As_Of_Entry_DateTime` with `Updated_Through`): core fixes one moment
+    /// per pull ([`PageCtx::as_of`]) and the stream's [`RequestHook`] sends
+    /// it with every page. Changes made during the pull are then not in it
+    /// (the next pull asks from before that moment), so an incremental
+    /// stream may page by offset or page number without pages shifting.
+    pub snapshot: bool,
 }
 
 impl StreamDef {
@@ -324,6 +341,7 @@ impl StreamDef {
             request: None,
             partition: None,
             details: None,
+            snapshot: false,
         }
     }
 
@@ -473,18 +491,28 @@ impl StreamDef {
                         .into(),
                 ));
             }
-            if matches!(
-                self.pagination,
-                Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. }
-            ) {
+            if !self.snapshot
+                && matches!(
+                    self.pagination,
+                    Pagination::OffsetLimit { .. } | Pagination::PageNumber { .. }
+                )
+            {
                 return Err(bad(
                     "an incremental stream cannot page by offset or page number: records modified \
                      during the pull shift the later pages and are skipped for good. Page with a \
                      cursor or next link the source issues (Pagination::Cursor, NextLink, \
-                     LinkHeader), or sync it as SyncMode::FullRefresh"
+                     LinkHeader), page over a snapshot the source answers as of one moment \
+                     (`snapshot`), or sync it as SyncMode::FullRefresh"
                         .into(),
                 ));
             }
+        }
+        if self.snapshot && self.request.is_none() {
+            return Err(bad(
+                "a snapshot stream needs a `request` hook that sends the pull's moment \
+                 (PageCtx::as_of) with every page"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -590,8 +618,7 @@ impl StreamDef {
         let page = PageCtx {
             since,
             partition: self.partition.as_deref(),
-            ids: None,
-            after: None,
+            ..PageCtx::default()
         };
         Ok(self.request(base, token, &page)?.url)
     }

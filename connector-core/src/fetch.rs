@@ -88,6 +88,8 @@ pub struct Pager {
     since: Option<serde_json::Value>,
     /// The batch of ids of a detail stream's request.
     ids: Option<Vec<String>>,
+    /// The moment a snapshot stream's pages are answered as of.
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
     concurrency: usize,
     queue: VecDeque<PageToken>,
     /// Predicted pages not requested yet (lazy: never materialized whole).
@@ -132,6 +134,7 @@ impl Pager {
             def,
             since,
             ids: None,
+            as_of: None,
             concurrency: concurrency.max(1),
             queue: VecDeque::from([start]),
             ahead: Box::new(std::iter::empty()),
@@ -164,6 +167,12 @@ impl Pager {
     /// request carries them in [`crate::PageCtx::ids`].
     pub fn with_ids(mut self, ids: Vec<String>) -> Self {
         self.ids = Some(ids);
+        self
+    }
+
+    /// Every page is asked for as of `as_of` ([`crate::StreamDef::snapshot`]).
+    pub fn with_as_of(mut self, as_of: Option<chrono::DateTime<chrono::Utc>>) -> Self {
+        self.as_of = as_of;
         self
     }
 
@@ -200,6 +209,7 @@ impl Pager {
                 partition: self.def.partition.as_deref(),
                 ids: self.ids.as_deref(),
                 after: None,
+                as_of: self.as_of,
             };
             let req = match self.def.request(self.http.base_url(), &token, &page) {
                 Ok(r) => r,

@@ -381,6 +381,20 @@ fn incremental_streams_cannot_page_by_offset() {
         e.contains("items") && e.contains("cursor or next link"),
         "{e}"
     );
+    // Over a snapshot the source answers as of the pull's moment, offsets
+    // cannot shift: allowed, with a hook that sends the moment.
+    def.snapshot = true;
+    let e = def.validate().unwrap_err().to_string();
+    assert!(e.contains("snapshot stream needs a `request` hook"), "{e}");
+    def.request = Some(connector_core::RequestHook::new(|req, page| {
+        if let Some(t) = page.as_of_text() {
+            req.url.query_pairs_mut().append_pair("asOf", &t);
+        }
+        Ok(())
+    }));
+    def.validate().unwrap();
+    def.snapshot = false;
+    assert!(def.validate().is_err());
     def.pagination = Pagination::cursor("cursor", "/next");
     def.validate().unwrap();
     def.cursor = None;

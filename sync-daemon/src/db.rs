@@ -396,6 +396,10 @@ pub struct Cursor {
     /// Server time at the first page of the pull in progress.
     #[serde(default)]
     pub pull_started_at: Option<DateTime<Utc>>,
+    /// Snapshot streams: the moment every page of the pull in progress is
+    /// answered as of (kept so that a resumed pull asks for the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_as_of: Option<DateTime<Utc>>,
     /// Incremental streams: the lower bound of the next pull
     /// (`min(max cursor seen, server now − lag)` of the last complete pull).
     #[serde(default)]

@@ -2,9 +2,10 @@
 //! - Workday-shaped: the token endpoint (refresh-token grant, client
 //!   authenticated with HTTP Basic), a bearer check, and
 //!   `workers?limit&offset` sliced from the recorded records, and with
-//!   `updatedFrom=<RFC 3339>` only the workers whose `lastModified` is at or
-//!   after it (a "changed since" endpoint, for the connector's
-//!   `changed_since_param`);
+//!   `updatedFrom=<RFC 3339>` / `updatedThrough=<RFC 3339>` only the workers
+//!   whose `lastModified` is at or after / at or before them (a "changed
+//!   since" endpoint answering as of a moment, for the connector's
+//!   `changed_since_param` and `as_of_param`);
 //! - BambooHR-shaped (when given its fixtures): HTTP Basic with the API key,
 //!   `POST /api/gateway.php/{company}/v1/reports/custom` (filtered by
 //!   `filters.lastChanged`) and `GET …/employees/changed/?since=` (an object
@@ -488,17 +489,23 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             ),
         );
     }
-    let selected = match params.get("updatedFrom") {
-        None => None,
-        Some(v) => match chrono::DateTime::parse_from_rfc3339(v) {
-            Ok(since) => Some(changed_since(state, v, since)),
-            Err(_) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    r#"{"error":"invalid updatedFrom: an RFC 3339 time is expected"}"#,
-                );
+    let mut window = [None, None];
+    for (slot, name) in window.iter_mut().zip(["updatedFrom", "updatedThrough"]) {
+        if let Some(v) = params.get(name) {
+            match chrono::DateTime::parse_from_rfc3339(v) {
+                Ok(t) => *slot = Some(t),
+                Err(_) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("{{\"error\":\"invalid {name}: an RFC 3339 time is expected\"}}"),
+                    );
+                }
             }
-        },
+        }
+    }
+    let selected = match window {
+        [None, None] => None,
+        [from, through] => Some(changed_between(state, from, through)),
     };
     let total = selected.as_ref().map_or(state.records.len(), |s| s.len());
     let mut body = format!("{{\"total\":{total},\"data\":[");
@@ -516,13 +523,11 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     reply(StatusCode::OK, body)
 }
 
-/// The positions of the records whose `lastModified` is at or after `since`
-/// (`key` is the bound as sent), computed once per bound.
-fn changed_since(
-    state: &State,
-    key: &str,
-    since: chrono::DateTime<chrono::FixedOffset>,
-) -> Arc<Vec<usize>> {
+type Time = chrono::DateTime<chrono::FixedOffset>;
+
+/// The positions of the records whose `lastModified` is within
+/// `[from, through]` (either end open), computed once per window.
+fn changed_between(state: &State, from: Option<Time>, through: Option<Time>) -> Arc<Vec<usize>> {
     #[derive(serde::Deserialize)]
     struct Stamp<'a> {
         #[serde(rename = "lastModified", borrow)]
@@ -540,16 +545,22 @@ fn changed_since(
             })
             .collect()
     });
+    let key = format!("{from:?}..{through:?}");
     let mut cache = state.changed.lock().expect("changed-since cache");
-    if cache.len() >= 16 && !cache.contains_key(key) {
+    if cache.len() >= 16 && !cache.contains_key(&key) {
         cache.clear();
     }
     cache
-        .entry(key.to_owned())
+        .entry(key)
         .or_insert_with(|| {
             Arc::new(
                 (0..modified.len())
-                    .filter(|&i| modified[i].is_some_and(|m| m >= since))
+                    .filter(|&i| {
+                        // A worker without a stamp is in a pull from the start only.
+                        modified[i].map_or(from.is_none(), |m| {
+                            from.is_none_or(|f| m >= f) && through.is_none_or(|t| m <= t)
+                        })
+                    })
                     .collect(),
             )
         })

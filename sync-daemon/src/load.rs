@@ -881,9 +881,8 @@ pub async fn apply(
     //    claimed (`on conflict do nothing`): its link is read under lock and
     //    its entity decided again against it, so an entity is only ever
     //    written under the id its crosswalk row holds (docs/architecture.md,
-    //    "Invariants and where they hold", 9). The
-    //    derivation foreign key is checked at commit, when step 7 has
-    //    written the derivations.
+    //    "Invariants and where they hold", 9). The derivations the links
+    //    name are written in step 7, in the same transaction.
     if !new_keys.is_empty() {
         let write_of: HashMap<(EntityKind, &str), &Cand> = plan
             .writes

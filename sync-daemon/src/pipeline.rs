@@ -3,9 +3,15 @@
 //! Fetch and load run concurrently with a bounded queue between them: a slow
 //! Postgres slows the fetcher, and memory stays flat whatever the data size
 //! (at most `fetch_concurrency` bodies in flight, [`QUEUE_PAGES`] queued and
-//! [`BATCH_PAGES`] in a batch, each at most `max_body_bytes`; the loader's
-//! bookkeeping is per record, and a batch holds at most [`BATCH_RECORDS`]
-//! records past its first page, a page at most 100,000).
+//! [`BATCH_PAGES`] in each of the two batches the loader holds, each at most
+//! `max_body_bytes`; the loader's bookkeeping is per record, and a batch
+//! holds at most [`BATCH_RECORDS`] records past its first page, a page at
+//! most 100,000).
+//!
+//! The loader keeps two batches in flight: while one is written in its
+//! transaction ([`crate::load::apply`]), the next is received, split, hashed
+//! and mapped ([`crate::load::prepare`], no transaction), so the daemon's work
+//! overlaps Postgres's and each transaction holds only database work.
 //!
 //! Every run is ledgered and always ends in a terminal state (`succeeded`,
 //! `failed`, `deferred`, `needs_reauth`, `interrupted`), whatever path it
@@ -944,6 +950,11 @@ async fn fetch_stream(
         .unwrap_or_else(|| def.pagination.first());
     if cursor.next.is_none() {
         cursor.pull_started_at = None;
+        // A snapshot stream's pull is answered as of now (whole seconds),
+        // page after page, resumed or not.
+        cursor.pull_as_of = def
+            .snapshot
+            .then(|| chrono::SubsecRound::trunc_subsecs(Utc::now(), 0));
         cursor.pull_max_cursor = None;
         cursor.pull_max_key = None;
         cursor.pull_skipped_pages = 0;
@@ -968,7 +979,8 @@ async fn fetch_stream(
         start,
         since.clone(),
         ctx.fetch_concurrency,
-    );
+    )
+    .with_as_of(cursor.pull_as_of.filter(|_| def.snapshot));
     loop {
         still_leased(ctx, run, &key)?;
         let Some(page) = pager.next_page().await else {
@@ -1072,8 +1084,12 @@ async fn fetch_stream(
             {
                 // High water = min(max seen, server now − lag); a pull that saw
                 // nothing keeps the old mark, and so does a pull that skipped
-                // pages it could not read.
-                let cap = started - chrono::Duration::from_std(lag).unwrap_or_default();
+                // pages it could not read. A snapshot pull saw nothing after
+                // its moment.
+                let mut cap = started - chrono::Duration::from_std(lag).unwrap_or_default();
+                if let Some(as_of) = cursor.pull_as_of {
+                    cap = cap.min(as_of);
+                }
                 if let Some(seen) = cursor.pull_max_cursor.take()
                     && cursor.pull_skipped_pages == 0
                 {
@@ -1082,6 +1098,7 @@ async fn fetch_stream(
             }
             out.complete = cursor.pull_skipped_pages == 0;
             cursor.pull_skipped_pages = 0;
+            cursor.pull_as_of = None;
             cursor.next = None;
         } else {
             cursor.next = page.next.as_ref().map(|n| http.storable_token(n));

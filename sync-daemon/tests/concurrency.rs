@@ -34,6 +34,7 @@ async fn no_duplicates(pool: &sqlx::PgPool) {
         260,
         "every worker row is the one its crosswalk row names"
     );
+    assert_eq!(orphans(pool).await, Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -237,6 +237,7 @@ async fn sap_entries_spanning_pages_balance_and_the_unbalanced_are_flagged_and_c
         first.contains("$filter=CompanyCode%20eq%20%271010%27%20and%20LastChangeDateTime%20ge%20datetimeoffset%272024-04-01T08:00:00Z%27"),
         "{first}"
     );
+    assert_eq!(orphans(&pool).await, Vec::<String>::new());
 }
 
 /// A journal item in the v2 shape.

@@ -28,10 +28,21 @@ pub struct WorkdayConfig {
     /// default), it is a full pull diffed by content hash and swept.
     #[serde(default)]
     pub changed_since_param: Option<String>,
+    /// With `changed_since_param`: the parameter carrying the moment the
+    /// whole pull is answered as of (changes after it come with the next
+    /// pull), the same on every page so that offsets page over one snapshot
+    /// (`Updated_Through` / `As_Of_Entry_DateTime`); `updatedThrough` by
+    /// default.
+    #[serde(default = "default_as_of_param")]
+    pub as_of_param: String,
     /// How far behind the server's clock the "changed since" bound is held,
     /// for changes committed late; 300 s by default.
     #[serde(default = "default_changed_since_lag_secs")]
     pub changed_since_lag_secs: u64,
+}
+
+fn default_as_of_param() -> String {
+    "updatedThrough".into()
 }
 
 fn default_changed_since_lag_secs() -> u64 {
@@ -66,14 +77,27 @@ impl WorkdayConfig {
                 self.page_size
             ));
         }
-        if let Some(p) = &self.changed_since_param
-            && (p.is_empty()
-                || !p
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
-        {
+        let plain = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        };
+        for (key, p) in [
+            ("changed_since_param", self.changed_since_param.as_deref()),
+            ("as_of_param", Some(self.as_of_param.as_str())),
+        ] {
+            if let Some(p) = p
+                && !plain(p)
+            {
+                return Err(format!(
+                    "{key} {p:?} must be a query parameter name (letters, digits, '_', '-', '.')"
+                ));
+            }
+        }
+        if self.changed_since_param.as_deref() == Some(self.as_of_param.as_str()) {
             return Err(format!(
-                "changed_since_param {p:?} must be a query parameter name (letters, digits, '_', '-', '.')"
+                "changed_since_param and as_of_param are both {:?}: they are two parameters",
+                self.as_of_param
             ));
         }
         if self.changed_since_lag_secs > 7 * 86_400 {

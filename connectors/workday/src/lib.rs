@@ -5,10 +5,14 @@
 //! filter, so by default the stream is a full pull diffed by content hash
 //! (unchanged workers write nothing) and swept after a complete pull. Where
 //! the tenant serves the workers through an endpoint that filters by
-//! `lastModified` (a RaaS report with an `Updated_From`-style prompt, a
-//! gateway), `changed_since_param` names its parameter and the stream becomes
-//! incremental: the bound is `min(latest lastModified seen, server Date − lag)`,
-//! sent inclusive, the overlap absorbed by content-hash dedupe. Each
+//! `lastModified` (a RaaS report with `Updated_From` / `Updated_Through`
+//! prompts, a gateway to `Get_Workers`' transaction log criteria),
+//! `changed_since_param` names the lower bound's parameter and `as_of_param`
+//! the moment the pull is answered as of, and the stream becomes incremental:
+//! the bound is `min(latest lastModified seen, server Date − lag, the last
+//! pull's moment)`, sent inclusive, the overlap absorbed by content-hash
+//! dedupe; every page of a pull carries the same moment, so offsets page over
+//! one snapshot. Each
 //! worker maps to a canonical `worker`, plus the `org_unit` of its primary
 //! supervisory organisation and its `location` when present.
 //!
@@ -82,10 +86,14 @@ impl Connector for Workday {
             // complete run (workers it no longer lists are soft-deleted).
             return vec![full];
         };
-        // The parameter's name is configured, so the hook sends it (the
-        // first pull, without a bound, asks for every worker).
+        // The parameters' names are configured, so the hook sends them (the
+        // first pull, without a bound, asks for every worker). Offsets
+        // page over the snapshot as of the pull's moment: a worker changed
+        // during the pull shifts no page (it comes with the next pull).
+        let through = self.config.as_of_param.clone();
         vec![StreamDef {
             cursor: Some("/lastModified"),
+            snapshot: true,
             mode: SyncMode::Incremental {
                 since_param: None,
                 token_at: None,
@@ -93,8 +101,12 @@ impl Connector for Workday {
                 lag: std::time::Duration::from_secs(self.config.changed_since_lag_secs),
             },
             request: Some(RequestHook::new(move |req, page| {
+                let mut q = req.url.query_pairs_mut();
                 if let Some(since) = page.since_text() {
-                    req.url.query_pairs_mut().append_pair(&param, &since);
+                    q.append_pair(&param, &since);
+                }
+                if let Some(as_of) = page.as_of_text() {
+                    q.append_pair(&through, &as_of);
                 }
                 Ok(())
             })),
@@ -138,7 +150,29 @@ mod tests {
             SyncMode::Incremental { since_param: None, lag, .. } if lag.as_secs() == 300
         ));
         assert_eq!(def.cursor, Some("/lastModified"));
-        assert!(def.request.is_some(), "the hook sends the bound");
+        assert!(def.snapshot, "offsets page over the pull's moment");
+        def.validate().unwrap();
+        let base = Url::parse("https://wd5.example.com/").unwrap();
+        let since = serde_json::json!("2025-06-01T00:00:00Z");
+        let as_of = chrono::DateTime::parse_from_rfc3339("2025-06-02T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let page = connector_core::PageCtx {
+            since: Some(&since),
+            as_of: Some(as_of),
+            ..Default::default()
+        };
+        let url = def
+            .request(&base, &def.pagination.first(), &page)
+            .unwrap()
+            .url;
+        assert_eq!(
+            url.query(),
+            Some(
+                "limit=100&offset=0&updatedFrom=2025-06-01T00%3A00%3A00Z\
+                 &updatedThrough=2025-06-02T10%3A00%3A00Z"
+            )
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
 
 /// The canonical state, by source ids (canonical ids differ between databases).
 pub async fn state(pool: &sqlx::PgPool) -> Vec<String> {
+    let o = orphans(pool).await;
+    assert!(o.is_empty(), "rows that point at nothing: {o:?}");
     sqlx::query_scalar(
         "select w.source_id || '|' || (to_jsonb(w) - 'id' - 'org_unit_id' - 'location_id' - 'manager_id'
                  - 'prov_contributors' - 'updated_at' - 'mapping_version_id')::text
@@ -199,6 +201,50 @@ pub async fn state(pool: &sqlx::PgPool) -> Vec<String> {
     .fetch_all(pool)
     .await
     .unwrap()
+}
+
+/// What the hot tables' foreign keys checked before migration 0010 (ADR
+/// 0014): every derivation's raw page and mapping version, every link's
+/// derivation and mapping version, every entity row's mapping version and
+/// contributors exist. Names each check that finds a row pointing at nothing.
+pub async fn orphans(pool: &sqlx::PgPool) -> Vec<String> {
+    let mut checks = vec![
+        (
+            "derivation → raw_page".to_owned(),
+            "select count(*) from derivation d where not exists (select 1 from raw_page p where p.id = d.raw_page_id)".to_owned(),
+        ),
+        (
+            "derivation → mapping_version".into(),
+            "select count(*) from derivation d where not exists (select 1 from mapping_version m where m.id = d.mapping_version_id)".into(),
+        ),
+        (
+            "source_link → derivation".into(),
+            "select count(*) from source_link s where s.derivation_id is not null and not exists (select 1 from derivation d where d.id = s.derivation_id)".into(),
+        ),
+        (
+            "source_link → mapping_version".into(),
+            "select count(*) from source_link s where s.mapping_version_id is not null and not exists (select 1 from mapping_version m where m.id = s.mapping_version_id)".into(),
+        ),
+    ];
+    for kind in canonical_model::EntityKind::ALL {
+        let t = kind.as_str();
+        checks.push((
+            format!("{t} → mapping_version"),
+            format!("select count(*) from {t} x where not exists (select 1 from mapping_version m where m.id = x.mapping_version_id)"),
+        ));
+        checks.push((
+            format!("{t} → derivation"),
+            format!("select count(*) from {t} x where exists (select 1 from unnest(x.prov_contributors) c(id) where not exists (select 1 from derivation d where d.id = c.id))"),
+        ));
+    }
+    let mut found = Vec::new();
+    for (name, sql) in checks {
+        let n = count(pool, &sql).await;
+        if n > 0 {
+            found.push(format!("{name}: {n}"));
+        }
+    }
+    found
 }
 
 /// The 260 recorded workers, as JSON values.
