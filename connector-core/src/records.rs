@@ -2,7 +2,6 @@
 
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 /// The records of one page: borrowed raw JSON slices, in body order.
 #[derive(Debug)]
@@ -460,22 +459,84 @@ pub fn pointer<'a>(mut v: &'a RawValue, pointer: &str) -> Result<Option<&'a RawV
         } else {
             seg.into()
         };
-        let obj: HashMap<std::borrow::Cow<'a, str>, &'a RawValue> =
-            match serde_json::from_str(v.get()) {
-                Ok(o) => o,
-                Err(_) => return Ok(None),
-            };
-        match obj.get(key.as_ref()) {
-            Some(next) => v = next,
-            None => return Ok(None),
+        // One pass over the object's members, nothing collected; the last
+        // member of that name wins, as in a map.
+        let mut de = serde_json::Deserializer::from_str(v.get());
+        match serde::de::DeserializeSeed::deserialize(Member(&key), &mut de) {
+            Ok(Some(next)) => v = next,
+            Ok(None) | Err(_) => return Ok(None),
         }
     }
     Ok(Some(v))
 }
 
+/// The value of an object's member named `.0` (the last one of that name),
+/// `None` when it has none; an error when the value is not an object.
+struct Member<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Member<'_> {
+    type Value = Option<&'de RawValue>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Member<'_> {
+    type Value = Option<&'de RawValue>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is) = map.next_key_seed(NameIs(self.0))? {
+            if is {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a member's name (escaped or not) is `.0`.
+struct NameIs<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for NameIs<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for NameIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<bool, E> {
+        Ok(name == self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pointers_take_the_last_member_of_a_name_and_read_escaped_names() {
+        let v: &RawValue =
+            serde_json::from_str(r#"{"id": "first", "a/b": {"~x": 1}, "\u0069d": "last"}"#)
+                .unwrap();
+        assert_eq!(pointer(v, "/id").unwrap().unwrap().get(), r#""last""#);
+        assert_eq!(pointer(v, "/a~1b/~0x").unwrap().unwrap().get(), "1");
+        assert!(pointer(v, "/missing").unwrap().is_none());
+        assert!(
+            pointer(v, "/id/deeper").unwrap().is_none(),
+            "a string has no members"
+        );
+        assert!(pointer(v, "id").is_err());
+    }
 
     #[test]
     fn finds_records_and_total() {

@@ -4,8 +4,9 @@
 # beside a plain COPY of the same rows measured in the same run, for each N.
 # Prints one table: records, wall time, records/s, the ratio to COPY, the
 # share of the full sync's wall time, and the daemon's peak RSS per step;
-# then reader latencies (p50/p99) during the full sync and on the idle
-# database.
+# then reader latencies (p50/p99) during a full sync and on the idle
+# database. The readers run beside a second full sync into a fresh database
+# (the last step), so that their own work does not slow the timed one.
 #
 #   bash sync-daemon/benches/workers.sh [N ...]     (N = 100000 1000000 by default)
 #
@@ -33,9 +34,15 @@ cargo build --release -q -p sync-daemon
 bin=$PWD/target/release/sync-daemon
 out=$(mktemp -d)
 server=
-trap 'kill $server 2>/dev/null || true; rm -rf "$out"' EXIT
+# Raw objects go to a new directory per sync into a fresh database, all
+# removed at the end: files deleted just before a sync make the file system
+# slow to create new ones (ext4 skips recently freed inodes), which no real
+# store sees on every run.
+raw_dirs="$PWD/target/bench-raw"
+rm -rf "$raw_dirs"
+trap 'kill $server 2>/dev/null || true; rm -rf "$out" "$raw_dirs"' EXIT
 export DATABASE_URL="$PGBASE/$DB"
-export SYNC_RAW_DIR="$PWD/target/bench-raw"
+fresh_raw() { export SYNC_RAW_DIR="$raw_dirs/$N-$1"; mkdir -p "$SYNC_RAW_DIR"; }
 
 serve() { # pages directory → sets $base (the server's URL) and $server
   [ -n "$server" ] && { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
@@ -112,7 +119,7 @@ for N in "${SIZES[@]}"; do
   [ -f "$DATA/manifest.json" ] || python3 "$BENCH_GEN" --n "$N" --out target/bench-data
   [ -f "$DATA-c1/manifest.json" ] || python3 "$BENCH_GEN" --n "$N" --out target/bench-data --changed-pct 1
   psql "$PGBASE/postgres" -qc "drop database if exists $DB" -c "create database $DB"
-  rm -rf "$SYNC_RAW_DIR"
+  fresh_raw 1
   unset sync_s
 
   # Plain COPY of the same rows into a logged table: the physical limit.
@@ -130,12 +137,8 @@ for N in "${SIZES[@]}"; do
   config "$out/incr.toml" 'changed_since_param = "updatedFrom"'
   config "$out/full.toml" ''
   "$bin" --config "$out/incr.toml" migrate > /dev/null
-  readers "$out/incr.toml" "$out/readers-sync" 0 &
-  reader_pid=$!
   step "sync (fetch, raw store, map, upsert)" "$out/incr.toml" sync bench
   sync_s=$last_s
-  kill $reader_pid 2>/dev/null || true
-  wait $reader_pid 2>/dev/null || true
   psql "$DATABASE_URL" -qc "analyze"
   step "re-sync, unchanged data (full pull)" "$out/full.toml" sync bench
   serve "$DATA-c1/pages/l100"
@@ -146,6 +149,17 @@ for N in "${SIZES[@]}"; do
   psql "$DATABASE_URL" -qc "truncate worker, org_unit, location, dead_letter, source_link, derivation" \
     -c "update raw_page set loaded_at = null"
   step "replay of all pages into empty model" "$out/incr.toml" replay bench
+  # The full sync again, into a fresh database, with the reader loop beside it.
+  serve "$DATA/pages/l100"
+  config "$out/incr.toml" 'changed_since_param = "updatedFrom"'
+  psql "$PGBASE/postgres" -qc "drop database $DB" -c "create database $DB"
+  fresh_raw 2
+  "$bin" --config "$out/incr.toml" migrate > /dev/null
+  readers "$out/incr.toml" "$out/readers-sync" 0 &
+  reader_pid=$!
+  step "sync again, the reader loop beside it" "$out/incr.toml" sync bench
+  kill $reader_pid 2>/dev/null || true
+  wait $reader_pid 2>/dev/null || true
   # The same readers on the idle database, analyzed as autovacuum would have.
   psql "$DATABASE_URL" -qc "analyze"
   readers "$out/incr.toml" "$out/readers-idle" 40

@@ -44,7 +44,7 @@ pub struct LoadCtx<'a> {
     pub stream: &'a str,
     pub primary_key: &'a str,
     pub entity: EntityKind,
-    pub mapper: &'a dyn Mapper,
+    pub mapper: &'a std::sync::Arc<dyn Mapper>,
     pub mapping_id: i32,
     /// How the stream says a record was deleted.
     pub deleted: Option<connector_core::Deleted>,
@@ -67,10 +67,49 @@ impl<'a> LoadCtx<'a> {
             stream: def.name,
             primary_key: def.primary_key,
             entity: model.entity,
-            mapper: model.mapper.as_ref(),
+            mapper: &model.mapper,
             mapping_id,
             deleted: def.deleted,
             lease,
+            scrubber: None,
+        }
+    }
+}
+
+/// What [`prepare`]'s work off the runtime needs of a [`LoadCtx`], owned.
+struct OwnedCtx {
+    connection: String,
+    stream: String,
+    primary_key: String,
+    entity: EntityKind,
+    mapper: std::sync::Arc<dyn Mapper>,
+    mapping_id: i32,
+    deleted: Option<connector_core::Deleted>,
+}
+
+impl OwnedCtx {
+    fn of(ctx: &LoadCtx<'_>) -> Self {
+        Self {
+            connection: ctx.connection.to_owned(),
+            stream: ctx.stream.to_owned(),
+            primary_key: ctx.primary_key.to_owned(),
+            entity: ctx.entity,
+            mapper: ctx.mapper.clone(),
+            mapping_id: ctx.mapping_id,
+            deleted: ctx.deleted,
+        }
+    }
+
+    fn ctx(&self) -> LoadCtx<'_> {
+        LoadCtx {
+            connection: &self.connection,
+            stream: &self.stream,
+            primary_key: &self.primary_key,
+            entity: self.entity,
+            mapper: &self.mapper,
+            mapping_id: self.mapping_id,
+            deleted: self.deleted,
+            lease: None,
             scrubber: None,
         }
     }
@@ -609,6 +648,8 @@ pub struct Prepared {
     dead: Vec<Dead>,
     page_of: Vec<(i64, usize, usize, i64)>,
     known: HashMap<String, Known>,
+    /// Ids of the stream's entity the crosswalk did not hold when asked.
+    absent: HashSet<String>,
     mapped: Vec<Mapped>,
     /// Ids whose stored state was read while an earlier batch that also
     /// holds them was still loading: read again inside the transaction.
@@ -670,15 +711,31 @@ pub async fn prepare<'e>(
     opts: LoadOpts<'_>,
     in_flight: &HashSet<String>,
 ) -> anyhow::Result<Prepared> {
+    // The CPU work runs on a blocking thread when it can (no probe or
+    // quarantine borrowed from the caller): beside another batch's
+    // transaction, it then takes the other core instead of this task's.
+    let off_runtime = opts.quarantine.is_none() && opts.only.is_none();
+    let owned = off_runtime.then(|| std::sync::Arc::new(OwnedCtx::of(ctx)));
+
     // 1. Split pages into records; hash each record's verbatim bytes.
-    let texts = readable_bodies(pages);
     let Split {
         mut recs,
         mut dead,
         pages: page_of,
-    } = split(ctx, pages, &texts, &opts);
-    drop(texts);
-    tokio::task::yield_now().await;
+    } = match &owned {
+        Some(o) => {
+            let (o, pages, replay) = (o.clone(), pages.to_vec(), opts.replay);
+            tokio::task::spawn_blocking(move || {
+                let opts = LoadOpts {
+                    replay,
+                    ..LoadOpts::default()
+                };
+                split(&o.ctx(), &pages, &readable_bodies(&pages), &opts)
+            })
+            .await?
+        }
+        None => split(ctx, pages, &readable_bodies(pages), &opts),
+    };
 
     // 2. Records identical to what was last loaded under this mapping: skip.
     let ids: Vec<String> = recs
@@ -687,6 +744,10 @@ pub async fn prepare<'e>(
         .map(|r| r.source_id.clone())
         .collect();
     let known = known_state(db, ctx, &ids).await?;
+    let absent: HashSet<String> = ids
+        .into_iter()
+        .filter(|id| !known.contains_key(id))
+        .collect();
     // An id on more than one page of the batch is never skipped by hash: the
     // version rule must choose among all its copies, or a copy that differs
     // from the stored one would win over the stored one's twin (a flip on
@@ -717,20 +778,37 @@ pub async fn prepare<'e>(
         }
     }
 
-    // 3. Map the rest (yielding now and then).
-    let mut mapped = Vec::new();
-    let mut base = 0;
-    while base < recs.len() {
-        let end = (base + MAP_CHUNK).min(recs.len());
-        mapped.extend(map_records(ctx, &mut recs[base..end], base, &mut dead));
-        base = end;
-        tokio::task::yield_now().await;
-    }
+    // 3. Map the rest.
+    let mapped = match owned {
+        Some(o) => {
+            let (r, d, m) = tokio::task::spawn_blocking(move || {
+                let mapped = map_records(&o.ctx(), &mut recs, 0, &mut dead);
+                (recs, dead, mapped)
+            })
+            .await?;
+            recs = r;
+            dead = d;
+            m
+        }
+        None => {
+            // Yielding now and then to whatever shares the task.
+            let mut mapped = Vec::new();
+            let mut base = 0;
+            while base < recs.len() {
+                let end = (base + MAP_CHUNK).min(recs.len());
+                mapped.extend(map_records(ctx, &mut recs[base..end], base, &mut dead));
+                base = end;
+                tokio::task::yield_now().await;
+            }
+            mapped
+        }
+    };
     Ok(Prepared {
         recs,
         dead,
         page_of,
         known,
+        absent,
         mapped,
         recheck,
     })
@@ -799,11 +877,14 @@ pub async fn apply(
         mut dead,
         page_of,
         mut known,
+        mut absent,
         mapped,
         recheck,
     } = prep;
     if !recheck.is_empty() {
-        known.extend(known_state(&mut **tx, ctx, &recheck).await?);
+        let now = known_state(&mut **tx, ctx, &recheck).await?;
+        absent.retain(|id| !now.contains_key(id));
+        known.extend(now);
     }
 
     // 3. Keep, per entity, the newest version in the batch.
@@ -846,7 +927,15 @@ pub async fn apply(
     }
     keys.sort();
     keys.dedup();
-    let mut links = read_links(tx, ctx.connection, &keys).await?;
+    // Links of the stream's entity that did not exist when the batch was
+    // prepared are not read again: they are claimed in step 6, where one a
+    // concurrent loader inserted since is found and read under lock.
+    let to_read: Vec<(EntityKind, String)> = keys
+        .iter()
+        .filter(|k| k.0 != ctx.entity || !absent.contains(&k.1))
+        .cloned()
+        .collect();
+    let mut links = read_links(tx, ctx.connection, &to_read).await?;
     let mut new_keys: Vec<(EntityKind, String)> = keys
         .iter()
         .filter(|k| !links.contains_key(*k))

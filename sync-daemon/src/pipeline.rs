@@ -1311,7 +1311,7 @@ async fn load_stream(
     loop {
         let (batch, prep) = match ahead.take() {
             Some(b) => b,
-            None => match next_batch(&mut rx, &mut pending).await {
+            None => match next_batch(&mut rx, &mut pending, None).await {
                 Some(batch) => {
                     let prep = prepare(&ctx.pool, lctx, &batch, opts, &HashSet::new()).await?;
                     (batch, prep)
@@ -1334,17 +1334,25 @@ async fn load_stream(
             .collect();
         let scan = tokio::task::spawn_blocking(move || crate::drift::Seen::scan(&scan));
         let in_flight = prep.ids();
+        // The next batch gathers pages until it is full or this one is
+        // written, whichever comes first.
+        let written = tokio::sync::Notify::new();
         let (loaded, next) = tokio::join!(
-            load_and_count(
-                ctx,
-                lctx,
-                &batch,
-                summary,
-                Load::first(prep),
-                Some(&mut *seen)
-            ),
             async {
-                match next_batch(&mut rx, &mut pending).await {
+                let r = load_and_count(
+                    ctx,
+                    lctx,
+                    &batch,
+                    summary,
+                    Load::first(prep),
+                    Some(&mut *seen),
+                )
+                .await;
+                written.notify_one();
+                r
+            },
+            async {
+                match next_batch(&mut rx, &mut pending, Some(&written)).await {
                     Some(next) => {
                         let prep = prepare(&ctx.pool, lctx, &next, opts, &in_flight).await?;
                         anyhow::Ok(Some((next, prep)))
@@ -1362,12 +1370,14 @@ async fn load_stream(
     Ok(pages)
 }
 
-/// The next batch from the fetcher: the pages it has queued, up to
-/// [`BATCH_PAGES`] pages and [`BATCH_RECORDS`] records; `None` once the
-/// fetcher is done and everything is taken.
+/// The next batch from the fetcher, up to [`BATCH_PAGES`] pages and
+/// [`BATCH_RECORDS`] records: the pages queued now, and, while `until` (the
+/// batch being written) has not fired, the pages that arrive meanwhile.
+/// `None` once the fetcher is done and everything is taken.
 async fn next_batch(
     rx: &mut mpsc::Receiver<Fetched>,
     pending: &mut Option<Fetched>,
+    mut until: Option<&tokio::sync::Notify>,
 ) -> Option<Vec<PageBody>> {
     let first = match pending.take() {
         Some(f) => f,
@@ -1376,16 +1386,27 @@ async fn next_batch(
     let mut records = i64::from(first.page.page.record_count);
     let mut batch = vec![first.page];
     while batch.len() < BATCH_PAGES && records < BATCH_RECORDS {
-        match rx.try_recv() {
-            Ok(f) if records + i64::from(f.page.page.record_count) > BATCH_RECORDS => {
+        let got = match until {
+            None => rx.try_recv().ok(),
+            Some(written) => tokio::select! {
+                biased;
+                f = rx.recv() => f,
+                () = written.notified() => {
+                    until = None;
+                    continue;
+                }
+            },
+        };
+        match got {
+            Some(f) if records + i64::from(f.page.page.record_count) > BATCH_RECORDS => {
                 *pending = Some(f);
                 break;
             }
-            Ok(f) => {
+            Some(f) => {
                 records += i64::from(f.page.page.record_count);
                 batch.push(f.page);
             }
-            Err(_) => break,
+            None => break,
         }
     }
     Some(batch)
