@@ -19,6 +19,9 @@ pub struct RawStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// The last put found its object already stored (a re-fetch of
+    /// unchanged pages): the next put reads first instead of writing.
+    found_stored: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What is wrong with a stored object.
@@ -80,6 +83,7 @@ impl RawStore {
                 store: Arc::new(store),
                 prefix: Path::default(),
                 url: url.to_string(),
+                found_stored: Arc::default(),
             });
         }
         let merged = store_options(url, options, std::env::vars());
@@ -90,6 +94,7 @@ impl RawStore {
             store: Arc::from(store),
             prefix,
             url: url.to_string(),
+            found_stored: Arc::default(),
         })
     }
 
@@ -98,6 +103,7 @@ impl RawStore {
             store: Arc::new(object_store::memory::InMemory::new()),
             prefix: Path::default(),
             url: "memory:///".into(),
+            found_stored: Arc::default(),
         }
     }
 
@@ -160,6 +166,9 @@ impl RawStore {
     /// Stores `body` under its content key, create-only. An object that already
     /// exists under that key holds the same bytes (the key is their hash), so
     /// `AlreadyExists` is success: retries and re-fetches never duplicate.
+    /// After a put that found its object stored, the next one reads its key
+    /// first and writes nothing when an intact object is there (a re-sync of
+    /// unchanged pages costs a read, not a write and an fsync).
     pub async fn put(
         &self,
         tenant: &str,
@@ -184,6 +193,15 @@ impl RawStore {
             ..Default::default()
         };
         let path = self.path(&key)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.found_stored.load(Relaxed) {
+            match self.get_verified(&key).await? {
+                Ok(_) => return Ok(StoredObject { key, sha256, bytes }),
+                Err(ObjectProblem::Missing) => self.found_stored.store(false, Relaxed),
+                // Written over below (create-only finds it, then repairs it).
+                Err(ObjectProblem::Corrupt) => {}
+            }
+        }
         match self
             .store
             .put_opts(&path, PutPayload::from_bytes(body.clone()), opts)
@@ -191,6 +209,7 @@ impl RawStore {
         {
             Ok(_) => Ok(StoredObject { key, sha256, bytes }),
             Err(object_store::Error::AlreadyExists { .. }) => {
+                self.found_stored.store(true, Relaxed);
                 // The same bytes are there, unless the object was damaged
                 // since: then this fetch repairs it.
                 if self.get_verified(&key).await?.is_err() {
@@ -374,6 +393,26 @@ mod tests {
         assert!(a.key.starts_with("t/c/workers/2026/11/23/"));
         assert_eq!(s.get(&a.key).await.unwrap().as_ref(), b"{}");
         assert!(!s.exists("t/c/workers/2026/11/23/00.json").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn after_finding_an_object_stored_a_put_reads_first_and_still_writes_or_repairs() {
+        let dir = std::env::temp_dir().join(format!("rawstore-read-first-{}", std::process::id()));
+        let s = RawStore::from_url(&Url::from_directory_path(&dir).unwrap(), &[]).unwrap();
+        let at = Utc::now();
+        let put = |body: &'static [u8]| s.put("t", "c", "s", at, None, Bytes::from_static(body));
+        let a = put(b"[1]").await.unwrap();
+        put(b"[1]").await.unwrap();
+        assert!(s.found_stored.load(std::sync::atomic::Ordering::Relaxed));
+        // Reading first: a missing object is still written...
+        let b = put(b"[2]").await.unwrap();
+        assert_eq!(s.get(&b.key).await.unwrap().as_ref(), b"[2]");
+        // ...and a damaged one repaired, whatever the last put found.
+        put(b"[1]").await.unwrap();
+        std::fs::write(dir.join(&a.key), b"[9]").unwrap();
+        put(b"[1]").await.unwrap();
+        assert_eq!(s.get(&a.key).await.unwrap().as_ref(), b"[1]");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test]

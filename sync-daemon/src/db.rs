@@ -610,6 +610,28 @@ pub async fn pages(
     .await?)
 }
 
+/// At most `limit` pages of `stream` after raw page `after`, in fetch order.
+pub async fn pages_from(
+    pool: &PgPool,
+    connection: &str,
+    stream: &str,
+    after: i64,
+    limit: i64,
+) -> anyhow::Result<Vec<PageRef>> {
+    Ok(sqlx::query_as(
+        "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since,
+                content_type
+         from raw_page
+         where connection = $1 and stream = $2 and id > $3 order by id limit $4",
+    )
+    .bind(connection)
+    .bind(stream)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The pages of `stream` after raw page `after` that a detail stream reads
 /// ids from, in fetch order: pages another fetch replaced are left out (their
 /// replacement is among them).

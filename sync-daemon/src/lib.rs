@@ -913,6 +913,12 @@ fn print_summary(
     Ok(())
 }
 
+/// Threads the binary's runtime keeps for blocking work (file reads and
+/// writes, the loader's preparing work, the drift scan). Few on purpose:
+/// every thread that allocates gets its own malloc arena, which keeps what
+/// it freed, so peak memory grows with the threads ever used.
+pub const BLOCKING_THREADS: usize = 4;
+
 /// Installs the log subscriber: `RUST_LOG` filters, logs go to stderr, in
 /// colour only when stderr is a terminal (and `NO_COLOR` is not set).
 pub fn init_tracing() {

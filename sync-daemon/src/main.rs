@@ -3,8 +3,25 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Few blocking threads: each thread that allocates gets its own malloc
+    // arena, which keeps what it freed; the loader's preparing work, file
+    // reads and writes and the drift scan need no more than these.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(sync_daemon::BLOCKING_THREADS)
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(main_async())
+}
+
+async fn main_async() -> std::process::ExitCode {
     sync_daemon::init_tracing();
     let cli = sync_daemon::Cli::parse();
     match sync_daemon::run(cli).await {

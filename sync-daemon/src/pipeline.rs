@@ -634,9 +634,19 @@ async fn sync_stream(
     let (tx, rx) = mpsc::channel::<Fetched>(QUEUE_PAGES);
     let mut fetched = Fetching::default();
     let fetch = fetch_stream(ctx, &http, run, def, tx, &mut fetched);
+    // The ids seen, 8 bytes a record, are kept only where a complete pull
+    // sweeps what it did not see.
     let mut seen = crate::sweep::Seen::default();
+    let sweeps = def.mode == SyncMode::FullRefresh;
     let mut fields = crate::drift::Seen::default();
-    let load = load_stream(ctx, &lctx, rx, summary, &mut seen, &mut fields);
+    let load = load_stream(
+        ctx,
+        &lctx,
+        rx,
+        summary,
+        sweeps.then_some(&mut seen),
+        &mut fields,
+    );
     // The loader drains whatever the fetcher stored even when the fetcher fails.
     let (fetch_result, loaded) = tokio::join!(fetch, load);
     summary.pages_fetched += fetched.pages;
@@ -1297,7 +1307,7 @@ async fn load_stream(
     lctx: &LoadCtx<'_>,
     mut rx: mpsc::Receiver<Fetched>,
     summary: &mut Summary,
-    seen: &mut crate::sweep::Seen,
+    mut seen: Option<&mut crate::sweep::Seen>,
     fields: &mut crate::drift::Seen,
 ) -> anyhow::Result<u64> {
     let mut pages = 0u64;
@@ -1345,7 +1355,7 @@ async fn load_stream(
                     &batch,
                     summary,
                     Load::first(prep),
-                    Some(&mut *seen),
+                    seen.as_deref_mut(),
                 )
                 .await;
                 written.notify_one();
@@ -1752,85 +1762,124 @@ async fn replay_streams(
                 (!dry_run).then_some(run.lease),
             )
         };
-        let mut all = db::pages(&ctx.pool, &ctx.connection, lctx.stream, false).await?;
-        if let Some(only) = only {
-            all.retain(|p| only.contains(&p.id));
-        }
-        let chunks = batches(&all);
-        if dry_run {
-            // A dry run loads every batch in one transaction and rolls it
-            // back, so later batches see what earlier ones would have written.
-            let mut dry = ctx.pool.begin().await?;
-            for chunk in chunks {
-                let (bodies, bad) = read_bodies(ctx, chunk).await?;
-                summary.pages_missing += bad.len() as u64;
-                if bodies.is_empty() {
-                    continue;
-                }
-                let load = Load {
-                    replay: true,
-                    outer: Some(&mut dry),
-                    prep: None,
-                };
-                load_and_count(ctx, &lctx, &bodies, summary, load, None).await?;
-            }
-            dry.rollback().await?;
-            continue;
-        }
-        // As a sync: the next batch is read and prepared while one loads.
-        let opts = LoadOpts {
-            diff: true,
-            replay: true,
-            ..LoadOpts::default()
+        // A dry run loads every batch in one transaction and rolls it back,
+        // so later batches see what earlier ones would have written.
+        let mut dry = match dry_run {
+            true => Some(ctx.pool.begin().await?),
+            false => None,
         };
-        let read_and_prepare = |chunk: &[PageRef], in_flight: HashSet<String>| {
-            let chunk = chunk.to_vec();
-            let lctx = &lctx;
-            async move {
-                let (bodies, bad) = read_bodies(ctx, &chunk).await?;
-                let prep = if bodies.is_empty() {
-                    None
-                } else {
-                    Some(prepare(&ctx.pool, lctx, &bodies, opts, &in_flight).await?)
-                };
-                anyhow::Ok((bodies, bad.len() as u64, prep))
-            }
-        };
-        let mut chunks = chunks.into_iter();
-        let mut ahead = match chunks.next() {
-            Some(c) => Some(read_and_prepare(c, HashSet::new()).await?),
-            None => None,
-        };
-        while let Some((bodies, missing, prep)) = ahead.take() {
-            summary.pages_missing += missing;
-            let Some(prep) = prep else {
-                if let Some(c) = chunks.next() {
-                    ahead = Some(read_and_prepare(c, HashSet::new()).await?);
-                }
-                continue;
+        // The stream's pages, a slice of the ledger at a time (memory does
+        // not grow with the pages stored).
+        let mut after = 0;
+        loop {
+            let mut all =
+                db::pages_from(&ctx.pool, &ctx.connection, lctx.stream, after, LEDGER_SLICE)
+                    .await?;
+            let Some(last) = all.last() else {
+                break;
             };
-            let in_flight = prep.ids();
-            let load = Load {
-                replay: true,
-                outer: None,
-                prep: Some(prep),
-            };
-            let next = chunks.next();
-            let (loaded, next) = tokio::join!(
-                load_and_count(ctx, &lctx, &bodies, summary, load, None),
-                async {
-                    match next {
-                        Some(c) => read_and_prepare(c, in_flight).await.map(Some),
-                        None => Ok(None),
-                    }
-                }
-            );
-            loaded?;
-            ahead = next?;
+            after = last.id;
+            if let Some(only) = only {
+                all.retain(|p| only.contains(&p.id));
+            }
+            match dry.as_mut() {
+                Some(dry) => replay_dry(ctx, &lctx, &all, dry, summary).await?,
+                None => replay_pages_ahead(ctx, &lctx, &all, summary).await?,
+            }
+        }
+        if let Some(tx) = dry {
+            tx.rollback().await?;
         }
     }
     if !dry_run {
         summary.balance = crate::balance::check_entries(&ctx.pool, &ctx.connection).await?;
+    }
+    Ok(())
+}
+
+/// Raw pages read from the ledger at a time by a replay.
+const LEDGER_SLICE: i64 = 2_000;
+
+/// Replays `pages` in batches inside the dry run's transaction.
+async fn replay_dry(
+    ctx: &Ctx,
+    lctx: &LoadCtx<'_>,
+    pages: &[PageRef],
+    dry: &mut Transaction<'static, Postgres>,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    for chunk in batches(pages) {
+        let (bodies, bad) = read_bodies(ctx, chunk).await?;
+        summary.pages_missing += bad.len() as u64;
+        if bodies.is_empty() {
+            continue;
+        }
+        let load = Load {
+            replay: true,
+            outer: Some(&mut *dry),
+            prep: None,
+        };
+        load_and_count(ctx, lctx, &bodies, summary, load, None).await?;
+    }
+    Ok(())
+}
+
+/// Replays `pages` as a sync loads: the next batch is read and prepared
+/// while one is written.
+async fn replay_pages_ahead(
+    ctx: &Ctx,
+    lctx: &LoadCtx<'_>,
+    pages: &[PageRef],
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let opts = LoadOpts {
+        diff: true,
+        replay: true,
+        ..LoadOpts::default()
+    };
+    let read_and_prepare = |chunk: &[PageRef], in_flight: HashSet<String>| {
+        let chunk = chunk.to_vec();
+        async move {
+            let (bodies, bad) = read_bodies(ctx, &chunk).await?;
+            let prep = if bodies.is_empty() {
+                None
+            } else {
+                Some(prepare(&ctx.pool, lctx, &bodies, opts, &in_flight).await?)
+            };
+            anyhow::Ok((bodies, bad.len() as u64, prep))
+        }
+    };
+    let mut chunks = batches(pages).into_iter();
+    let mut ahead = match chunks.next() {
+        Some(c) => Some(read_and_prepare(c, HashSet::new()).await?),
+        None => None,
+    };
+    while let Some((bodies, missing, prep)) = ahead.take() {
+        summary.pages_missing += missing;
+        let Some(prep) = prep else {
+            if let Some(c) = chunks.next() {
+                ahead = Some(read_and_prepare(c, HashSet::new()).await?);
+            }
+            continue;
+        };
+        let in_flight = prep.ids();
+        let load = Load {
+            replay: true,
+            outer: None,
+            prep: Some(prep),
+        };
+        let next = chunks.next();
+        let (loaded, next) = tokio::join!(
+            load_and_count(ctx, lctx, &bodies, summary, load, None),
+            async {
+                match next {
+                    Some(c) => read_and_prepare(c, in_flight).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        );
+        loaded?;
+        ahead = next?;
     }
     Ok(())
 }
