@@ -1380,23 +1380,36 @@ async fn load_stream(
     Ok(pages)
 }
 
+/// How long the next batch goes on gathering pages after the batch before
+/// it is written, when the fetcher is slower than the loader (a re-sync of
+/// unchanged pages): fewer, fuller transactions, at most this much later.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// The next batch from the fetcher, up to [`BATCH_PAGES`] pages and
 /// [`BATCH_RECORDS`] records: the pages queued now, and, while `until` (the
-/// batch being written) has not fired, the pages that arrive meanwhile.
-/// `None` once the fetcher is done and everything is taken.
+/// batch being written) has not fired, and for [`GATHER`] from the start,
+/// the pages that arrive meanwhile. `None` once the fetcher is done and
+/// everything is taken.
 async fn next_batch(
     rx: &mut mpsc::Receiver<Fetched>,
     pending: &mut Option<Fetched>,
     mut until: Option<&tokio::sync::Notify>,
 ) -> Option<Vec<PageBody>> {
+    let started = tokio::time::Instant::now();
     let first = match pending.take() {
         Some(f) => f,
         None => rx.recv().await?,
     };
     let mut records = i64::from(first.page.page.record_count);
     let mut batch = vec![first.page];
+    let gathering = until.is_some();
     while batch.len() < BATCH_PAGES && records < BATCH_RECORDS {
         let got = match until {
+            None if gathering => tokio::select! {
+                biased;
+                f = rx.recv() => f,
+                () = tokio::time::sleep_until(started + GATHER) => None,
+            },
             None => rx.try_recv().ok(),
             Some(written) => tokio::select! {
                 biased;
