@@ -146,8 +146,8 @@ struct State {
     /// `http://host:port`, for the links the server writes.
     origin: String,
     records: Vec<Box<RawValue>>,
-    /// Each record's `lastModified`, read at the first "changed since" request.
-    modified: std::sync::OnceLock<Vec<Option<chrono::DateTime<chrono::FixedOffset>>>>,
+    /// Each record's `lastModified` (read once, as a source keeps an index).
+    modified: Vec<Option<Time>>,
     /// The positions of the records changed since a bound, by bound (a pull
     /// pages through one bound's list).
     changed: Mutex<HashMap<String, Arc<Vec<usize>>>>,
@@ -194,10 +194,11 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let modified = stamps(&records);
     let state = Arc::new(State {
         origin: format!("http://{local}"),
         records,
-        modified: std::sync::OnceLock::new(),
+        modified,
         changed: Mutex::new(HashMap::new()),
         opts,
         tokens: Mutex::new(HashMap::new()),
@@ -528,23 +529,7 @@ type Time = chrono::DateTime<chrono::FixedOffset>;
 /// The positions of the records whose `lastModified` is within
 /// `[from, through]` (either end open), computed once per window.
 fn changed_between(state: &State, from: Option<Time>, through: Option<Time>) -> Arc<Vec<usize>> {
-    #[derive(serde::Deserialize)]
-    struct Stamp<'a> {
-        #[serde(rename = "lastModified", borrow)]
-        last_modified: Option<&'a str>,
-    }
-    let modified = state.modified.get_or_init(|| {
-        state
-            .records
-            .iter()
-            .map(|r| {
-                serde_json::from_str::<Stamp<'_>>(r.get())
-                    .ok()
-                    .and_then(|s| s.last_modified)
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            })
-            .collect()
-    });
+    let modified = &state.modified;
     let key = format!("{from:?}..{through:?}");
     let mut cache = state.changed.lock().expect("changed-since cache");
     if cache.len() >= 16 && !cache.contains_key(&key) {
@@ -565,4 +550,22 @@ fn changed_between(state: &State, from: Option<Time>, through: Option<Time>) -> 
             )
         })
         .clone()
+}
+
+/// Each record's `lastModified`, when it has a valid one.
+fn stamps(records: &[Box<RawValue>]) -> Vec<Option<Time>> {
+    #[derive(serde::Deserialize)]
+    struct Stamp<'a> {
+        #[serde(rename = "lastModified", borrow)]
+        last_modified: Option<&'a str>,
+    }
+    records
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Stamp<'_>>(r.get())
+                .ok()
+                .and_then(|s| s.last_modified)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        })
+        .collect()
 }
