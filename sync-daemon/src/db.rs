@@ -469,65 +469,73 @@ pub struct NewPage<'a> {
     pub content_type: Option<&'a str>,
 }
 
-/// Records a stored page and moves the watermark over it (when `cursor` is
-/// given), in one transaction that first checks the run's lease (invariants
-/// 2 and 9: the cursor never covers a page that is not recorded and stored,
-/// and a run that lost its lease writes nothing).
-pub async fn record_page(
+/// Records stored pages, in order, and moves the watermark over them (when
+/// `cursor` is given), in one transaction that first checks the run's lease
+/// (invariants 2 and 9: the cursor never covers a page that is not recorded
+/// and stored, and a run that lost its lease writes nothing). Returns the
+/// pages' ids.
+pub async fn record_pages(
     pool: &PgPool,
     lease: &Lease,
-    p: &NewPage<'_>,
+    pages: &[NewPage<'_>],
     cursor: Option<&Cursor>,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<Vec<i64>> {
+    let Some(first) = pages.first() else {
+        return Ok(Vec::new());
+    };
     let (holder, fence) = lease
-        .fence(p.stream)
-        .ok_or_else(|| anyhow::anyhow!("the run holds no lease on stream {}", p.stream))?;
+        .fence(first.stream)
+        .ok_or_else(|| anyhow::anyhow!("the run holds no lease on stream {}", first.stream))?;
     let mut tx = pool.begin().await?;
     lease.hold_fence(&mut tx).await?;
-    // The fence check is part of the insert: no row when the fence moved.
-    let id: Option<i64> = sqlx::query_scalar(
-        "with lease as (select 1 from sync_lease where connection = $2 and stream = $3
-                          and holder = $14 and fence = $15)
-         insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
-                               fetched_at, request, record_path, record_count, parse_error, since,
-                               content_type)
-         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16 from lease returning id",
-    )
-    .bind(p.run)
-    .bind(p.connection)
-    .bind(p.stream)
-    .bind(serde_json::to_value(p.token)?)
-    .bind(p.object_key)
-    .bind(p.sha256)
-    .bind(i32::try_from(p.bytes)?)
-    .bind(p.fetched_at)
-    .bind(serde_json::to_value(p.meta)?)
-    .bind(p.record_path)
-    .bind(i32::try_from(p.record_count)?)
-    .bind(p.parse_error.map(|e| column_text(e, 2000)))
-    .bind(p.since)
-    .bind(holder)
-    .bind(fence)
-    .bind(p.content_type.map(|c| column_text(c, 200)))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(id) = id else {
-        return Err(lease.lost_on_write(p.stream).into());
-    };
+    let mut ids = Vec::with_capacity(pages.len());
+    for p in pages {
+        // The fence check is part of the insert: no row when the fence moved.
+        let id: Option<i64> = sqlx::query_scalar(
+            "with lease as (select 1 from sync_lease where connection = $2 and stream = $3
+                              and holder = $14 and fence = $15)
+             insert into raw_page (run_id, connection, stream, page_token, object_key, body_sha256, body_bytes,
+                                   fetched_at, request, record_path, record_count, parse_error, since,
+                                   content_type)
+             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16 from lease returning id",
+        )
+        .bind(p.run)
+        .bind(p.connection)
+        .bind(p.stream)
+        .bind(serde_json::to_value(p.token)?)
+        .bind(p.object_key)
+        .bind(p.sha256)
+        .bind(i32::try_from(p.bytes)?)
+        .bind(p.fetched_at)
+        .bind(serde_json::to_value(p.meta)?)
+        .bind(p.record_path)
+        .bind(i32::try_from(p.record_count)?)
+        .bind(p.parse_error.map(|e| column_text(e, 2000)))
+        .bind(p.since)
+        .bind(holder)
+        .bind(fence)
+        .bind(p.content_type.map(|c| column_text(c, 200)))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Err(lease.lost_on_write(p.stream).into());
+        };
+        ids.push(id);
+    }
     if let Some(cursor) = cursor {
         set_watermark(
             &mut tx,
-            p.connection,
-            p.stream,
+            first.connection,
+            first.stream,
             cursor,
-            Some(p.run),
+            Some(first.run),
             "sync",
             None,
         )
         .await?;
     }
     tx.commit().await?;
-    Ok(id)
+    Ok(ids)
 }
 
 pub async fn set_watermark(

@@ -707,6 +707,8 @@ struct Fetching {
     total_moved: bool,
     /// The pull reached its last page without skipping any.
     complete: bool,
+    /// The raw page recorded last.
+    last_page: Option<i64>,
 }
 
 /// Loads the pages an earlier run stored but did not load. A page whose
@@ -853,14 +855,28 @@ async fn give_up_page(
 
 /// Stores a fetched body (raw first), then records it in the ledger, moving
 /// the watermark when `cursor` is given. Returns the recorded page.
-async fn store_page(
+/// A page whose body is in the raw store, waiting for its ledger row.
+struct Put {
+    body: Bytes,
+    obj: connector_core::StoredObject,
+    fetched_at: DateTime<Utc>,
+    content_type: Option<String>,
+    /// The token as it may be stored (secrets in links masked).
+    token: PageToken,
+    meta: connector_core::RequestMeta,
+    records: usize,
+    unparseable: Option<String>,
+    since: Option<String>,
+}
+
+/// Puts a fetched page's body in the raw store (invariant 1: before any
+/// ledger row or watermark covers it).
+async fn put_page(
     ctx: &Ctx,
     http: &HttpClient,
-    run: &Run<'_>,
     def: &StreamDef,
     page: &connector_core::FetchedPage,
-    cursor: Option<&db::Cursor>,
-) -> anyhow::Result<PageBody> {
+) -> anyhow::Result<Put> {
     let fetched_at = Utc::now();
     let key = def.key();
     let body = page.response.body.clone();
@@ -882,53 +898,94 @@ async fn store_page(
         )
         .await?;
     let token = http.storable_token(&page.token);
-    let since = page.since.as_deref();
-    let record_path = def.records.stored();
-    let shown = token.to_string();
     PageStored {
         connection: &ctx.connection,
         stream: &key,
-        page: &shown,
+        page: &token.to_string(),
         records: page.facts.records,
         bytes: obj.bytes as u64,
     }
     .emit();
-    let id = db::record_page(
-        &ctx.pool,
-        run.lease,
-        &NewPage {
+    Ok(Put {
+        body,
+        obj,
+        fetched_at,
+        content_type,
+        token,
+        meta: page.response.meta.clone(),
+        records: page.facts.records,
+        unparseable: page.unparseable.clone(),
+        since: page.since.clone(),
+    })
+}
+
+/// Records stored pages in the ledger, in one transaction that moves the
+/// watermark to `cursor` (invariant 2), and returns them for the loader.
+async fn record_puts(
+    ctx: &Ctx,
+    run: &Run<'_>,
+    def: &StreamDef,
+    puts: Vec<Put>,
+    cursor: Option<&db::Cursor>,
+) -> anyhow::Result<Vec<PageBody>> {
+    let key = def.key();
+    let record_path = def.records.stored();
+    let rows: Vec<NewPage<'_>> = puts
+        .iter()
+        .map(|p| NewPage {
             run: run.id,
             connection: &ctx.connection,
             stream: &key,
-            token: &token,
-            object_key: &obj.key,
-            sha256: &obj.sha256,
-            bytes: obj.bytes,
-            fetched_at,
-            meta: &page.response.meta,
+            token: &p.token,
+            object_key: &p.obj.key,
+            sha256: &p.obj.sha256,
+            bytes: p.obj.bytes,
+            fetched_at: p.fetched_at,
+            meta: &p.meta,
             record_path: &record_path,
-            record_count: page.facts.records,
-            parse_error: page.unparseable.as_deref(),
-            since,
-            content_type: content_type.as_deref(),
-        },
-        cursor,
-    )
-    .await?;
-    Ok(PageBody {
-        page: PageRef {
-            id,
-            object_key: obj.key,
-            body_sha256: obj.sha256,
-            record_path,
-            record_count: i32::try_from(page.facts.records).unwrap_or(i32::MAX),
-            parse_error: page.unparseable.clone(),
-            page_token: serde_json::to_value(&token)?,
-            since: since.map(str::to_owned),
-            content_type,
-        },
-        body,
-    })
+            record_count: p.records,
+            parse_error: p.unparseable.as_deref(),
+            since: p.since.as_deref(),
+            content_type: p.content_type.as_deref(),
+        })
+        .collect();
+    let ids = db::record_pages(&ctx.pool, run.lease, &rows, cursor).await?;
+    drop(rows);
+    puts.into_iter()
+        .zip(ids)
+        .map(|(p, id)| {
+            Ok(PageBody {
+                page: PageRef {
+                    id,
+                    object_key: p.obj.key,
+                    body_sha256: p.obj.sha256,
+                    record_path: record_path.clone(),
+                    record_count: i32::try_from(p.records).unwrap_or(i32::MAX),
+                    parse_error: p.unparseable,
+                    page_token: serde_json::to_value(&p.token)?,
+                    since: p.since,
+                    content_type: p.content_type,
+                },
+                body: p.body,
+            })
+        })
+        .collect()
+}
+
+/// Puts one page and records it (with `cursor`, when the watermark moves).
+async fn store_page(
+    ctx: &Ctx,
+    http: &HttpClient,
+    run: &Run<'_>,
+    def: &StreamDef,
+    page: &connector_core::FetchedPage,
+    cursor: Option<&db::Cursor>,
+) -> anyhow::Result<PageBody> {
+    let put = put_page(ctx, http, def, page).await?;
+    let mut stored = record_puts(ctx, run, def, vec![put], cursor).await?;
+    stored
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("the ledger recorded no page"))
 }
 
 async fn fetch_stream(
@@ -991,19 +1048,39 @@ async fn fetch_stream(
         ctx.fetch_concurrency,
     )
     .with_as_of(cursor.pull_as_of.filter(|_| def.snapshot));
+    // Pages are recorded in groups: the first page of a group is waited
+    // for, the next ones only taken while the pager already has them (its
+    // `next_page` is cancel-safe), so one ledger transaction covers what
+    // arrived together and a slow source still gets one per page.
+    let mut group: Vec<Put> = Vec::new();
     loop {
-        still_leased(ctx, run, &key)?;
-        let Some(page) = pager.next_page().await else {
+        let next = if group.is_empty() {
+            still_leased(ctx, run, &key)?;
+            pager.next_page().await
+        } else {
+            match futures::FutureExt::now_or_never(pager.next_page()) {
+                Some(next) => next,
+                None => {
+                    record_group(ctx, run, def, &mut group, &cursor, &tx, out).await?;
+                    continue;
+                }
+            }
+        };
+        let Some(page) = next else {
             break;
         };
         // Keep the typed error in the chain: the run's outcome is decided from it.
-        let page = page.map_err(|e| {
-            let at = pager
-                .failed_page()
-                .map(|t| format!(" at {t}"))
-                .unwrap_or_default();
-            anyhow::Error::new(e).context(format!("fetching{at}"))
-        })?;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                let at = pager
+                    .failed_page()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default();
+                record_group(ctx, run, def, &mut group, &cursor, &tx, out).await?;
+                return Err(anyhow::Error::new(e).context(format!("fetching{at}")));
+            }
+        };
         let server_now: DateTime<Utc> = page
             .response
             .meta
@@ -1113,18 +1190,9 @@ async fn fetch_stream(
         } else {
             cursor.next = page.next.as_ref().map(|n| http.storable_token(n));
         }
-        let stored = store_page(ctx, http, run, def, &page, Some(&cursor)).await?;
-        let page_id = stored.page.id;
-        let next = cursor.next.as_ref().map(|n| n.to_string());
-        WatermarkAdvanced {
-            connection: &ctx.connection,
-            stream: &key,
-            next: next.as_deref(),
-        }
-        .emit();
-        out.pages += 1;
-        if tx.send(Fetched { page: stored }).await.is_err() {
-            anyhow::bail!("the loader stopped");
+        group.push(put_page(ctx, http, def, &page).await?);
+        if group.len() >= LEDGER_GROUP || page.next.is_none() || page.stuck.is_some() {
+            record_group(ctx, run, def, &mut group, &cursor, &tx, out).await?;
         }
         if let Some(why) = page.stuck {
             let kept = if page.unparseable.is_some() {
@@ -1132,9 +1200,47 @@ async fn fetch_stream(
             } else {
                 "stored"
             };
+            let page_id = out.last_page.unwrap_or_default();
             anyhow::bail!(
                 "{why}; the page is {kept} (raw page {page_id}) and the next sync asks for it again"
             );
+        }
+    }
+    record_group(ctx, run, def, &mut group, &cursor, &tx, out).await
+}
+
+/// Pages recorded in one ledger transaction at most: about what the pager
+/// has in flight (`fetch_concurrency`, 4 by default), so a group is what
+/// arrived together and the ledger never lags far behind the fetch.
+const LEDGER_GROUP: usize = 4;
+
+/// Records the pages of `group` (emptied) with the watermark at `cursor`,
+/// then hands them to the loader.
+async fn record_group(
+    ctx: &Ctx,
+    run: &Run<'_>,
+    def: &StreamDef,
+    group: &mut Vec<Put>,
+    cursor: &db::Cursor,
+    tx: &mpsc::Sender<Fetched>,
+    out: &mut Fetching,
+) -> anyhow::Result<()> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let stored = record_puts(ctx, run, def, std::mem::take(group), Some(cursor)).await?;
+    let next = cursor.next.as_ref().map(|n| n.to_string());
+    WatermarkAdvanced {
+        connection: &ctx.connection,
+        stream: &def.key(),
+        next: next.as_deref(),
+    }
+    .emit();
+    for page in stored {
+        out.pages += 1;
+        out.last_page = Some(page.page.id);
+        if tx.send(Fetched { page }).await.is_err() {
+            anyhow::bail!("the loader stopped");
         }
     }
     Ok(())
