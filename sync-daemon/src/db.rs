@@ -595,47 +595,40 @@ pub struct PageRef {
     pub content_type: Option<String>,
 }
 
-/// Pages of a stream, in fetch order: all of them, or only those still to
-/// load (not loaded, and not set aside because their object is missing or
-/// corrupt).
+/// Every page of a stream, in fetch order (see [`pages_from`]).
 pub async fn pages(
     pool: &PgPool,
     connection: &str,
     stream: &str,
     unloaded_only: bool,
 ) -> anyhow::Result<Vec<PageRef>> {
-    Ok(sqlx::query_as(
-        "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since,
-                content_type
-         from raw_page
-         where connection = $1 and stream = $2
-           and ($3 = false or (loaded_at is null and object_state = 'stored')) order by id",
-    )
-    .bind(connection)
-    .bind(stream)
-    .bind(unloaded_only)
-    .fetch_all(pool)
-    .await?)
+    pages_from(pool, connection, stream, 0, i64::MAX, unloaded_only).await
 }
 
-/// At most `limit` pages of `stream` after raw page `after`, in fetch order.
+/// At most `limit` pages of `stream` after raw page `after`, in fetch
+/// order: all of them, or (`unloaded_only`) only those still to load (not
+/// loaded, and not set aside because their object is missing or corrupt).
 pub async fn pages_from(
     pool: &PgPool,
     connection: &str,
     stream: &str,
     after: i64,
     limit: i64,
+    unloaded_only: bool,
 ) -> anyhow::Result<Vec<PageRef>> {
     Ok(sqlx::query_as(
         "select id, object_key, body_sha256, record_path, record_count, parse_error, page_token, since,
                 content_type
          from raw_page
-         where connection = $1 and stream = $2 and id > $3 order by id limit $4",
+         where connection = $1 and stream = $2 and id > $3
+           and ($5 = false or (loaded_at is null and object_state = 'stored'))
+         order by id limit $4",
     )
     .bind(connection)
     .bind(stream)
     .bind(after)
     .bind(limit)
+    .bind(unloaded_only)
     .fetch_all(pool)
     .await?)
 }

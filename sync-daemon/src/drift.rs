@@ -71,10 +71,16 @@ struct Walk<'s> {
 }
 
 impl Walk<'_> {
-    fn leaf(self, t: usize) {
+    /// Counts this value's (pointer, type `t`), unless it is the record.
+    fn counted(self, t: usize) -> Self {
         if self.depth > 0 {
             self.seen.count(self.ptr, t, self.page);
         }
+        self
+    }
+
+    fn leaf(self, t: usize) {
+        self.counted(t);
     }
 }
 
@@ -150,10 +156,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
             ptr,
             page,
             depth,
-        } = self;
-        if depth > 0 {
-            seen.count(ptr, 4, page);
-        }
+        } = self.counted(4);
         if depth >= MAX_DEPTH {
             while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
             return Ok(());
@@ -178,10 +181,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
             ptr,
             page,
             depth,
-        } = self;
-        if depth > 0 {
-            seen.count(ptr, 5, page);
-        }
+        } = self.counted(5);
         if depth >= MAX_DEPTH {
             while map
                 .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?

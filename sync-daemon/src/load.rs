@@ -538,15 +538,9 @@ struct Mapped {
 /// canonical domain: a record that fails to parse (a number out of range,
 /// nesting past the parser's limit), to map, or to fit its columns is
 /// dead-lettered with the field and pointer, and nothing of it is written.
-fn map_records(
-    ctx: &LoadCtx<'_>,
-    recs: &mut [Rec],
-    base: usize,
-    dead: &mut Vec<Dead>,
-) -> Vec<Mapped> {
+fn map_records(ctx: &LoadCtx<'_>, recs: &mut [Rec], dead: &mut Vec<Dead>) -> Vec<Mapped> {
     let mut out = Vec::new();
     for (i, r) in recs.iter_mut().enumerate() {
-        let i = base + i;
         if r.status != Status::Pending {
             continue;
         }
@@ -691,11 +685,6 @@ impl Prepared {
     }
 }
 
-/// Records mapped between two yields to the runtime: a batch prepared
-/// beside another one's transaction ([`prepare`]) lets that transaction's
-/// round trips through often.
-const MAP_CHUNK: usize = 256;
-
 /// Splits, hashes and maps a batch, reading the crosswalk through `db`
 /// without locking or writing anything: unchanged records (same record hash
 /// and mapping version as stored) are marked and not mapped.
@@ -782,7 +771,7 @@ pub async fn prepare<'e>(
     let mapped = match owned {
         Some(o) => {
             let (r, d, m) = tokio::task::spawn_blocking(move || {
-                let mapped = map_records(&o.ctx(), &mut recs, 0, &mut dead);
+                let mapped = map_records(&o.ctx(), &mut recs, &mut dead);
                 (recs, dead, mapped)
             })
             .await?;
@@ -790,18 +779,7 @@ pub async fn prepare<'e>(
             dead = d;
             m
         }
-        None => {
-            // Yielding now and then to whatever shares the task.
-            let mut mapped = Vec::new();
-            let mut base = 0;
-            while base < recs.len() {
-                let end = (base + MAP_CHUNK).min(recs.len());
-                mapped.extend(map_records(ctx, &mut recs[base..end], base, &mut dead));
-                base = end;
-                tokio::task::yield_now().await;
-            }
-            mapped
-        }
+        None => map_records(ctx, &mut recs, &mut dead),
     };
     Ok(Prepared {
         recs,
@@ -854,9 +832,7 @@ pub async fn load_batch(
     pages: &[PageBody],
     opts: LoadOpts<'_>,
 ) -> anyhow::Result<BatchOutcome> {
-    if let Some(lease) = ctx.lease {
-        lease.check(tx).await?;
-    }
+    // `apply` checks the lease first.
     let prep = prepare(&mut **tx, ctx, pages, opts, &HashSet::new()).await?;
     apply(tx, ctx, prep, opts).await
 }

@@ -1891,9 +1891,15 @@ async fn replay_streams(
         // not grow with the pages stored).
         let mut after = 0;
         loop {
-            let mut all =
-                db::pages_from(&ctx.pool, &ctx.connection, lctx.stream, after, LEDGER_SLICE)
-                    .await?;
+            let mut all = db::pages_from(
+                &ctx.pool,
+                &ctx.connection,
+                lctx.stream,
+                after,
+                LEDGER_SLICE,
+                false,
+            )
+            .await?;
             let Some(last) = all.last() else {
                 break;
             };
