@@ -32,7 +32,9 @@ pub struct WorkdayConfig {
     /// whole pull is answered as of (changes after it come with the next
     /// pull), the same on every page so that offsets page over one snapshot
     /// (`Updated_Through` / `As_Of_Entry_DateTime`); `updatedThrough` by
-    /// default.
+    /// default. An endpoint that cannot answer as of a moment cannot be paged
+    /// incrementally by offset without skipping workers changed mid-pull:
+    /// leave `changed_since_param` unset there (a full pull, diffed by hash).
     #[serde(default = "default_as_of_param")]
     pub as_of_param: String,
     /// How far behind the server's clock the "changed since" bound is held,
